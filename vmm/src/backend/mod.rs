@@ -1,0 +1,133 @@
+//! The backend trait: everything the debugger and schedule engine need from a VM.
+//!
+//! Two implementations live below: `qemu` (drives qemu-system-x86_64 over the gdb
+//! remote protocol) and `kvm` (memrace's own VMM). Code above this module never
+//! knows which one runs.
+//!
+//! Execution model shared by both backends:
+//! * Every vCPU is either *running* or *stopped*. `resume` names exactly the set
+//!   that runs next; vCPUs not named stay (or become) stopped.
+//! * A vCPU that hits one of *its* breakpoints stops and `next_event` reports it.
+//!   Other vCPUs may stop with it (qemu's gdbstub is all-stop) — the caller always
+//!   follows an event with `resume(set)`, which restarts whatever it names.
+//! * Resuming a vCPU that is stopped on a breakpoint steps past that breakpoint
+//!   (RF on x86 KVM, remove/step/re-insert on qemu) without re-reporting it.
+
+pub mod qemu;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+pub use control_proto::Message as ControlMessage;
+
+/// Index of a vCPU; equals the guest's CPU number (APIC id).
+pub type VcpuId = usize;
+
+/// What to boot.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// ELF `vmlinux` (PVH entry) or `bzImage`.
+    pub kernel: PathBuf,
+    /// newc cpio archive whose `/init` is the guest harness.
+    pub initramfs: PathBuf,
+    pub cmdline: String,
+    pub cpus: usize,
+    pub mem_mib: u64,
+    /// Directory for this VM's files (console.log, sockets).
+    pub run_dir: PathBuf,
+    /// Start with every vCPU stopped and a debugger attached, so breakpoints
+    /// can be armed before the first guest instruction.
+    pub debug: bool,
+}
+
+/// How the VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmExit {
+    /// The guest reset or powered off (our kernels reboot on panic: `panic=-1`).
+    GuestStopped,
+    /// The VMM process or thread ended unexpectedly.
+    VmmFailed(String),
+}
+
+/// Something that happened in the VM.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VmEvent {
+    /// `vcpu` stopped at breakpoint address `addr`.
+    Breakpoint { vcpu: VcpuId, addr: u64 },
+    /// A well-formed control-channel message from the guest harness.
+    Control(ControlMessage),
+    /// A control-channel line that did not parse (untrusted input: never acted on).
+    BadControl { line: String, error: String },
+    /// One line of the guest console (ttyS0), without the newline.
+    Console(String),
+    /// The VM is gone.
+    Exited(VmExit),
+}
+
+/// The x86_64 registers the schedule engine reads and writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Regs {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub rsp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    pub rip: u64,
+    pub rflags: u64,
+    /// Active GS base: the per-CPU area while the vCPU runs kernel code.
+    pub gs_base: u64,
+    pub cr3: u64,
+}
+
+/// Interrupt-enable flag in RFLAGS.
+pub const RFLAGS_IF: u64 = 1 << 9;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("vCPU {0} does not exist (the VM has {1})")]
+    NoSuchVcpu(VcpuId, usize),
+    #[error("vCPU {vcpu} asks for {wanted} hardware breakpoints; {backend} allows {limit} per vCPU")]
+    TooManyBreakpoints { vcpu: VcpuId, wanted: usize, limit: usize, backend: &'static str },
+    #[error("guest memory access at {addr:#x} (+{len}) failed: {why}")]
+    Memory { addr: u64, len: usize, why: String },
+    #[error("the VM has exited")]
+    Exited,
+    #[error("{0}")]
+    Qemu(#[from] qemu::QemuError),
+}
+
+/// A running VM under a debugger. See the module doc for the execution model.
+pub trait Backend {
+    /// "qemu" or "kvm", for reports.
+    fn name(&self) -> &'static str;
+    fn vcpu_count(&self) -> usize;
+    /// Hardware breakpoints available per vCPU (4 on x86: DR0–DR3).
+    fn max_breakpoints(&self) -> usize;
+    /// Replace `vcpu`'s breakpoints with `addrs`. Only valid while `vcpu` is stopped.
+    fn set_breakpoints(&mut self, vcpu: VcpuId, addrs: &[u64]) -> Result<(), BackendError>;
+    /// Run exactly the vCPUs in `running`; all others stay stopped.
+    fn resume(&mut self, running: &[VcpuId]) -> Result<(), BackendError>;
+    /// Wait for the next event until `deadline`; `None` means the deadline passed.
+    fn next_event(&mut self, deadline: Instant) -> Result<Option<VmEvent>, BackendError>;
+    /// Stop every vCPU (for inspection or a memory write); `resume` restarts them.
+    fn stop_all(&mut self) -> Result<(), BackendError>;
+    /// Registers of a stopped vCPU.
+    fn regs(&mut self, vcpu: VcpuId) -> Result<Regs, BackendError>;
+    /// Read guest-virtual memory through `vcpu`'s page tables (vCPU stopped).
+    fn read_virt(&mut self, vcpu: VcpuId, addr: u64, len: usize) -> Result<Vec<u8>, BackendError>;
+    /// Write guest-physical memory (all vCPUs stopped on all-stop backends).
+    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError>;
+    /// Tear the VM down. Idempotent.
+    fn kill(&mut self);
+}

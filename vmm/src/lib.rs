@@ -1,0 +1,3 @@
+//! memrace: a hypervisor-level test bench for Linux memory-management races.
+
+pub mod backend;
