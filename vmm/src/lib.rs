@@ -1,3 +1,8 @@
 //! memrace: a hypervisor-level test bench for Linux memory-management races.
 
 pub mod backend;
+pub mod initramfs;
+pub mod kernel;
+pub mod guest;
+pub mod console;
+pub mod boot;

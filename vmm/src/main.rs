@@ -1,3 +1,36 @@
-fn main() -> anyhow::Result<()> {
-    Ok(())
+//! The memrace command line. Errors become `anyhow` here and nowhere else.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "memrace", version, about = "Deterministic Linux mm race bench: patched vs unpatched kernels under controlled vCPU schedules")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build, list and locate kernels from images/ recipes.
+    #[command(subcommand)]
+    Kernel(cli::kernel::KernelCommand),
+    /// Boot a kernel, run CMD in the guest and exit with its status.
+    Boot(cli::boot::BootArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Kernel(k) => cli::kernel::run(k),
+        Command::Boot(b) => cli::boot::run(b),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("memrace: error: {e:#}");
+            std::process::exit(1);
+        }
+    }
 }

@@ -1,7 +1,517 @@
-//! The qemu backend: qemu-system-x86_64 driven over the gdb remote protocol.
+//! The qemu backend: qemu-system-x86_64 (TCG here, KVM where the host has hardware
+//! virtualization) driven over the gdb remote protocol.
+//!
+//! QEMU's gdbstub is all-stop: when any vCPU stops, all do. `vCont` resumes only
+//! the vCPUs it names, which is what lets a schedule park one vCPU while others run.
+//! gdb breakpoints in QEMU apply to every vCPU; per-vCPU breakpoints are emulated
+//! here: a hit on a vCPU that did not ask for that address is stepped over silently.
+
+pub mod gdb;
+pub mod process;
+
+use super::{Backend, BackendError, Regs, VcpuId, VmConfig, VmEvent, VmExit};
+use gdb::{Stop, RegDesc};
+use process::{Accel, Incoming, Process};
+use std::collections::{BTreeSet, VecDeque};
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+pub use process::{find_qemu, Accel as QemuAccel};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QemuError {
-    #[error("qemu-system-x86_64 not found on PATH; install it with: apt-get install qemu-system-x86")]
-    NotInstalled,
+    #[error("QEMU binary {0} not found; install it with: apt-get install qemu-system-x86 (or set MEMRACE_QEMU)")]
+    NotInstalled(String),
+    #[error("{0}")]
+    Io(String),
+    #[error("gdb stub: {0}")]
+    Protocol(String),
+    #[error("gdb stub did not answer {request:?} within {seconds} s")]
+    Timeout { request: String, seconds: u64 },
+    #[error("this VM was started without a debugger (VmConfig::debug = false)")]
+    NotDebugging,
+}
+
+/// x86 has four debug address registers; the engine keeps the same per-vCPU budget on
+/// qemu so that a schedule that works here also fits a KVM vCPU.
+const HW_BREAKPOINTS: usize = 4;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Names of the registers memrace reads, in `Regs` field order.
+const REG_NAMES: [&str; 20] = [
+    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
+    "rip", "eflags", "gs_base", "cr3",
+];
+
+pub struct QemuVm {
+    process: Process,
+    rx: Receiver<Incoming>,
+    pending: VecDeque<VmEvent>,
+    gdb: Option<UnixStream>,
+    cpus: usize,
+    /// gdb thread id of each vCPU, in vCPU order.
+    threads: Vec<String>,
+    /// Register number and size of each of `REG_NAMES`, from the target description.
+    regs: Vec<RegDesc>,
+    /// Breakpoints each vCPU asked for.
+    wanted: Vec<Vec<u64>>,
+    /// Breakpoints inserted in QEMU (the union of `wanted`).
+    inserted: BTreeSet<u64>,
+    /// Per vCPU: stopped on this breakpoint address, to be stepped over on resume.
+    on_breakpoint: Vec<Option<u64>>,
+    /// The set last passed to `resume`, while it runs.
+    running: Option<Vec<VcpuId>>,
+    exited: bool,
+    /// Breakpoint hits that were stepped over because another vCPU owned the address.
+    pub foreign_hits: u64,
+    pub run_dir: PathBuf,
+}
+
+fn sockets_dir() -> Result<tempfile_dir::Dir, QemuError> {
+    tempfile_dir::Dir::new().map_err(|e| QemuError::Io(format!("cannot create a socket directory: {e}")))
+}
+
+/// A short-lived directory for the unix sockets (their paths must stay under 108 bytes).
+mod tempfile_dir {
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> std::io::Result<Dir> {
+            let base = std::env::temp_dir();
+            for n in 0..1000u32 {
+                let p = base.join(format!("memrace-{}-{n}", std::process::id()));
+                if std::fs::create_dir(&p).is_ok() {
+                    return Ok(Dir(p));
+                }
+            }
+            Err(std::io::Error::other("no free socket directory name"))
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl QemuVm {
+    /// Start QEMU for `cfg`. With `cfg.debug`, every vCPU starts stopped under the gdb stub.
+    pub fn launch(cfg: &VmConfig, accel: Accel) -> Result<QemuVm, QemuError> {
+        let qemu = find_qemu()?;
+        if cfg.cpus == 0 {
+            return Err(QemuError::Io("a VM needs at least one vCPU (--cpus 0 given)".into()));
+        }
+        std::fs::create_dir_all(&cfg.run_dir).map_err(|e| QemuError::Io(format!("{}: {e}", cfg.run_dir.display())))?;
+        let sockets = sockets_dir()?;
+        let args = process::command_line(cfg, accel, &sockets.0, cfg.debug);
+        let _ = std::fs::write(cfg.run_dir.join("qemu.cmdline"), format!("{} {}\n", qemu.display(), args.join(" ")));
+        let (tx, rx) = channel();
+        let process = Process::start(&qemu, &args, cfg, &sockets.0, tx)?;
+        let gdb = process.gdb.as_ref().map(|g| g.try_clone()).transpose().map_err(|e| QemuError::Io(e.to_string()))?;
+        let mut vm = QemuVm {
+            process,
+            rx,
+            pending: VecDeque::new(),
+            gdb,
+            cpus: cfg.cpus,
+            threads: Vec::new(),
+            regs: Vec::new(),
+            wanted: vec![Vec::new(); cfg.cpus],
+            inserted: BTreeSet::new(),
+            on_breakpoint: vec![None; cfg.cpus],
+            running: None,
+            exited: false,
+            foreign_hits: 0,
+            run_dir: cfg.run_dir.clone(),
+        };
+        if vm.gdb.is_some() {
+            if let Err(e) = vm.attach() {
+                vm.kill();
+                return Err(e);
+            }
+        }
+        Ok(vm)
+    }
+
+    /// Negotiate no-ack mode, learn the vCPU threads and the register layout.
+    fn attach(&mut self) -> Result<(), QemuError> {
+        self.send_raw(b"+")?;
+        let ok = self.request("QStartNoAckMode")?;
+        if ok != b"OK" {
+            return Err(QemuError::Protocol(format!("QStartNoAckMode answered {:?}", String::from_utf8_lossy(&ok))));
+        }
+        let mut threads = Vec::new();
+        let mut reply = self.request("qfThreadInfo")?;
+        while let Some(list) = reply.strip_prefix(b"m") {
+            threads.extend(String::from_utf8_lossy(list).split(',').map(str::to_string));
+            reply = self.request("qsThreadInfo")?;
+        }
+        if threads.len() != self.cpus {
+            return Err(QemuError::Protocol(format!("expected {} vCPU threads, QEMU lists {threads:?}", self.cpus)));
+        }
+        self.threads = threads;
+        self.regs = self.register_layout()?;
+        Ok(())
+    }
+
+    fn register_layout(&mut self) -> Result<Vec<RegDesc>, QemuError> {
+        let mut all = Vec::new();
+        let mut next = 0;
+        let mut queue = VecDeque::from(["target.xml".to_string()]);
+        while let Some(annex) = queue.pop_front() {
+            let xml = self.read_xfer(&annex)?;
+            queue.extend(gdb::includes(&xml));
+            all.extend(gdb::parse_regs(&xml, &mut next));
+        }
+        REG_NAMES
+            .iter()
+            .map(|name| {
+                all.iter().find(|r| r.name == *name).cloned().ok_or_else(|| {
+                    QemuError::Protocol(format!("QEMU's target description has no register {name}"))
+                })
+            })
+            .collect()
+    }
+
+    fn read_xfer(&mut self, annex: &str) -> Result<String, QemuError> {
+        let mut text = String::new();
+        loop {
+            let reply = self.request(&format!("qXfer:features:read:{annex}:{:x},{:x}", text.len(), 0x3000))?;
+            let (more, data) = match reply.split_first() {
+                Some((b'm', d)) => (true, d),
+                Some((b'l', d)) => (false, d),
+                _ => return Err(QemuError::Protocol(format!("qXfer {annex}: {:?}", String::from_utf8_lossy(&reply)))),
+            };
+            text.push_str(&String::from_utf8_lossy(data));
+            if !more || data.is_empty() {
+                return Ok(text);
+            }
+        }
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) -> Result<(), QemuError> {
+        let gdb = self.gdb.as_mut().ok_or(QemuError::NotDebugging)?;
+        gdb.write_all(bytes).map_err(|e| QemuError::Io(format!("gdb socket: {e}")))
+    }
+
+    /// Wait for the next gdb packet; VM events arriving meanwhile are queued.
+    fn next_packet(&mut self, what: &str, timeout: Duration) -> Result<Vec<u8>, QemuError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(Incoming::GdbPacket(p)) => return Ok(p),
+                Ok(Incoming::Event(e)) => {
+                    if matches!(e, VmEvent::Exited(_)) {
+                        self.exited = true;
+                        self.pending.push_back(e);
+                        return Err(QemuError::Protocol(format!("QEMU exited while waiting for the answer to {what}")));
+                    }
+                    self.pending.push_back(e);
+                }
+                Ok(Incoming::GdbClosed) => return Err(QemuError::Protocol("gdb connection closed".into())),
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(QemuError::Timeout { request: what.to_string(), seconds: timeout.as_secs() })
+                }
+                Err(RecvTimeoutError::Disconnected) => return Err(QemuError::Protocol("QEMU is gone".into())),
+            }
+        }
+    }
+
+    fn request(&mut self, payload: &str) -> Result<Vec<u8>, QemuError> {
+        self.send_raw(&gdb::frame(payload))?;
+        self.next_packet(payload, REQUEST_TIMEOUT)
+    }
+
+    fn request_ok(&mut self, payload: &str) -> Result<(), QemuError> {
+        match self.request(payload)? {
+            r if r == b"OK" => Ok(()),
+            r => Err(QemuError::Protocol(format!("{payload} answered {:?}", String::from_utf8_lossy(&r)))),
+        }
+    }
+
+    fn vcpu_of_thread(&self, thread: &str) -> Option<VcpuId> {
+        let norm = |t: &str| u64::from_str_radix(t.trim_start_matches('p').rsplit('.').next().unwrap_or(t), 16).ok();
+        let want = norm(thread)?;
+        self.threads.iter().position(|t| norm(t) == Some(want))
+    }
+
+    fn select(&mut self, vcpu: VcpuId) -> Result<(), BackendError> {
+        self.check_vcpu(vcpu)?;
+        let t = self.threads[vcpu].clone();
+        Ok(self.request_ok(&format!("Hg{t}"))?)
+    }
+
+    fn check_vcpu(&self, vcpu: VcpuId) -> Result<(), BackendError> {
+        if vcpu < self.cpus {
+            Ok(())
+        } else {
+            Err(BackendError::NoSuchVcpu(vcpu, self.cpus))
+        }
+    }
+
+    fn read_register(&mut self, desc: &RegDesc) -> Result<u64, QemuError> {
+        let reply = self.request(&format!("p{:x}", desc.regnum))?;
+        let bytes = gdb::decode_hex(&reply)
+            .ok_or_else(|| QemuError::Protocol(format!("register {}: {:?}", desc.name, String::from_utf8_lossy(&reply))))?;
+        let mut le = [0u8; 8];
+        for (i, b) in bytes.iter().take(8).enumerate() {
+            le[i] = *b;
+        }
+        Ok(u64::from_le_bytes(le))
+    }
+
+    /// Wait for the stop reply that follows an interrupt or a step.
+    fn wait_stop(&mut self, what: &str) -> Result<Stop, QemuError> {
+        loop {
+            let p = self.next_packet(what, REQUEST_TIMEOUT)?;
+            if let Some(stop) = gdb::parse_stop(&p) {
+                return Ok(stop);
+            }
+        }
+    }
+
+    fn rip(&mut self, vcpu: VcpuId) -> Result<u64, BackendError> {
+        self.select(vcpu)?;
+        let desc = self.regs[16].clone();
+        Ok(self.read_register(&desc)?)
+    }
+
+    /// Step `vcpu` over the breakpoint it is stopped on (QEMU would re-report it).
+    fn step_over(&mut self, vcpu: VcpuId, addr: u64) -> Result<(), BackendError> {
+        let armed = self.inserted.contains(&addr);
+        if armed {
+            self.request_ok(&format!("z1,{addr:x},1"))?;
+        }
+        let t = self.threads[vcpu].clone();
+        self.send_raw(&gdb::frame(&format!("vCont;s:{t}")))?;
+        let stop = self.wait_stop("single-step")?;
+        if stop == Stop::Exited {
+            self.exited = true;
+            return Err(BackendError::Exited);
+        }
+        if armed {
+            self.request_ok(&format!("Z1,{addr:x},1"))?;
+        }
+        Ok(())
+    }
+
+    fn sync_breakpoints(&mut self) -> Result<(), BackendError> {
+        let union: BTreeSet<u64> = self.wanted.iter().flatten().copied().collect();
+        for addr in self.inserted.difference(&union).copied().collect::<Vec<_>>() {
+            self.request_ok(&format!("z1,{addr:x},1"))?;
+            self.inserted.remove(&addr);
+        }
+        for addr in union.difference(&self.inserted).copied().collect::<Vec<_>>() {
+            self.request_ok(&format!("Z1,{addr:x},1"))?;
+            self.inserted.insert(addr);
+        }
+        Ok(())
+    }
+
+    /// Run `f` with every vCPU stopped, then restart what was running.
+    fn while_stopped<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T, BackendError>) -> Result<T, BackendError> {
+        let was = self.running.clone();
+        self.stop_all()?;
+        let out = f(self)?;
+        if let Some(set) = was {
+            self.resume(&set)?;
+        }
+        Ok(out)
+    }
+
+    /// Handle a stop reply that arrived while vCPUs were running.
+    fn on_stop(&mut self, stop: Stop) -> Result<Option<VmEvent>, BackendError> {
+        let set = self.running.take().unwrap_or_default();
+        let Stop::Signal { thread, .. } = stop else {
+            self.exited = true;
+            return Ok(Some(VmEvent::Exited(VmExit::GuestStopped)));
+        };
+        let vcpu = thread.as_deref().and_then(|t| self.vcpu_of_thread(t));
+        let Some(vcpu) = vcpu else {
+            self.resume(&set)?;
+            return Ok(None);
+        };
+        let rip = self.rip(vcpu)?;
+        if self.inserted.contains(&rip) {
+            self.on_breakpoint[vcpu] = Some(rip);
+            if self.wanted[vcpu].contains(&rip) {
+                return Ok(Some(VmEvent::Breakpoint { vcpu, addr: rip }));
+            }
+            self.foreign_hits += 1;
+        }
+        self.resume(&set)?;
+        Ok(None)
+    }
+}
+
+impl Backend for QemuVm {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn vcpu_count(&self) -> usize {
+        self.cpus
+    }
+
+    fn max_breakpoints(&self) -> usize {
+        HW_BREAKPOINTS
+    }
+
+    fn set_breakpoints(&mut self, vcpu: VcpuId, addrs: &[u64]) -> Result<(), BackendError> {
+        self.check_vcpu(vcpu)?;
+        if addrs.len() > HW_BREAKPOINTS {
+            return Err(BackendError::TooManyBreakpoints { vcpu, wanted: addrs.len(), limit: HW_BREAKPOINTS, backend: "qemu" });
+        }
+        if self.gdb.is_none() {
+            return Err(QemuError::NotDebugging.into());
+        }
+        self.wanted[vcpu] = addrs.to_vec();
+        self.while_stopped(|vm| vm.sync_breakpoints())
+    }
+
+    fn resume(&mut self, running: &[VcpuId]) -> Result<(), BackendError> {
+        if self.exited {
+            return Err(BackendError::Exited);
+        }
+        if self.gdb.is_none() {
+            return Err(QemuError::NotDebugging.into());
+        }
+        for &v in running {
+            self.check_vcpu(v)?;
+        }
+        if self.running.is_some() {
+            self.stop_all()?;
+        }
+        for &v in running {
+            if let Some(addr) = self.on_breakpoint[v].take() {
+                self.step_over(v, addr)?;
+            }
+        }
+        if running.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = String::from("vCont");
+        for &v in running {
+            cmd.push_str(&format!(";c:{}", self.threads[v]));
+        }
+        self.send_raw(&gdb::frame(&cmd))?;
+        self.running = Some(running.to_vec());
+        Ok(())
+    }
+
+    fn next_event(&mut self, deadline: Instant) -> Result<Option<VmEvent>, BackendError> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Ok(Some(e));
+            }
+            if self.exited {
+                return Ok(Some(VmEvent::Exited(VmExit::GuestStopped)));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(Incoming::Event(VmEvent::Exited(exit))) => {
+                    self.exited = true;
+                    let exit = match self.process.exit_status() {
+                        Some(s) if !s.success() => {
+                            let why = std::fs::read_to_string(self.run_dir.join("qemu.stderr")).unwrap_or_default();
+                            VmExit::VmmFailed(format!("QEMU exited with {s}: {}", why.trim()))
+                        }
+                        _ => exit,
+                    };
+                    return Ok(Some(VmEvent::Exited(exit)));
+                }
+                Ok(Incoming::Event(e)) => return Ok(Some(e)),
+                Ok(Incoming::GdbPacket(p)) => {
+                    if let Some(stop) = gdb::parse_stop(&p) {
+                        if let Some(e) = self.on_stop(stop)? {
+                            return Ok(Some(e));
+                        }
+                    }
+                }
+                Ok(Incoming::GdbClosed) => self.gdb = None,
+                Err(RecvTimeoutError::Timeout) => return Ok(None),
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.exited = true;
+                    return Ok(Some(VmEvent::Exited(VmExit::VmmFailed("QEMU's reader threads ended".into()))));
+                }
+            }
+        }
+    }
+
+    fn stop_all(&mut self) -> Result<(), BackendError> {
+        let Some(set) = self.running.take() else { return Ok(()) };
+        self.send_raw(&[0x03])?;
+        let stop = self.wait_stop("interrupt")?;
+        // The interrupt may race with a real breakpoint hit: keep that hit as an event.
+        let Stop::Signal { thread: Some(t), .. } = &stop else { return Ok(()) };
+        if let Some(vcpu) = self.vcpu_of_thread(t) {
+            let rip = self.rip(vcpu)?;
+            if self.inserted.contains(&rip) && set.contains(&vcpu) {
+                self.on_breakpoint[vcpu] = Some(rip);
+                if self.wanted[vcpu].contains(&rip) {
+                    self.pending.push_back(VmEvent::Breakpoint { vcpu, addr: rip });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn regs(&mut self, vcpu: VcpuId) -> Result<Regs, BackendError> {
+        self.select(vcpu)?;
+        let descs = self.regs.clone();
+        let mut v = [0u64; 20];
+        for (slot, desc) in v.iter_mut().zip(&descs) {
+            *slot = self.read_register(desc)?;
+        }
+        Ok(Regs {
+            rax: v[0], rbx: v[1], rcx: v[2], rdx: v[3], rsi: v[4], rdi: v[5], rbp: v[6], rsp: v[7],
+            r8: v[8], r9: v[9], r10: v[10], r11: v[11], r12: v[12], r13: v[13], r14: v[14], r15: v[15],
+            rip: v[16], rflags: v[17], gs_base: v[18], cr3: v[19],
+        })
+    }
+
+    fn read_virt(&mut self, vcpu: VcpuId, addr: u64, len: usize) -> Result<Vec<u8>, BackendError> {
+        self.select(vcpu)?;
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            let chunk = (len - out.len()).min(0x400);
+            let at = addr + out.len() as u64;
+            let reply = self.request(&format!("m{at:x},{chunk:x}"))?;
+            match gdb::decode_hex(&reply) {
+                Some(bytes) if bytes.len() == chunk => out.extend(bytes),
+                _ => {
+                    return Err(BackendError::Memory {
+                        addr: at,
+                        len: chunk,
+                        why: format!("gdb stub answered {:?}", String::from_utf8_lossy(&reply)),
+                    })
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError> {
+        self.while_stopped(|vm| {
+            vm.request_ok("Qqemu.PhyMemMode:1")?;
+            let hex: String = data.iter().map(|b| format!("{b:02x}")).collect();
+            let wrote = vm.request_ok(&format!("M{gpa:x},{:x}:{hex}", data.len()));
+            vm.request_ok("Qqemu.PhyMemMode:0")?;
+            wrote.map_err(|e| BackendError::Memory { addr: gpa, len: data.len(), why: e.to_string() })
+        })
+    }
+
+    fn kill(&mut self) {
+        self.process.kill();
+        self.exited = true;
+    }
+}
+
+impl Drop for QemuVm {
+    fn drop(&mut self) {
+        self.process.kill();
+    }
 }

@@ -1,0 +1,187 @@
+//! `memrace boot [--kernel VARIANT|PATH] [--cpus N] [--mem SIZE] -- CMD ARGS…`
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use control_proto::Stream;
+use memrace::backend::qemu::{QemuAccel, QemuVm};
+use memrace::backend::{Backend, VmConfig};
+use memrace::boot::{self, Limits, Verdict, BASE_CMDLINE};
+use memrace::guest::{self, Job};
+use memrace::kernel::image::{self, ImageKind};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum BackendKind {
+    /// qemu-system-x86_64 (TCG, or KVM where the host has hardware virtualization).
+    Qemu,
+    /// Pick the best backend this host supports and say why.
+    Auto,
+}
+
+#[derive(Args)]
+pub struct BootArgs {
+    /// A kernel variant name (see `memrace kernel list`) or a path to a vmlinux/bzImage.
+    #[arg(long, default_value = "base")]
+    pub kernel: String,
+    #[arg(long, default_value_t = 2)]
+    pub cpus: usize,
+    /// Guest memory: 512M, 1G, or MiB as a plain number.
+    #[arg(long, default_value = "512M")]
+    pub mem: String,
+    #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
+    pub backend: BackendKind,
+    /// Extra kernel command-line arguments.
+    #[arg(long, default_value = "")]
+    pub append: String,
+    /// Seconds allowed from VM start to /init.
+    #[arg(long, default_value_t = 60)]
+    pub boot_timeout: u64,
+    /// Seconds allowed for the command once /init runs.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    /// Extra files for the guest, as HOST_PATH:GUEST_PATH.
+    #[arg(long = "file")]
+    pub files: Vec<String>,
+    /// Echo the guest console to stderr.
+    #[arg(long, short)]
+    pub verbose: bool,
+    /// The command to run in the guest.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+pub fn parse_mem(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'G' | 'g')) => (&t[..i], 1024),
+        Some((i, 'M' | 'm')) => (&t[..i], 1),
+        _ => (t, 1),
+    };
+    let n: u64 = num.parse().with_context(|| format!("--mem {text:?}: expected e.g. 512M or 1G"))?;
+    let mib = n * mult;
+    if !(64..=65536).contains(&mib) {
+        bail!("--mem {text}: guest memory must be between 64M and 64G");
+    }
+    Ok(mib)
+}
+
+/// Resolve --kernel: an existing file must be a kernel; anything else names a variant.
+pub fn resolve_kernel(spec: &str) -> Result<PathBuf> {
+    let path = PathBuf::from(spec);
+    if path.exists() || spec.contains('/') {
+        return match image::inspect(&path)? {
+            ImageKind::Elf { pvh: false } => {
+                bail!("{spec} is an ELF without a PVH entry note; build it with CONFIG_PVH=y or pass its bzImage")
+            }
+            _ => Ok(path),
+        };
+    }
+    // vmlinux boots through PVH, skipping the bzImage decompressor: the fastest path.
+    Ok(super::kernel::ensure(spec)?.vmlinux())
+}
+
+/// The accelerator for `--backend`, printed with the reason.
+pub fn choose_accel(kind: BackendKind) -> QemuAccel {
+    let hw = std::fs::read_to_string("/proc/cpuinfo")
+        .map(|c| c.lines().any(|l| l.starts_with("flags") && (l.contains(" vmx") || l.contains(" svm"))))
+        .unwrap_or(false);
+    let kvm_ok = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    let accel = if hw && kvm_ok { QemuAccel::Kvm } else { QemuAccel::Tcg };
+    let why = match (hw, kvm_ok) {
+        (true, true) => "host has hardware virtualization and /dev/kvm",
+        (false, _) => "no VMX/SVM on this host (a software /dev/kvm cannot run Linux in useful time)",
+        (true, false) => "/dev/kvm is missing or not accessible",
+    };
+    if kind == BackendKind::Auto {
+        eprintln!("memrace: backend qemu ({}) — {why}", if accel == QemuAccel::Kvm { "kvm" } else { "tcg" });
+    }
+    accel
+}
+
+fn run_dir(label: &str) -> Result<PathBuf> {
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
+    let dir = memrace::kernel::cache_root().join("runs").join(format!("{label}-{stamp}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+pub fn run(args: BootArgs) -> Result<i32> {
+    if args.cpus == 0 {
+        bail!("--cpus 0: a VM needs at least one vCPU");
+    }
+    let mem_mib = parse_mem(&args.mem)?;
+    let kernel = resolve_kernel(&args.kernel)?;
+    memrace::backend::qemu::find_qemu()?;
+    let extra = args
+        .files
+        .iter()
+        .map(|f| {
+            let (host, guest) = f.split_once(':').with_context(|| format!("--file {f:?}: expected HOST_PATH:GUEST_PATH"))?;
+            Ok((PathBuf::from(host), guest.to_string()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let dir = run_dir("boot")?;
+    let initramfs = dir.join("initramfs.cpio");
+    guest::build_initramfs(&initramfs, &Job::Command(args.command.clone()), &extra)?;
+    let cfg = VmConfig {
+        kernel,
+        initramfs,
+        cmdline: format!("{BASE_CMDLINE} {}", args.append).trim().to_string(),
+        cpus: args.cpus,
+        mem_mib,
+        run_dir: dir.clone(),
+        debug: false,
+    };
+    let accel = choose_accel(args.backend);
+    let mut vm: Box<dyn Backend> = Box::new(QemuVm::launch(&cfg, accel)?);
+    let limits = Limits { boot: Duration::from_secs(args.boot_timeout), run: Duration::from_secs(args.timeout) };
+    let verbose = args.verbose;
+    let report = boot::run(
+        vm.as_mut(),
+        limits,
+        &mut |stream, data| {
+            let _ = match stream {
+                Stream::Stdout => std::io::stdout().write_all(data),
+                Stream::Stderr => std::io::stderr().write_all(data),
+            };
+        },
+        &mut |line| {
+            if verbose {
+                eprintln!("console: {line}");
+            }
+        },
+    );
+    vm.kill();
+    let _ = std::io::stdout().flush();
+    let _ = std::fs::write(dir.join("boot-report.json"), serde_json::to_vec_pretty(&report)?);
+    if let Some(t) = report.time_to_init {
+        eprintln!("memrace: /init after {:.2} s, total {:.2} s", t.as_secs_f64(), report.total.as_secs_f64());
+    }
+    match &report.verdict {
+        Verdict::Exited { .. } => {}
+        Verdict::KernelPanic { report: k } => {
+            eprintln!("memrace: verdict: kernel-panic: {}", k.headline);
+            for l in &k.lines {
+                eprintln!("  {l}");
+            }
+        }
+        Verdict::Timeout { stage, seconds } => {
+            eprintln!("memrace: verdict: timeout: no {} within {seconds} s; last console lines:", if stage == "boot" { "/init" } else { "exit" });
+            for l in &report.console_tail {
+                eprintln!("  {l}");
+            }
+        }
+        Verdict::NoStatus { why } => {
+            eprintln!("memrace: verdict: no-exit-status: {why}; last console lines:");
+            for l in &report.console_tail {
+                eprintln!("  {l}");
+            }
+        }
+    }
+    if !matches!(report.verdict, Verdict::Exited { .. }) {
+        eprintln!("memrace: console log: {}", dir.join("console.log").display());
+    }
+    Ok(report.verdict.exit_code())
+}

@@ -1,0 +1,247 @@
+//! The kernel pipeline: recipe → verified Debian source → patched tree → config → build,
+//! content-addressed under `~/.cache/memrace/kernels/<hash>/`.
+//!
+//! Every step is restartable: each one leaves a completion marker, `make` is
+//! incremental, and the manifest that marks a finished kernel is written last and
+//! atomically, so an interrupted build resumes where it stopped.
+
+pub mod build;
+pub mod image;
+pub mod config;
+pub mod recipe;
+pub mod source;
+
+use recipe::{Images, Variant};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub const DEFAULT_ARCH: &str = "x86_64";
+pub const DEFAULT_VARIANT: &str = "base";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error(transparent)]
+    Recipe(#[from] recipe::RecipeError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot run {what}: {why}")]
+    Spawn { what: String, why: String },
+    #[error("{what} failed: {why}")]
+    Command { what: String, why: String },
+    #[error("cannot fetch {spec}: {why}")]
+    Fetch { spec: String, why: String },
+    #[error("{file} has SHA-256 {got}, the recipe expects {want}; refusing to build from it")]
+    HashMismatch { file: PathBuf, want: String, got: String },
+    #[error("patch {patch} does not apply: {why}\n  the patch must apply with `patch -p1` to the recipe's source version")]
+    Patch { patch: String, why: String },
+    #[error("Kconfig dropped requested options (unmet dependencies?):\n  {}", .0.join("\n  "))]
+    ConfigDropped(Vec<String>),
+    #[error("kernel build failed; full log: {log}\n{tail}")]
+    BuildFailed { log: PathBuf, tail: String },
+}
+
+impl KernelError {
+    pub fn io(path: &Path, source: std::io::Error) -> KernelError {
+        KernelError::Io { path: path.to_path_buf(), source }
+    }
+}
+
+/// Run a command; on failure return its stderr tail in the error.
+pub fn run_checked(cmd: &mut Command, what: &str) -> Result<(), KernelError> {
+    let out = cmd.output().map_err(|e| KernelError::Spawn { what: what.to_string(), why: e.to_string() })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(&out.stderr);
+    let tail: Vec<&str> = text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+    Err(KernelError::Command { what: what.to_string(), why: format!("{}\n{}", out.status, tail.join("\n")) })
+}
+
+/// memrace's cache: `$MEMRACE_CACHE`, else `$XDG_CACHE_HOME/memrace`, else `~/.cache/memrace`.
+pub fn cache_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("MEMRACE_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache"));
+    base.join("memrace")
+}
+
+/// The repository's `images/` directory (recipes are data shipped with the source).
+pub fn default_images_dir() -> PathBuf {
+    std::env::var_os("MEMRACE_IMAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../images"))
+}
+
+/// What a finished kernel directory holds; `manifest.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub variant: String,
+    pub description: String,
+    pub arch: String,
+    pub hash: String,
+    pub source_version: String,
+    pub patches: Vec<String>,
+    pub fragments: Vec<String>,
+    pub toolchain: String,
+    pub build_seconds: f64,
+    pub build_steps: u64,
+}
+
+/// A built kernel on disk.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+impl Kernel {
+    pub fn vmlinux(&self) -> PathBuf {
+        self.dir.join("vmlinux")
+    }
+    pub fn bzimage(&self) -> PathBuf {
+        self.dir.join("bzImage")
+    }
+}
+
+fn toolchain() -> String {
+    Command::new("gcc")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown gcc".into())
+}
+
+/// Content address of a variant: source, base config, every fragment and patch byte, toolchain.
+pub fn variant_hash(images: &Images, arch: &str, variant: &Variant, toolchain: &str) -> Result<String, KernelError> {
+    let a = images.arch(arch)?;
+    let mut h = Sha256::new();
+    let src = &images.recipe.source;
+    for part in [&src.package, &src.version, &src.sha256, &arch.to_string(), &a.base, &toolchain.to_string()] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    let files = images
+        .fragment_paths(a, variant)
+        .into_iter()
+        .chain(variant.patches.iter().map(|p| images.patch_path(p)));
+    for path in files {
+        h.update(std::fs::read(&path).map_err(|e| KernelError::io(&path, e))?);
+        h.update([0]);
+    }
+    Ok(hex::encode(h.finalize())[..16].to_string())
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), KernelError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| KernelError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| KernelError::io(path, e))
+}
+
+fn read_manifest(dir: &Path) -> Option<Manifest> {
+    serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).ok()?).ok()
+}
+
+/// The kernel for `variant` if it is already built.
+pub fn find(images: &Images, arch: &str, variant: &Variant) -> Result<Option<Kernel>, KernelError> {
+    let hash = variant_hash(images, arch, variant, &toolchain())?;
+    let dir = cache_root().join("kernels").join(&hash);
+    Ok(read_manifest(&dir).map(|manifest| Kernel { dir, manifest }))
+}
+
+/// Build `variant` (or return the cached build).
+pub fn build(images: &Images, arch: &str, variant: &Variant) -> Result<Kernel, KernelError> {
+    let toolchain = toolchain();
+    let hash = variant_hash(images, arch, variant, &toolchain)?;
+    let cache = cache_root();
+    let dir = cache.join("kernels").join(&hash);
+    if let Some(manifest) = read_manifest(&dir) {
+        return Ok(Kernel { dir, manifest });
+    }
+    // Concurrent builders of one variant (parallel tests, two shells) take turns;
+    // the second finds the manifest the first wrote.
+    let _lock = BuildLock::take(&cache.join("kernels").join(format!("{hash}.lock")))?;
+    if let Some(manifest) = read_manifest(&dir) {
+        return Ok(Kernel { dir, manifest });
+    }
+    let a = images.arch(arch)?;
+    let started = std::time::Instant::now();
+    let pristine = source::unpack(&images.recipe.source, &cache)?;
+    let tree = dir.join("src");
+    let patches: Vec<(String, PathBuf)> =
+        variant.patches.iter().map(|p| (p.clone(), images.patch_path(p))).collect();
+    source::patched_tree(&pristine, &tree, &patches)?;
+    // The O= directory sits directly inside the tree so that kbuild uses `..` as srctree:
+    // relative paths make ccache entries shared by every variant.
+    let build_dir = tree.join("memrace-build");
+    std::fs::create_dir_all(&build_dir).map_err(|e| KernelError::io(&build_dir, e))?;
+    config::configure(&tree, &build_dir, &a.base, &images.fragment_paths(a, variant))?;
+    let hint_path = cache.join("kernels").join("steps-hint");
+    let hint = std::fs::read_to_string(&hint_path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1400);
+    let label = format!("{} ({hash})", variant.name);
+    let steps = build::make(&tree, &build_dir, &["vmlinux", "bzImage"], hint, &label)?;
+    if steps > 100 {
+        let _ = std::fs::write(&hint_path, steps.to_string());
+    }
+    for (from, to) in [("vmlinux", "vmlinux"), (a.image.as_str(), "bzImage"), (".config", "config")] {
+        let (src, dst) = (build_dir.join(from), dir.join(to));
+        let _ = std::fs::remove_file(&dst);
+        std::fs::hard_link(&src, &dst)
+            .or_else(|_| std::fs::copy(&src, &dst).map(|_| ()))
+            .map_err(|e| KernelError::io(&src, e))?;
+    }
+    let manifest = Manifest {
+        variant: variant.name.clone(),
+        description: variant.description.clone(),
+        arch: arch.to_string(),
+        hash,
+        source_version: images.recipe.source.version.clone(),
+        patches: variant.patches.clone(),
+        fragments: images.fragment_paths(a, variant).iter().map(|p| p.display().to_string()).collect(),
+        toolchain,
+        build_seconds: started.elapsed().as_secs_f64(),
+        build_steps: steps,
+    };
+    let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
+    write_atomically(&dir.join("manifest.json"), &json)?;
+    Ok(Kernel { dir, manifest })
+}
+
+/// An exclusive flock(2) on a file, released when dropped (or when the process dies).
+struct BuildLock {
+    _held: std::fs::File,
+}
+
+impl BuildLock {
+    fn take(path: &Path) -> Result<BuildLock, KernelError> {
+        use std::os::unix::io::AsRawFd;
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| KernelError::io(parent, e))?;
+        }
+        let file = std::fs::File::create(path).map_err(|e| KernelError::io(path, e))?;
+        // SAFETY: flock on a file descriptor we own for the lifetime of the call.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        if rc != 0 {
+            return Err(KernelError::io(path, std::io::Error::last_os_error()));
+        }
+        Ok(BuildLock { _held: file })
+    }
+}
+
+/// Every finished kernel in the cache.
+pub fn list() -> Vec<Kernel> {
+    let mut kernels: Vec<Kernel> = std::fs::read_dir(cache_root().join("kernels"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| read_manifest(&e.path()).map(|manifest| Kernel { dir: e.path(), manifest }))
+        .collect();
+    kernels.sort_by(|a, b| a.manifest.variant.cmp(&b.manifest.variant));
+    kernels
+}

@@ -1,0 +1,225 @@
+//! Kernel recipes and variants: data files under `images/`.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecipeError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("malformed {path}: {message}\n  fix the file; the format is documented in images/README.md")]
+    Malformed { path: PathBuf, message: String },
+    #[error("unknown kernel variant {name:?}; known variants: {known}\n  add images/variants/{name}.toml or pick a known one (`memrace kernel list`)")]
+    UnknownVariant { name: String, known: String },
+    #[error("the recipe has no configuration for architecture {0:?}")]
+    NoArch(String),
+    #[error("{path} names {what} {name:?}, which does not exist at {missing}")]
+    MissingFile { path: PathBuf, what: &'static str, name: String, missing: PathBuf },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    pub package: String,
+    pub version: String,
+    pub sha256: String,
+    pub tarball: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchRecipe {
+    pub base: String,
+    pub fragment: String,
+    pub image: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    pub source: Source,
+    pub arch: BTreeMap<String, ArchRecipe>,
+}
+
+/// A named kernel: the recipe's base plus ordered patches and extra config fragments.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Variant {
+    #[serde(skip)]
+    pub name: String,
+    pub description: String,
+    #[serde(default)]
+    pub patches: Vec<String>,
+    #[serde(default)]
+    pub fragments: Vec<String>,
+}
+
+/// The `images/` directory: recipe, fragments, patches, variants.
+#[derive(Debug, Clone)]
+pub struct Images {
+    pub dir: PathBuf,
+    pub recipe: Recipe,
+}
+
+fn read(path: &Path) -> Result<String, RecipeError> {
+    std::fs::read_to_string(path).map_err(|source| RecipeError::Read { path: path.to_path_buf(), source })
+}
+
+fn parse<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, RecipeError> {
+    toml::from_str(text).map_err(|e| RecipeError::Malformed { path: path.to_path_buf(), message: e.to_string() })
+}
+
+impl Recipe {
+    pub fn parse(path: &Path, text: &str) -> Result<Recipe, RecipeError> {
+        let recipe: Recipe = parse(path, text)?;
+        let malformed = |message: String| RecipeError::Malformed { path: path.to_path_buf(), message };
+        let s = &recipe.source;
+        if s.sha256.len() != 64 || !s.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(malformed(format!("source.sha256 must be 64 hex digits, got {:?}", s.sha256)));
+        }
+        if s.package.is_empty() || s.version.is_empty() {
+            return Err(malformed("source.package and source.version must not be empty".into()));
+        }
+        if recipe.arch.is_empty() {
+            return Err(malformed("no [arch.<name>] table".into()));
+        }
+        Ok(recipe)
+    }
+}
+
+impl Variant {
+    pub fn parse(name: &str, path: &Path, text: &str) -> Result<Variant, RecipeError> {
+        let mut v: Variant = parse(path, text)?;
+        v.name = name.to_string();
+        Ok(v)
+    }
+}
+
+impl Images {
+    /// Load `images/recipe.toml` from `dir`.
+    pub fn open(dir: &Path) -> Result<Images, RecipeError> {
+        let path = dir.join("recipe.toml");
+        let recipe = Recipe::parse(&path, &read(&path)?)?;
+        Ok(Images { dir: dir.to_path_buf(), recipe })
+    }
+
+    pub fn arch(&self, arch: &str) -> Result<&ArchRecipe, RecipeError> {
+        self.recipe.arch.get(arch).ok_or_else(|| RecipeError::NoArch(arch.to_string()))
+    }
+
+    /// Names of all declared variants, sorted.
+    pub fn variant_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.dir.join("variants"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_suffix(".toml").map(str::to_string)
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Load a variant by name and check that the files it names exist.
+    pub fn variant(&self, name: &str) -> Result<Variant, RecipeError> {
+        let valid_name = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let path = self.dir.join("variants").join(format!("{name}.toml"));
+        if !valid_name || !path.is_file() {
+            return Err(RecipeError::UnknownVariant { name: name.to_string(), known: self.variant_names().join(", ") });
+        }
+        let variant = Variant::parse(name, &path, &read(&path)?)?;
+        for patch in &variant.patches {
+            self.existing(&path, "patch", patch, self.dir.join("patches").join(patch))?;
+        }
+        for fragment in &variant.fragments {
+            self.existing(&path, "fragment", fragment, self.dir.join(fragment))?;
+        }
+        Ok(variant)
+    }
+
+    fn existing(&self, path: &Path, what: &'static str, name: &str, file: PathBuf) -> Result<(), RecipeError> {
+        if file.is_file() {
+            Ok(())
+        } else {
+            Err(RecipeError::MissingFile { path: path.to_path_buf(), what, name: name.to_string(), missing: file })
+        }
+    }
+
+    pub fn patch_path(&self, patch: &str) -> PathBuf {
+        self.dir.join("patches").join(patch)
+    }
+
+    /// The fragments merged for `variant`, in order: the arch base fragment, then the variant's.
+    pub fn fragment_paths(&self, arch: &ArchRecipe, variant: &Variant) -> Vec<PathBuf> {
+        std::iter::once(&arch.fragment).chain(&variant.fragments).map(|f| self.dir.join(f)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[source]
+package = "linux-source-6.12"
+version = "6.12.117-1~deb12u1"
+sha256 = "e849faf31ca3555757f3a8877cb01af92122f744f75d1f3102734651c4e14703"
+tarball = "usr/src/linux-source-6.12.tar.xz"
+[arch.x86_64]
+base = "tinyconfig"
+fragment = "x86_64.config"
+image = "arch/x86/boot/bzImage"
+"#;
+
+    fn p() -> &'static Path {
+        Path::new("recipe.toml")
+    }
+
+    #[test]
+    fn parses_the_recipe() {
+        let r = Recipe::parse(p(), GOOD).unwrap();
+        assert_eq!(r.source.package, "linux-source-6.12");
+        assert_eq!(r.arch["x86_64"].base, "tinyconfig");
+    }
+
+    #[test]
+    fn rejects_malformed_recipes_with_the_reason() {
+        let cases = [
+            (GOOD.replace("sha256 = \"e8", "sha256 = \"zz"), "64 hex digits"),
+            (GOOD.replace("[arch.x86_64]", "[arch.x86_64]\nbogus = 1"), "unknown field"),
+            (GOOD.replace("package = ", "pkg = "), "unknown field"),
+            ("[source\n".to_string(), "malformed"),
+            (GOOD.split("[arch").next().unwrap().to_string(), "missing field `arch`"),
+        ];
+        for (text, want) in cases {
+            let err = Recipe::parse(p(), &text).unwrap_err().to_string();
+            assert!(err.contains(want) || err.contains("malformed"), "{err}");
+            assert!(err.contains("recipe.toml"), "{err}");
+        }
+    }
+
+    #[test]
+    fn variant_defaults_and_unknown_fields() {
+        let v = Variant::parse("x", p(), "description = \"d\"\n").unwrap();
+        assert!(v.patches.is_empty() && v.fragments.is_empty());
+        assert!(Variant::parse("x", p(), "description = \"d\"\npatch = []\n").is_err());
+        assert!(Variant::parse("x", p(), "patches = []\n").is_err(), "description is required");
+    }
+
+    #[test]
+    fn repository_images_are_valid() {
+        let images = Images::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../images")).unwrap();
+        images.arch("x86_64").unwrap();
+        let names = images.variant_names();
+        assert!(names.contains(&"base".to_string()));
+        for name in names {
+            images.variant(&name).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let err = images.variant("no-such-kernel").unwrap_err().to_string();
+        assert!(err.contains("unknown kernel variant") && err.contains("base"), "{err}");
+        assert!(images.variant("../recipe").is_err());
+    }
+}
