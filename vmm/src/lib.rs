@@ -6,3 +6,4 @@ pub mod kernel;
 pub mod guest;
 pub mod console;
 pub mod boot;
+pub mod sched;

@@ -118,6 +118,16 @@ pub trait Backend {
     fn set_breakpoints(&mut self, vcpu: VcpuId, addrs: &[u64]) -> Result<(), BackendError>;
     /// Run exactly the vCPUs in `running`; all others stay stopped.
     fn resume(&mut self, running: &[VcpuId]) -> Result<(), BackendError>;
+    /// Like `resume(running)`, but also re-enter the vCPUs in `parked`, which are stopped
+    /// on a breakpoint, *without* stepping past it: pending interrupts and IPIs are
+    /// delivered first (where the guest has IF=1), then the breakpoint fires again and
+    /// is reported as a new hit at the same address. Returns false if the backend
+    /// cannot do this (the parked vCPUs then simply stay stopped).
+    fn service_parked(&mut self, running: &[VcpuId], parked: &[VcpuId]) -> Result<bool, BackendError> {
+        let _ = parked;
+        self.resume(running)?;
+        Ok(false)
+    }
     /// Wait for the next event until `deadline`; `None` means the deadline passed.
     fn next_event(&mut self, deadline: Instant) -> Result<Option<VmEvent>, BackendError>;
     /// Stop every vCPU (for inspection or a memory write); `resume` restarts them.

@@ -402,6 +402,17 @@ impl Backend for QemuVm {
         Ok(())
     }
 
+    fn service_parked(&mut self, running: &[VcpuId], parked: &[VcpuId]) -> Result<bool, BackendError> {
+        // Forgetting the pending step-over makes `resume` re-enter them at the breakpoint.
+        for &v in parked {
+            self.check_vcpu(v)?;
+            self.on_breakpoint[v] = None;
+        }
+        let all: Vec<VcpuId> = running.iter().chain(parked).copied().collect();
+        self.resume(&all)?;
+        Ok(true)
+    }
+
     fn next_event(&mut self, deadline: Instant) -> Result<Option<VmEvent>, BackendError> {
         loop {
             if let Some(e) = self.pending.pop_front() {

@@ -1,0 +1,597 @@
+//! Executes a schedule against any backend, one trial at a time.
+//!
+//! Ordering rules the engine keeps:
+//! * A vCPU is parked only where its guest has IF=1 (else a schedule error): a parked
+//!   vCPU with interrupts off can deadlock every other vCPU that IPIs it (§0.4 R1).
+//! * While anything is parked, the parked vCPUs are re-entered every
+//!   `SERVICE_INTERVAL` with their breakpoint still armed, so pending interrupts are
+//!   delivered and the breakpoint re-fires.
+//! * Every wait has a deadline. A step that misses it ends the trial as
+//!   `infeasible` after recording where every vCPU is; then parked vCPUs are released
+//!   in the schedule's fallback order so the guest can finish the trial.
+
+use super::cond::{CondError, Operand, Value};
+use super::schedule::{Action, Schedule, Step};
+use super::trace::TraceEvent;
+use crate::backend::{Backend, BackendError, ControlMessage, Regs, VcpuId, VmEvent, VmExit, RFLAGS_IF};
+use crate::console::{ConsoleWatch, KernelReport};
+use control_proto::Outcome;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+const SERVICE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Where the current guest task is found (from DWARF and the symbol table).
+#[derive(Debug, Clone, Copy)]
+pub struct TaskLayout {
+    /// Per-CPU offset of the `current_task` pointer (`&pcpu_hot + current_task`).
+    pub current_task: u64,
+    /// Address of `__per_cpu_offset[]`, used when GS does not hold the kernel base.
+    pub per_cpu_offset: u64,
+    pub pid: u64,
+    pub tgid: u64,
+    pub comm: u64,
+}
+
+/// What the engine needs from the kernel's symbols; kept as a trait so synthetic
+/// guests (raw addresses, no vmlinux) run on the same engine.
+pub trait Introspect {
+    /// Resolve a breakpoint spec to an address, or say why not.
+    fn resolve(&self, spec: &str) -> Result<u64, String>;
+    /// `symbol+0xoff` for reports.
+    fn describe(&self, addr: u64) -> String;
+    fn task_layout(&self) -> Option<TaskLayout>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("schedule line {line}: {why}")]
+    Step { line: usize, why: String },
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "status", rename_all = "kebab-case")]
+pub enum ScheduleStatus {
+    /// Every step completed in order.
+    Completed,
+    /// A step did not complete within its bound.
+    Infeasible { line: usize, reason: String, vcpus: Vec<String> },
+    /// A detector fired: the schedule would deadlock on this kernel.
+    Detected { detector: String, line: usize },
+    /// The schedule itself is wrong for this guest (e.g. parking with IRQs off).
+    Error { line: usize, why: String },
+    /// The VM went away during the trial.
+    VmGone { why: String },
+}
+
+/// One trial's record.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrialRun {
+    pub trial: u32,
+    pub schedule: ScheduleStatus,
+    pub oracle: Option<(String, String)>,
+    pub hits: Vec<String>,
+    pub filtered_hits: u64,
+    pub serviced: u64,
+    pub kernel_report: Option<KernelReport>,
+    pub seconds: f64,
+    pub trace: Vec<TraceEvent>,
+}
+
+struct Armed {
+    cpu: VcpuId,
+    addr: u64,
+    cond: Option<super::cond::Condition>,
+    detector: bool,
+    hits: u64,
+}
+
+struct Parked {
+    name: String,
+    irqs_on: bool,
+}
+
+/// What a wait turned up.
+enum Happened {
+    Message(ControlMessage),
+    Hit { name: String },
+    Detector { name: String },
+    Gone(String),
+}
+
+pub struct Engine<'a> {
+    vm: &'a mut dyn Backend,
+    intro: &'a dyn Introspect,
+    armed: BTreeMap<String, Armed>,
+    parked: BTreeMap<VcpuId, Parked>,
+    /// Hits that arrived before the `hit` step asking for them.
+    early_hits: BTreeSet<String>,
+    inbox: VecDeque<ControlMessage>,
+    ready: HashMap<String, (u32, u32)>,
+    gates: HashMap<String, u64>,
+    facts: HashMap<String, String>,
+    oracle: Option<(Outcome, String)>,
+    console: ConsoleWatch,
+    trace: Vec<TraceEvent>,
+    hits: Vec<String>,
+    filtered: u64,
+    serviced: u64,
+    t0: Instant,
+    gone: Option<String>,
+    /// Every console line, for the caller's log.
+    pub on_console: Option<Box<dyn FnMut(&str) + 'a>>,
+}
+
+impl<'a> Engine<'a> {
+    /// Take over a VM that was started in debug mode (all vCPUs stopped) and start it.
+    pub fn start(vm: &'a mut dyn Backend, intro: &'a dyn Introspect) -> Result<Engine<'a>, EngineError> {
+        let all: Vec<VcpuId> = (0..vm.vcpu_count()).collect();
+        vm.resume(&all)?;
+        Ok(Engine {
+            vm,
+            intro,
+            armed: BTreeMap::new(),
+            parked: BTreeMap::new(),
+            early_hits: BTreeSet::new(),
+            inbox: VecDeque::new(),
+            ready: HashMap::new(),
+            gates: HashMap::new(),
+            facts: HashMap::new(),
+            oracle: None,
+            console: ConsoleWatch::new(40),
+            trace: Vec::new(),
+            hits: Vec::new(),
+            filtered: 0,
+            serviced: 0,
+            t0: Instant::now(),
+            gone: None,
+            on_console: None,
+        })
+    }
+
+    fn now_us(&self) -> u64 {
+        self.t0.elapsed().as_micros() as u64
+    }
+
+    fn running(&self) -> Vec<VcpuId> {
+        (0..self.vm.vcpu_count()).filter(|v| !self.parked.contains_key(v)).collect()
+    }
+
+    pub fn console_tail(&self) -> Vec<String> {
+        self.console.tail()
+    }
+
+    pub fn is_gone(&self) -> bool {
+        self.gone.is_some()
+    }
+
+    /// Run one trial of `schedule`. Trial state (bindings, oracle) starts empty; control
+    /// messages that arrived early stay queued.
+    pub fn run_trial(&mut self, trial: u32, schedule: &Schedule) -> TrialRun {
+        let started = Instant::now();
+        self.ready.clear();
+        self.gates.clear();
+        self.facts.clear();
+        self.oracle = None;
+        self.trace.clear();
+        self.hits.clear();
+        self.early_hits.clear();
+        self.console = ConsoleWatch::new(40);
+        let (f0, s0) = (self.filtered, self.serviced);
+        let status = match self.steps(schedule) {
+            Ok(status) => status,
+            Err(EngineError::Step { line, why }) => ScheduleStatus::Error { line, why },
+            Err(EngineError::Backend(e)) => ScheduleStatus::VmGone { why: e.to_string() },
+        };
+        if status != ScheduleStatus::Completed {
+            self.recover(schedule);
+        }
+        TrialRun {
+            trial,
+            schedule: status,
+            oracle: self.oracle.as_ref().map(|(o, d)| (o.to_string(), d.clone())),
+            hits: self.hits.clone(),
+            filtered_hits: self.filtered - f0,
+            serviced: self.serviced - s0,
+            kernel_report: self.console.report().cloned(),
+            seconds: started.elapsed().as_secs_f64(),
+            trace: std::mem::take(&mut self.trace),
+        }
+    }
+
+    fn steps(&mut self, schedule: &Schedule) -> Result<ScheduleStatus, EngineError> {
+        for step in &schedule.steps {
+            let t_us = self.now_us();
+            self.trace.push(TraceEvent::Step { t_us, line: step.line, action: format!("{:?}", step.action) });
+            let deadline = Instant::now() + Duration::from_millis(step.timeout_ms);
+            match &step.action {
+                Action::Wait { verb, name } => {
+                    let wanted = |m: &ControlMessage| matches_wait(m, verb, name.as_deref());
+                    if let Some(pos) = self.inbox.iter().position(wanted) {
+                        self.inbox.remove(pos);
+                        continue;
+                    }
+                    loop {
+                        match self.pump(deadline, step)? {
+                            Some(Happened::Message(m)) if wanted(&m) => break,
+                            Some(Happened::Message(m)) => self.inbox.push_back(m),
+                            Some(Happened::Hit { name, .. }) => {
+                                self.early_hits.insert(name);
+                            }
+                            Some(other) => return Ok(self.abnormal(other, step)),
+                            None => return Ok(self.infeasible(step, format!("no {verb} {} message", name.as_deref().unwrap_or("")))),
+                        }
+                    }
+                }
+                Action::Break { name, at, cpu, cond, detector } => {
+                    let addr = self.intro.resolve(at).map_err(|why| EngineError::Step { line: step.line, why })?;
+                    self.armed.insert(name.clone(), Armed { cpu: *cpu, addr, cond: cond.clone(), detector: *detector, hits: 0 });
+                    self.program(*cpu)?;
+                }
+                Action::Hit { name } => {
+                    if self.early_hits.remove(name) {
+                        continue;
+                    }
+                    loop {
+                        match self.pump(deadline, step)? {
+                            Some(Happened::Hit { name: got, .. }) if &got == name => break,
+                            Some(Happened::Hit { name: other, .. }) => {
+                                self.early_hits.insert(other);
+                            }
+                            Some(Happened::Message(m)) => self.inbox.push_back(m),
+                            Some(other) => return Ok(self.abnormal(other, step)),
+                            None => return Ok(self.infeasible(step, format!("breakpoint {name:?} was not hit"))),
+                        }
+                    }
+                    let cpu = self.armed.get(name).map(|a| a.cpu).unwrap_or_default();
+                    if let Some(p) = self.parked.get(&cpu) {
+                        if !p.irqs_on && !step.allow_irqs_off {
+                            return Ok(ScheduleStatus::Error {
+                                line: step.line,
+                                why: format!("vCPU {cpu} parked at {name:?} with interrupts disabled (IF=0): other vCPUs' IPIs to it would deadlock; choose another point or set allow_irqs_off"),
+                            });
+                        }
+                    }
+                }
+                Action::Open { gate } => {
+                    let gpa = loop {
+                        if let Some(g) = self.gates.get(gate) {
+                            break *g;
+                        }
+                        match self.pump(deadline, step)? {
+                            Some(Happened::Message(m)) => self.inbox.push_back(m),
+                            Some(Happened::Hit { name, .. }) => {
+                                self.early_hits.insert(name);
+                            }
+                            Some(other) => return Ok(self.abnormal(other, step)),
+                            None => return Ok(self.infeasible(step, format!("the guest never announced gate {gate:?}"))),
+                        }
+                    };
+                    self.vm.write_phys(gpa, &1u32.to_le_bytes())?;
+                    let t_us = self.now_us();
+                    self.trace.push(TraceEvent::Open { t_us, gate: gate.clone() });
+                }
+                Action::Release { cpu } => self.release(*cpu)?,
+                Action::Disarm { name } => {
+                    if let Some(a) = self.armed.remove(name) {
+                        self.program(a.cpu)?;
+                    }
+                }
+            }
+        }
+        Ok(ScheduleStatus::Completed)
+    }
+
+    fn abnormal(&mut self, what: Happened, step: &Step) -> ScheduleStatus {
+        match what {
+            Happened::Detector { name } => ScheduleStatus::Detected { detector: name, line: step.line },
+            Happened::Gone(why) => ScheduleStatus::VmGone { why },
+            Happened::Message(_) | Happened::Hit { .. } => unreachable!("handled by the caller"),
+        }
+    }
+
+    /// Record where every vCPU is, for the infeasible verdict.
+    fn infeasible(&mut self, step: &Step, reason: String) -> ScheduleStatus {
+        let mut vcpus = Vec::new();
+        if self.vm.stop_all().is_ok() {
+            for v in 0..self.vm.vcpu_count() {
+                let state = if self.parked.contains_key(&v) { "parked" } else { "running" };
+                let at = match self.vm.regs(v) {
+                    Ok(r) => self.intro.describe(r.rip),
+                    Err(e) => format!("registers unavailable: {e}"),
+                };
+                vcpus.push(format!("vCPU {v} ({state}): {at}"));
+            }
+        }
+        let t_us = self.now_us();
+        self.trace.push(TraceEvent::Infeasible { t_us, line: step.line, reason: reason.clone(), vcpus: vcpus.clone() });
+        ScheduleStatus::Infeasible { line: step.line, reason, vcpus }
+    }
+
+    /// After an incomplete schedule: disarm everything and release parked vCPUs in the
+    /// fallback order (then any others), so the guest can finish its trial.
+    fn recover(&mut self, schedule: &Schedule) {
+        let mut order: Vec<VcpuId> = schedule.fallback.iter().copied().filter(|v| self.parked.contains_key(v)).collect();
+        order.extend(self.parked.keys().copied().filter(|v| !schedule.fallback.contains(v)).collect::<Vec<_>>());
+        let cpus: BTreeSet<VcpuId> = self.armed.values().map(|a| a.cpu).collect();
+        self.armed.clear();
+        for cpu in cpus {
+            let _ = self.vm.set_breakpoints(cpu, &[]);
+        }
+        for cpu in order {
+            let _ = self.release(cpu);
+        }
+        let _ = self.vm.resume(&self.running());
+    }
+
+    /// Wait for whatever the trial's steps should know about next.
+    /// Trial-level bookkeeping (bindings, oracle, console) happens here.
+    fn pump(&mut self, deadline: Instant, step: &Step) -> Result<Option<Happened>, EngineError> {
+        loop {
+            if let Some(why) = &self.gone {
+                return Ok(Some(Happened::Gone(why.clone())));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let slice = if self.parked.values().any(|p| p.irqs_on) { deadline.min(now + SERVICE_INTERVAL) } else { deadline };
+            let event = match self.vm.next_event(slice)? {
+                Some(e) => e,
+                None => {
+                    if slice < deadline {
+                        let parked: Vec<VcpuId> = self.parked.iter().filter(|(_, p)| p.irqs_on).map(|(v, _)| *v).collect();
+                        self.vm.service_parked(&self.running(), &parked)?;
+                    }
+                    continue;
+                }
+            };
+            match event {
+                VmEvent::Console(line) => {
+                    if let Some(cb) = self.on_console.as_mut() {
+                        cb(&line);
+                    }
+                    self.console.push(&line);
+                }
+                VmEvent::Control(m) => {
+                    let t_us = self.now_us();
+                    self.trace.push(TraceEvent::Control { t_us, line: m.to_string() });
+                    self.bind(&m);
+                    return Ok(Some(Happened::Message(m)));
+                }
+                VmEvent::BadControl { line, error } => {
+                    let t_us = self.now_us();
+                    self.trace.push(TraceEvent::Control { t_us, line: format!("(rejected: {error}) {line}") });
+                }
+                VmEvent::Exited(exit) => {
+                    let why = match exit {
+                        VmExit::GuestStopped => match self.console.report() {
+                            Some(r) => format!("guest stopped: {}", r.headline),
+                            None => "guest stopped".into(),
+                        },
+                        VmExit::VmmFailed(w) => w,
+                    };
+                    self.gone = Some(why.clone());
+                    return Ok(Some(Happened::Gone(why)));
+                }
+                VmEvent::Breakpoint { vcpu, addr } => {
+                    if let Some(h) = self.on_breakpoint(vcpu, addr, step)? {
+                        return Ok(Some(h));
+                    }
+                }
+            }
+        }
+    }
+
+    fn bind(&mut self, m: &ControlMessage) {
+        match m {
+            ControlMessage::Ready { name, cpu, tid } => {
+                self.ready.insert(name.clone(), (*cpu, *tid));
+            }
+            ControlMessage::Gate { name, gpa } => {
+                self.gates.insert(name.clone(), *gpa);
+            }
+            ControlMessage::Fact { key, value } => {
+                self.facts.insert(key.clone(), value.clone());
+            }
+            ControlMessage::Result { outcome, detail, .. } => self.oracle = Some((*outcome, detail.clone())),
+            _ => {}
+        }
+    }
+
+    fn on_breakpoint(&mut self, cpu: VcpuId, addr: u64, step: &Step) -> Result<Option<Happened>, EngineError> {
+        if let Some(p) = self.parked.get(&cpu) {
+            // A serviced parked vCPU came back to its breakpoint: it stays parked.
+            if self.armed.get(&p.name).map(|a| a.addr) == Some(addr) {
+                self.serviced += 1;
+                self.vm.resume(&self.running())?;
+                return Ok(None);
+            }
+        }
+        let Some(name) = self.armed.iter().find(|(_, a)| a.cpu == cpu && a.addr == addr).map(|(n, _)| n.clone()) else {
+            self.vm.resume(&self.running())?;
+            return Ok(None);
+        };
+        let regs = self.vm.regs(cpu)?;
+        let task = self.task(cpu, &regs);
+        let armed = self.armed.get_mut(&name).expect("found above");
+        armed.hits += 1;
+        let (hits, detector, cond) = (armed.hits, armed.detector, armed.cond.clone());
+        let holds = match &cond {
+            None => true,
+            Some(c) => c
+                .eval(&mut |o| self.lookup(o, &regs, &task, hits))
+                .map_err(|e| EngineError::Step { line: step.line, why: format!("breakpoint {name:?}: {e}") })?,
+        };
+        let t_us = self.now_us();
+        if !holds {
+            self.filtered += 1;
+            self.trace.push(TraceEvent::Filtered { t_us, name, cpu, tid: task.as_ref().ok().map(|t| t.0) });
+            self.vm.resume(&self.running())?;
+            return Ok(None);
+        }
+        let symbol = self.intro.describe(addr);
+        if detector {
+            self.trace.push(TraceEvent::Detector { t_us, name: name.clone(), cpu, symbol });
+            // The detector's vCPU is not parked: recovery resumes everything.
+            return Ok(Some(Happened::Detector { name }));
+        }
+        let (tid, comm) = match &task {
+            Ok((tid, comm)) => (Some(*tid), Some(comm.clone())),
+            Err(_) => (None, None),
+        };
+        self.trace.push(TraceEvent::Hit { t_us, name: name.clone(), cpu, symbol, tid, comm, regs });
+        self.hits.push(name.clone());
+        self.parked.insert(cpu, Parked { name: name.clone(), irqs_on: regs.rflags & RFLAGS_IF != 0 });
+        self.vm.resume(&self.running())?;
+        Ok(Some(Happened::Hit { name, cpu }))
+    }
+
+    /// The current guest task on `cpu`: (pid, comm).
+    fn task(&mut self, cpu: VcpuId, regs: &Regs) -> Result<(u64, String), String> {
+        let layout = self.intro.task_layout().ok_or("no task layout (kernel symbols without DWARF?)")?;
+        // In kernel mode GS holds this CPU's per-CPU base; otherwise use __per_cpu_offset[cpu].
+        let base = if regs.gs_base >= 0xffff_8000_0000_0000 {
+            regs.gs_base
+        } else {
+            self.read_u64(cpu, layout.per_cpu_offset + 8 * cpu as u64)?
+        };
+        let current = self.read_u64(cpu, base.wrapping_add(layout.current_task))?;
+        let pid = self.vm.read_virt(cpu, current + layout.pid, 4).map_err(|e| e.to_string())?;
+        let comm = self.vm.read_virt(cpu, current + layout.comm, 16).map_err(|e| e.to_string())?;
+        let comm = String::from_utf8_lossy(comm.split(|b| *b == 0).next().unwrap_or(&[])).into_owned();
+        Ok((u32::from_le_bytes(pid.try_into().expect("4 bytes")) as u64, comm))
+    }
+
+    fn read_u64(&mut self, cpu: VcpuId, addr: u64) -> Result<u64, String> {
+        let b = self.vm.read_virt(cpu, addr, 8).map_err(|e| e.to_string())?;
+        Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+
+    fn lookup(&self, o: &Operand, r: &Regs, task: &Result<(u64, String), String>, hits: u64) -> Result<Value, CondError> {
+        let task_err = |e: &String| CondError::Read { what: "the current task".into(), why: e.clone() };
+        Ok(match o {
+            Operand::Num(n) => Value::Num(*n),
+            Operand::Str(s) => Value::Str(s.clone()),
+            Operand::Ref(path) => {
+                let (head, field) = path.split_once('.').expect("validated at parse time");
+                let unbound = || CondError::UnboundRef(path.clone());
+                if head == "fact" {
+                    let v = self.facts.get(field).ok_or_else(unbound)?;
+                    let n = u64::from_str_radix(v.trim_start_matches("0x"), 16).or_else(|_| v.parse());
+                    n.map(Value::Num).unwrap_or_else(|_| Value::Str(v.clone()))
+                } else {
+                    let (cpu, tid) = self.ready.get(head).ok_or_else(unbound)?;
+                    match field {
+                        "tid" => Value::Num(*tid as u64),
+                        "cpu" => Value::Num(*cpu as u64),
+                        _ => return Err(unbound()),
+                    }
+                }
+            }
+            Operand::Var(v) => match v.as_str() {
+                "tid" => Value::Num(task.as_ref().map_err(task_err)?.0),
+                "comm" => Value::Str(task.as_ref().map_err(task_err)?.1.clone()),
+                "tgid" => return Err(CondError::UnknownVar("tgid (not read yet; use tid)".into())),
+                "hits" => Value::Num(hits),
+                other => Value::Num(register(r, other).ok_or_else(|| CondError::UnknownVar(other.into()))?),
+            },
+        })
+    }
+
+    /// Program `cpu`'s breakpoints: every armed one on it (including the one it is parked on).
+    fn program(&mut self, cpu: VcpuId) -> Result<(), EngineError> {
+        let addrs: Vec<u64> = self.armed.values().filter(|a| a.cpu == cpu).map(|a| a.addr).collect();
+        self.vm.set_breakpoints(cpu, &addrs)?;
+        Ok(())
+    }
+
+    fn release(&mut self, cpu: VcpuId) -> Result<(), EngineError> {
+        if let Some(p) = self.parked.remove(&cpu) {
+            self.armed.remove(&p.name);
+            self.program(cpu)?;
+        }
+        let t_us = self.now_us();
+        self.trace.push(TraceEvent::Release { t_us, cpu });
+        self.vm.resume(&self.running())?;
+        Ok(())
+    }
+
+    /// Wait (bounded) for the trial's RESULT if the schedule did not already consume it.
+    pub fn await_result(&mut self, timeout: Duration) -> Option<(String, String)> {
+        if self.oracle.is_none() {
+            let step = Step { action: Action::Wait { verb: "RESULT".into(), name: None }, line: 0, timeout_ms: 0, allow_irqs_off: false };
+            let deadline = Instant::now() + timeout;
+            while self.oracle.is_none() {
+                match self.pump(deadline, &step) {
+                    Ok(Some(Happened::Message(m))) => {
+                        if !matches!(m, ControlMessage::Result { .. }) {
+                            self.inbox.push_back(m);
+                        }
+                    }
+                    Ok(Some(Happened::Hit { .. } | Happened::Detector { .. })) => {}
+                    _ => break,
+                }
+            }
+        }
+        self.inbox.retain(|m| !matches!(m, ControlMessage::Result { .. }));
+        self.oracle.as_ref().map(|(o, d)| (o.to_string(), d.clone()))
+    }
+
+    /// Drop queued messages up to and including the next `EXIT`, or wait for it (bounded).
+    pub fn await_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let step = Step { action: Action::Wait { verb: "EXIT".into(), name: None }, line: 0, timeout_ms: 0, allow_irqs_off: false };
+        let deadline = Instant::now() + timeout;
+        while let Some(m) = self.inbox.pop_front() {
+            if let ControlMessage::Exit { code } = m {
+                return Some(code);
+            }
+        }
+        loop {
+            match self.pump(deadline, &step) {
+                Ok(Some(Happened::Message(ControlMessage::Exit { code }))) => return Some(code),
+                Ok(Some(Happened::Message(_) | Happened::Hit { .. } | Happened::Detector { .. })) => {}
+                _ => return None,
+            }
+        }
+    }
+}
+
+fn matches_wait(m: &ControlMessage, verb: &str, name: Option<&str>) -> bool {
+    let (v, n): (&str, Option<&str>) = match m {
+        ControlMessage::Ready { name, .. } => ("READY", Some(name)),
+        ControlMessage::Phase { name } => ("PHASE", Some(name)),
+        ControlMessage::Gate { name, .. } => ("GATE", Some(name)),
+        ControlMessage::Fact { key, .. } => ("FACT", Some(key)),
+        ControlMessage::Result { .. } => ("RESULT", None),
+        ControlMessage::Exit { .. } => ("EXIT", None),
+        _ => return false,
+    };
+    v == verb && (name.is_none() || n == name)
+}
+
+/// A register by name; `argN` are the SysV integer argument registers.
+pub fn register(r: &Regs, name: &str) -> Option<u64> {
+    Some(match name {
+        "rax" => r.rax,
+        "rbx" => r.rbx,
+        "rcx" | "arg4" => r.rcx,
+        "rdx" | "arg3" => r.rdx,
+        "rsi" | "arg2" => r.rsi,
+        "rdi" | "arg1" => r.rdi,
+        "rbp" => r.rbp,
+        "rsp" => r.rsp,
+        "r8" | "arg5" => r.r8,
+        "r9" | "arg6" => r.r9,
+        "r10" => r.r10,
+        "r11" => r.r11,
+        "r12" => r.r12,
+        "r13" => r.r13,
+        "r14" => r.r14,
+        "r15" => r.r15,
+        "rip" => r.rip,
+        _ => return None,
+    })
+}

@@ -1,0 +1,6 @@
+//! The schedule engine: which vCPU runs, parks and is released, in what order.
+
+pub mod cond;
+pub mod engine;
+pub mod schedule;
+pub mod trace;

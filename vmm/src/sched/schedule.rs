@@ -1,0 +1,311 @@
+//! The schedule file format (docs/schedules.md): TOML, validated before boot with
+//! line-numbered errors.
+
+use super::cond::{CondError, Condition};
+use crate::backend::VcpuId;
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("{file}:{line}: {why}")]
+    At { file: String, line: usize, why: String },
+}
+
+/// What one step does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Wait for a control message: `READY <name>`, `PHASE <name>`, `GATE <name>`,
+    /// `FACT <key>`, `RESULT` or `EXIT`.
+    Wait { verb: String, name: Option<String> },
+    /// Arm breakpoint `name` at `at` (symbol, `sym+off`, `file:line` or address) on `cpu`.
+    /// A detector releases parked vCPUs when it fires (§0.4 R3) instead of parking.
+    Break { name: String, at: String, cpu: VcpuId, cond: Option<Condition>, detector: bool },
+    /// Wait until breakpoint `name` fires with its condition true; its vCPU then parks.
+    Hit { name: String },
+    /// Open a mailbox gate the guest announced with `GATE <name>`.
+    Open { gate: String },
+    /// Let a parked vCPU run again (stepping past its breakpoint).
+    Release { cpu: VcpuId },
+    /// Disarm a breakpoint that was never hit.
+    Disarm { name: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    pub action: Action,
+    /// 1-based line in the schedule file, for errors and traces.
+    pub line: usize,
+    pub timeout_ms: u64,
+    /// Parking this vCPU with interrupts disabled is intended (normally an error).
+    pub allow_irqs_off: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schedule {
+    pub steps: Vec<Step>,
+    /// Order in which parked vCPUs are released when a step cannot complete.
+    pub fallback: Vec<VcpuId>,
+}
+
+/// The `[schedule]` table as written; deserialize it straight from the file's text
+/// (not via `toml::Value`) so that step spans, and so line numbers, survive.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSchedule {
+    #[serde(default = "default_timeout")]
+    step_timeout_ms: u64,
+    #[serde(default)]
+    fallback: Vec<VcpuId>,
+    #[serde(default)]
+    steps: Vec<toml::Spanned<RawStep>>,
+}
+
+fn default_timeout() -> u64 {
+    20_000
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    wait: Option<String>,
+    #[serde(rename = "break")]
+    break_at: Option<String>,
+    hit: Option<String>,
+    open: Option<String>,
+    release: Option<VcpuId>,
+    disarm: Option<String>,
+    cpu: Option<VcpuId>,
+    name: Option<String>,
+    #[serde(rename = "if")]
+    cond: Option<String>,
+    detector: Option<bool>,
+    timeout_ms: Option<u64>,
+    allow_irqs_off: Option<bool>,
+}
+
+const WAIT_VERBS: [&str; 6] = ["READY", "PHASE", "GATE", "FACT", "RESULT", "EXIT"];
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+}
+
+impl Schedule {
+    /// Validate a `[schedule]` table from `text` (the file `file`), against a VM with
+    /// `cpus` vCPUs and `max_bp` breakpoints per vCPU.
+    pub fn from_raw(file: &str, text: &str, raw: RawSchedule, cpus: usize, max_bp: usize) -> Result<Schedule, ScheduleError> {
+        let at = |line: usize, why: String| ScheduleError::At { file: file.to_string(), line, why };
+        let mut steps = Vec::new();
+        for spanned in raw.steps {
+            let line = line_of(text, spanned.span().start);
+            let s = spanned.into_inner();
+            let action = Self::action(&s).map_err(|why| at(line, why))?;
+            steps.push(Step {
+                action,
+                line,
+                timeout_ms: s.timeout_ms.unwrap_or(raw.step_timeout_ms),
+                allow_irqs_off: s.allow_irqs_off.unwrap_or(false),
+            });
+        }
+        let schedule = Schedule { steps, fallback: raw.fallback };
+        schedule.check(cpus, max_bp).map_err(|(line, why)| at(line, why))?;
+        Ok(schedule)
+    }
+
+    fn action(s: &RawStep) -> Result<Action, String> {
+        let chosen = [s.wait.is_some(), s.break_at.is_some(), s.hit.is_some(), s.open.is_some(), s.release.is_some(), s.disarm.is_some()];
+        if chosen.iter().filter(|c| **c).count() != 1 {
+            return Err("a step needs exactly one of: wait, break, hit, open, release, disarm".into());
+        }
+        let extras_only_for_break = s.cpu.is_some() || s.name.is_some() || s.cond.is_some() || s.detector.is_some();
+        if s.break_at.is_none() && extras_only_for_break {
+            return Err("`cpu`, `name`, `if` and `detector` belong to a `break` step".into());
+        }
+        if let Some(w) = &s.wait {
+            let mut parts = w.split_whitespace();
+            let verb = parts.next().unwrap_or("").to_string();
+            let name = parts.next().map(str::to_string);
+            if !WAIT_VERBS.contains(&verb.as_str()) || parts.next().is_some() {
+                return Err(format!("wait {w:?}: expected one of {} followed by an optional name", WAIT_VERBS.join(", ")));
+            }
+            return Ok(Action::Wait { verb, name });
+        }
+        if let Some(at) = &s.break_at {
+            let cpu = s.cpu.ok_or("a `break` step needs `cpu`")?;
+            let name = s.name.clone().ok_or("a `break` step needs a `name` (used by `hit`)")?;
+            let cond = s.cond.as_deref().map(Condition::parse).transpose().map_err(|e: CondError| e.to_string())?;
+            return Ok(Action::Break { name, at: at.clone(), cpu, cond, detector: s.detector.unwrap_or(false) });
+        }
+        if let Some(h) = &s.hit {
+            return Ok(Action::Hit { name: h.clone() });
+        }
+        if let Some(g) = &s.open {
+            return Ok(Action::Open { gate: g.clone() });
+        }
+        if let Some(d) = &s.disarm {
+            return Ok(Action::Disarm { name: d.clone() });
+        }
+        Ok(Action::Release { cpu: s.release.expect("one action is set") })
+    }
+
+    /// Static checks: vCPU numbers, breakpoint names, the per-vCPU breakpoint budget
+    /// at every point of the schedule, and releases of vCPUs that are parked.
+    fn check(&self, cpus: usize, max_bp: usize) -> Result<(), (usize, String)> {
+        // A parked vCPU keeps its breakpoint armed (it re-fires when the vCPU re-enters
+        // to service interrupts), so its debug register is only freed by `release`.
+        let mut armed: BTreeMap<String, VcpuId> = BTreeMap::new();
+        let mut defined: BTreeSet<String> = BTreeSet::new();
+        let mut parked: BTreeMap<VcpuId, String> = BTreeMap::new();
+        let cpu_ok = |cpu: VcpuId, line| {
+            if cpu < cpus {
+                Ok(())
+            } else {
+                Err((line, format!("vCPU {cpu} does not exist: the VM has {cpus} (0..{})", cpus - 1)))
+            }
+        };
+        for step in &self.steps {
+            let line = step.line;
+            match &step.action {
+                Action::Break { name, cpu, .. } => {
+                    cpu_ok(*cpu, line)?;
+                    if !defined.insert(name.clone()) {
+                        return Err((line, format!("breakpoint name {name:?} is used twice")));
+                    }
+                    armed.insert(name.clone(), *cpu);
+                    let on_cpu = armed.values().filter(|c| *c == cpu).count();
+                    if on_cpu > max_bp {
+                        return Err((
+                            line,
+                            format!("vCPU {cpu} would have {on_cpu} breakpoints armed; x86 has {max_bp} debug registers per vCPU (DR0-DR3). Disarm one, or release the vCPU parked on one, first"),
+                        ));
+                    }
+                }
+                Action::Hit { name } => {
+                    let cpu = *armed.get(name).ok_or((line, format!("hit {name:?}: no armed breakpoint has that name")))?;
+                    if parked.contains_key(&cpu) {
+                        return Err((line, format!("hit {name:?}: vCPU {cpu} is already parked; release it first")));
+                    }
+                    parked.insert(cpu, name.clone());
+                }
+                Action::Disarm { name } => {
+                    if parked.values().any(|n| n == name) {
+                        return Err((line, format!("disarm {name:?}: its vCPU is parked on it; release it instead")));
+                    }
+                    armed.remove(name).ok_or((line, format!("disarm {name:?}: no armed breakpoint has that name")))?;
+                }
+                Action::Release { cpu } => {
+                    cpu_ok(*cpu, line)?;
+                    let name = parked.remove(cpu).ok_or((line, format!("release {cpu}: vCPU {cpu} is not parked at this point")))?;
+                    armed.remove(&name);
+                }
+                Action::Wait { .. } | Action::Open { .. } => {}
+            }
+        }
+        for cpu in &self.fallback {
+            cpu_ok(*cpu, 0)?;
+        }
+        Ok(())
+    }
+
+    /// The same schedule with every breakpoint step removed: gates open back to back
+    /// and the threads run free. The no-schedule baseline of a scenario.
+    pub fn without_breakpoints(&self) -> Schedule {
+        let steps = self
+            .steps
+            .iter()
+            .filter(|s| matches!(s.action, Action::Wait { .. } | Action::Open { .. }))
+            // Waits for progress that only happens inside the race are kept: they are bounded.
+            .cloned()
+            .collect();
+        Schedule { steps, fallback: Vec::new() }
+    }
+
+    /// Names of the breakpoints that must be hit, in schedule order.
+    pub fn expected_hits(&self) -> Vec<String> {
+        self.steps
+            .iter()
+            .filter_map(|s| match &s.action {
+                Action::Hit { name } => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct File {
+        schedule: RawSchedule,
+    }
+
+    fn parse(text: &str) -> Result<Schedule, ScheduleError> {
+        let f: File = toml::from_str(text).map_err(|e| ScheduleError::At { file: "t.toml".into(), line: 0, why: e.to_string() })?;
+        Schedule::from_raw("t.toml", text, f.schedule, 3, 4)
+    }
+
+    const GOOD: &str = r#"
+[schedule]
+fallback = [1, 2]
+steps = [
+  { wait = "READY reader" },
+  { break = "submit_bio_wait", cpu = 1, name = "pinned", if = "tid == $reader.tid" },
+  { open = "reader" },
+  { hit = "pinned" },
+  { release = 1 },
+  { wait = "RESULT" },
+]
+"#;
+
+    #[test]
+    fn parses_a_schedule() {
+        let s = parse(GOOD).unwrap();
+        assert_eq!(s.steps.len(), 6);
+        assert_eq!(s.steps[0].action, Action::Wait { verb: "READY".into(), name: Some("reader".into()) });
+        assert!(matches!(&s.steps[1].action, Action::Break { cpu: 1, detector: false, cond: Some(_), .. }));
+        assert_eq!(s.expected_hits(), vec!["pinned".to_string()]);
+        assert_eq!(s.fallback, vec![1, 2]);
+        assert_eq!(s.without_breakpoints().steps.len(), 3);
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_carry_line_numbers() {
+        let e = err("[schedule]\nsteps = [\n  { wait = \"READY a\" },\n  { hit = \"nope\" },\n]\n");
+        assert!(e.starts_with("t.toml:4:") && e.contains("no armed breakpoint"), "{e}");
+        let e = err("[schedule]\nsteps = [\n { wait = \"SLEEP 3\" },\n]\n");
+        assert!(e.starts_with("t.toml:3:") && e.contains("expected one of"), "{e}");
+        let e = err("[schedule]\nsteps = [\n { release = 1 },\n]\n");
+        assert!(e.contains("t.toml:3:") && e.contains("not parked"), "{e}");
+        let e = err("[schedule]\nsteps = [\n { break = \"f\", cpu = 7, name = \"x\" },\n]\n");
+        assert!(e.contains("vCPU 7 does not exist"), "{e}");
+        let e = err("[schedule]\nsteps = [\n { break = \"f\", cpu = 1 },\n]\n");
+        assert!(e.contains("needs a `name`"), "{e}");
+        let e = err("[schedule]\nsteps = [\n { break = \"f\", cpu = 1, name = \"x\", if = \"tid = 3\" },\n]\n");
+        assert!(e.contains("condition"), "{e}");
+        let e = err("[schedule]\nsteps = [\n { wait = \"RESULT\", open = \"g\" },\n]\n");
+        assert!(e.contains("exactly one"), "{e}");
+        let e = err("[schedule]\nsteps = [\n { wait = \"RESULT\", bogus = 1 },\n]\n");
+        assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn a_fifth_breakpoint_on_one_vcpu_is_refused() {
+        let mut text = String::from("[schedule]\nsteps = [\n");
+        for i in 0..5 {
+            text.push_str(&format!("  {{ break = \"f{i}\", cpu = 1, name = \"b{i}\" }},\n"));
+        }
+        text.push_str("]\n");
+        let e = err(&text);
+        assert!(e.starts_with("t.toml:7:") && e.contains("5 breakpoints") && e.contains("DR0-DR3"), "{e}");
+        // Four are fine, and hitting one frees a register for another.
+        let ok = "[schedule]\nsteps = [\n{ break = \"a\", cpu = 1, name = \"a\" },{ break = \"b\", cpu = 1, name = \"b\" },\
+{ break = \"c\", cpu = 1, name = \"c\" },{ break = \"d\", cpu = 1, name = \"d\" },{ hit = \"a\" },{ release = 1 },{ break = \"e\", cpu = 1, name = \"e\" },]\n";
+        parse(ok).unwrap();
+    }
+}
