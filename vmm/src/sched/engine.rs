@@ -446,7 +446,7 @@ impl<'a> Engine<'a> {
         self.hits.push(name.clone());
         self.parked.insert(cpu, Parked { name: name.clone(), irqs_on: regs.rflags & RFLAGS_IF != 0 });
         self.vm.resume(&self.running())?;
-        Ok(Some(Happened::Hit { name, cpu }))
+        Ok(Some(Happened::Hit { name }))
     }
 
     /// The current guest task on `cpu`: (pid, comm).
