@@ -519,43 +519,31 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    /// Wait (bounded) for the trial's RESULT if the schedule did not already consume it.
-    pub fn await_result(&mut self, timeout: Duration) -> Option<(String, String)> {
-        if self.oracle.is_none() {
-            let step = Step { action: Action::Wait { verb: "RESULT".into(), name: None }, line: 0, timeout_ms: 0, allow_irqs_off: false };
-            let deadline = Instant::now() + timeout;
-            while self.oracle.is_none() {
-                match self.pump(deadline, &step) {
-                    Ok(Some(Happened::Message(m))) => {
-                        if !matches!(m, ControlMessage::Result { .. }) {
-                            self.inbox.push_back(m);
-                        }
-                    }
-                    Ok(Some(Happened::Hit { .. } | Happened::Detector { .. })) => {}
-                    _ => break,
-                }
-            }
+    /// Wait (bounded) for the next control message with `verb`, taking it from the
+    /// queue if it already arrived. Breakpoint hits meanwhile are ignored.
+    pub fn await_control(&mut self, verb: &str, timeout: Duration) -> Option<ControlMessage> {
+        if let Some(pos) = self.inbox.iter().position(|m| matches_wait(m, verb, None)) {
+            return self.inbox.remove(pos);
         }
-        self.inbox.retain(|m| !matches!(m, ControlMessage::Result { .. }));
-        self.oracle.as_ref().map(|(o, d)| (o.to_string(), d.clone()))
-    }
-
-    /// Drop queued messages up to and including the next `EXIT`, or wait for it (bounded).
-    pub fn await_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let step = Step { action: Action::Wait { verb: "EXIT".into(), name: None }, line: 0, timeout_ms: 0, allow_irqs_off: false };
+        let step = Step { action: Action::Wait { verb: verb.into(), name: None }, line: 0, timeout_ms: 0, allow_irqs_off: false };
         let deadline = Instant::now() + timeout;
-        while let Some(m) = self.inbox.pop_front() {
-            if let ControlMessage::Exit { code } = m {
-                return Some(code);
-            }
-        }
         loop {
             match self.pump(deadline, &step) {
-                Ok(Some(Happened::Message(ControlMessage::Exit { code }))) => return Some(code),
-                Ok(Some(Happened::Message(_) | Happened::Hit { .. } | Happened::Detector { .. })) => {}
+                Ok(Some(Happened::Message(m))) if matches_wait(&m, verb, None) => return Some(m),
+                Ok(Some(Happened::Message(m))) => self.inbox.push_back(m),
+                Ok(Some(Happened::Hit { .. } | Happened::Detector { .. })) => {}
                 _ => return None,
             }
         }
+    }
+
+    /// The trial's oracle result, waiting (bounded) if the schedule did not consume it.
+    pub fn await_result(&mut self, timeout: Duration) -> Option<(String, String)> {
+        if self.oracle.is_none() {
+            self.await_control("RESULT", timeout);
+        }
+        self.inbox.retain(|m| !matches!(m, ControlMessage::Result { .. }));
+        self.oracle.as_ref().map(|(o, d)| (o.to_string(), d.clone()))
     }
 }
 

@@ -1,0 +1,255 @@
+//! Scenario files (`scenarios/*.toml`, documented in docs/scenarios.md): data only.
+//! A new race is a scenario file plus a kernel patch; no Rust.
+
+use crate::sched::schedule::{RawSchedule, Schedule, ScheduleError};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("cannot read scenario {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Malformed { path: PathBuf, message: String },
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
+    #[error("unknown scenario {name:?}; known: {known}\n  scenarios are files in {dir}")]
+    Unknown { name: String, known: String, dir: PathBuf },
+}
+
+/// What a kernel is expected to show over all its trials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Expect {
+    /// Every trial reproduces the bug, with every scheduled breakpoint hit in order.
+    Reproduced,
+    /// No trial reproduces and none errs.
+    Intact,
+    /// No trial reproduces; trials whose schedule the correct kernel blocks count as
+    /// "infeasible (expected)" — only where the scenario declares it.
+    IntactOrInfeasible,
+    /// No expectation: the rate is reported (baselines).
+    Report,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vm {
+    #[serde(default = "default_cpus")]
+    pub cpus: usize,
+    #[serde(default = "default_mem")]
+    pub mem: String,
+    /// Extra kernel command-line arguments.
+    #[serde(default)]
+    pub cmdline: String,
+}
+
+fn default_cpus() -> usize {
+    3
+}
+fn default_mem() -> String {
+    "512M".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    /// The harness workload (guest-harness/src/workloads).
+    pub name: String,
+    #[serde(default = "default_trials")]
+    pub trials: u32,
+    /// Trials run in one boot; 1 when the oracle ends the kernel (panic on WARN/BUG).
+    #[serde(default = "default_per_boot")]
+    pub trials_per_boot: u32,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// Bound for one trial's oracle result after the schedule finished.
+    #[serde(default = "default_result_timeout")]
+    pub result_timeout_ms: u64,
+}
+
+fn default_trials() -> u32 {
+    20
+}
+fn default_per_boot() -> u32 {
+    1000
+}
+fn default_result_timeout() -> u64 {
+    30_000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelExpectation {
+    pub variant: String,
+    pub expect: Expect,
+    /// Why, for the report (e.g. "the correct kernel blocks on the anon_vma lock").
+    #[serde(default)]
+    pub note: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Oracle {
+    /// Console reports (e.g. "kernel BUG at include/linux/swapops.h") that count as
+    /// reproducing the bug.
+    #[serde(default)]
+    pub kernel: Vec<String>,
+}
+
+/// A negative control or baseline: the scenario run with changes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Control {
+    pub name: String,
+    pub description: String,
+    pub kernel: String,
+    pub expect: Expect,
+    /// `"scenario"` (default) or `"none"`: gates open back to back, no breakpoints.
+    #[serde(default = "default_control_schedule")]
+    pub schedule: String,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    pub trials: Option<u32>,
+}
+
+fn default_control_schedule() -> String {
+    "scenario".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    name: String,
+    description: String,
+    #[serde(default)]
+    seed: String,
+    vm: Vm,
+    workload: Workload,
+    kernel: Vec<KernelExpectation>,
+    #[serde(default)]
+    oracle: Oracle,
+    #[serde(default)]
+    control: Vec<Control>,
+    schedule: Option<RawSchedule>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub path: PathBuf,
+    pub name: String,
+    pub description: String,
+    pub seed: String,
+    pub vm: Vm,
+    pub workload: Workload,
+    pub kernels: Vec<KernelExpectation>,
+    pub oracle: Oracle,
+    pub controls: Vec<Control>,
+    pub schedule: Schedule,
+    pub text: String,
+}
+
+impl Scenario {
+    pub fn parse(path: &Path, text: &str, max_bp: usize) -> Result<Scenario, ScenarioError> {
+        let malformed = |message: String| ScenarioError::Malformed { path: path.to_path_buf(), message };
+        let raw: RawScenario = toml::from_str(text).map_err(|e| malformed(e.to_string()))?;
+        if raw.vm.cpus == 0 {
+            return Err(malformed("vm.cpus must be at least 1".into()));
+        }
+        if raw.workload.trials == 0 || raw.workload.trials_per_boot == 0 {
+            return Err(malformed("workload.trials and workload.trials_per_boot must be at least 1".into()));
+        }
+        if raw.kernel.is_empty() {
+            return Err(malformed("at least one [[kernel]] is needed".into()));
+        }
+        for c in &raw.control {
+            if c.schedule != "scenario" && c.schedule != "none" {
+                return Err(malformed(format!("control {:?}: schedule must be \"scenario\" or \"none\"", c.name)));
+            }
+        }
+        let file = path.display().to_string();
+        let schedule = match raw.schedule {
+            Some(s) => Schedule::from_raw(&file, text, s, raw.vm.cpus, max_bp)?,
+            None => Schedule { steps: Vec::new(), fallback: Vec::new() },
+        };
+        Ok(Scenario {
+            path: path.to_path_buf(),
+            name: raw.name,
+            description: raw.description,
+            seed: raw.seed,
+            vm: raw.vm,
+            workload: raw.workload,
+            kernels: raw.kernel,
+            oracle: raw.oracle,
+            controls: raw.control,
+            schedule,
+            text: text.to_string(),
+        })
+    }
+
+    pub fn load(path: &Path, max_bp: usize) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read { path: path.to_path_buf(), source })?;
+        Scenario::parse(path, &text, max_bp)
+    }
+}
+
+/// The repository's `scenarios/` directory.
+pub fn default_dir() -> PathBuf {
+    std::env::var_os("MEMRACE_SCENARIOS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios"))
+}
+
+/// Scenario names in `dir`, sorted.
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok()?.strip_suffix(".toml").map(str::to_string))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Find a scenario by name (a file in `dir`) or by path.
+pub fn find(dir: &Path, name_or_path: &str, max_bp: usize) -> Result<Scenario, ScenarioError> {
+    let p = PathBuf::from(name_or_path);
+    if p.is_file() {
+        return Scenario::load(&p, max_bp);
+    }
+    let file = dir.join(format!("{name_or_path}.toml"));
+    if name_or_path.contains('/') || !file.is_file() {
+        return Err(ScenarioError::Unknown { name: name_or_path.into(), known: names(dir).join(", "), dir: dir.to_path_buf() });
+    }
+    Scenario::load(&file, max_bp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repository_scenarios_parse() {
+        let dir = default_dir();
+        for name in names(&dir) {
+            let s = find(&dir, &name, 4).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(s.name, name, "file name and `name` agree");
+        }
+    }
+
+    #[test]
+    fn malformed_scenarios_name_the_problem() {
+        let p = Path::new("x.toml");
+        let e = Scenario::parse(p, "name = 3", 4).unwrap_err().to_string();
+        assert!(e.starts_with("x.toml:"), "{e}");
+        let ok = "name = \"n\"\ndescription = \"d\"\n[vm]\n[workload]\nname = \"w\"\n[[kernel]]\nvariant = \"base\"\nexpect = \"intact\"\n";
+        Scenario::parse(p, ok, 4).unwrap();
+        let e = Scenario::parse(p, &ok.replace("intact", "maybe"), 4).unwrap_err().to_string();
+        assert!(e.contains("unknown variant") || e.contains("maybe"), "{e}");
+        let e = Scenario::parse(p, &format!("{ok}[schedule]\nsteps = [\n  {{ hit = \"x\" }},\n]\n"), 4).unwrap_err().to_string();
+        assert!(e.starts_with("x.toml:12:"), "{e}");
+        assert!(matches!(find(Path::new("/nonexistent"), "nope", 4), Err(ScenarioError::Unknown { .. })));
+    }
+}
