@@ -2,45 +2,32 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{ErrorKind, Read};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::io::{self, ErrorKind, Read};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use control_proto::Stream;
 
 use crate::child::{self, Ended};
 use crate::control;
-use crate::error::{self, Res};
+use crate::error::Res;
 use crate::job::Params;
 use crate::shell;
 
 const PATH: &str = "/bin:/sbin:/usr/bin";
+/// The command's whole environment.
+pub const ENV: [(&str, &str); 3] = [("PATH", PATH), ("HOME", "/"), ("TERM", "dumb")];
 
-/// Build the command; `sh`/`/bin/sh` falls back to the built-in shell when the initramfs
-/// has no `/bin/sh`.
-fn command(argv: &[OsString]) -> Command {
-    let builtin_sh = (argv[0] == "/bin/sh" || argv[0] == "sh") && !Path::new("/bin/sh").exists();
-    let mut cmd = if builtin_sh {
-        let mut c = Command::new("/proc/self/exe");
-        c.arg0("sh").arg(shell::BUILTIN_FLAG);
-        c
-    } else {
-        Command::new(&argv[0])
-    };
-    cmd.args(&argv[1..])
-        .env_clear()
-        .env("PATH", PATH)
-        .env("HOME", "/")
-        .env("TERM", "dumb")
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    cmd
+/// The program and argv to run: `sh`/`/bin/sh` fall back to the built-in shell when the
+/// initramfs has no `/bin/sh`.
+fn program(argv: &[OsString]) -> Option<(PathBuf, Vec<OsString>)> {
+    if (argv[0] == "/bin/sh" || argv[0] == "sh") && !Path::new("/bin/sh").exists() {
+        let mut args = vec![OsString::from("sh"), OsString::from(shell::BUILTIN_FLAG)];
+        args.extend_from_slice(&argv[1..]);
+        return Some((PathBuf::from("/proc/self/exe"), args));
+    }
+    Some((child::find_program(&argv[0], PATH)?, argv.to_vec()))
 }
 
 /// Read what is available on `pipe`; forward it. Returns false once the pipe is finished.
@@ -60,8 +47,15 @@ fn forward(pipe: &mut File, stream: Stream, buf: &mut [u8]) -> bool {
 pub fn run(argv: &[OsString], mut params: Params) -> Res<i32> {
     let timeout = Duration::from_secs(params.take_u64("timeout_s", 3600)?);
     params.finish()?;
-    let mut child = match command(argv).spawn() {
-        Ok(c) => c,
+    let spawned = program(argv)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
+        .and_then(|(path, args)| child::spawn(&path, &args, &ENV, true));
+    let (pid, (stdout, stderr)) = match spawned {
+        Ok(child::Spawned {
+            pid,
+            output: Some(output),
+        }) => (pid, output),
+        Ok(_) => unreachable!("capture was requested"),
         Err(e) => {
             let msg = format!(
                 "memrace-harness: cannot execute {}: {e}\n",
@@ -71,23 +65,16 @@ pub fn run(argv: &[OsString], mut params: Params) -> Res<i32> {
             return Ok(127);
         }
     };
-    let pid = child.id() as libc::pid_t;
     let deadline = Instant::now() + timeout;
     let mut pipes = [
-        (
-            Stream::Stdout,
-            child.stdout.take().map(|p| File::from(OwnedFd::from(p))),
-        ),
-        (
-            Stream::Stderr,
-            child.stderr.take().map(|p| File::from(OwnedFd::from(p))),
-        ),
+        (Stream::Stdout, Some(stdout)),
+        (Stream::Stderr, Some(stderr)),
     ];
     let mut buf = [0u8; control::OUT_CHUNK];
     let mut status = None;
     loop {
         if status.is_none() {
-            status = child.try_wait().map_err(|e| error::describe("wait", &e))?;
+            status = child::try_wait(pid)?;
         }
         let open: Vec<usize> = (0..2).filter(|&i| pipes[i].1.is_some()).collect();
         let now = Instant::now();
@@ -119,20 +106,19 @@ pub fn run(argv: &[OsString], mut params: Params) -> Res<i32> {
             }
         }
     }
-    if status.is_none() {
-        let ended = child::wait(
+    let ended = match status {
+        Some(ended) => ended,
+        None => child::wait(
             pid,
             deadline.saturating_duration_since(Instant::now()),
             -pid,
-        )?;
-        if ended == Ended::TimedOut {
-            control::note(&format!(
-                "command timed out after {} s and was killed",
-                timeout.as_secs()
-            ));
-        }
-        return Ok(ended.code());
+        )?,
+    };
+    if ended == Ended::TimedOut {
+        control::note(&format!(
+            "command timed out after {} s and was killed",
+            timeout.as_secs()
+        ));
     }
-    let st = status.expect("checked above");
-    Ok(st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0)))
+    Ok(ended.code())
 }

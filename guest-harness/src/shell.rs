@@ -12,10 +12,12 @@
 //!
 //! Pipes, redirections, `&`, subshells and backquotes are rejected with status 2.
 
+use std::ffi::{OsStr, OsString};
 use std::io::{self, Read, Write};
-use std::process::Command;
+use std::time::Duration;
 
 use crate::error::Res;
+use crate::{child, command};
 
 /// argv[1] that makes the harness binary act as the built-in shell.
 pub const BUILTIN_FLAG: &str = "--memrace-builtin-sh";
@@ -163,6 +165,34 @@ fn cat(files: &[String], out: &mut impl Write) -> i32 {
     status
 }
 
+/// Run a non-built-in command and wait for it (bounded by the harness' command timeout,
+/// which kills the whole process group).
+fn external(program: &str, argv: &[String]) -> i32 {
+    let Some(path) = child::find_program(OsStr::new(program), command::ENV[0].1) else {
+        eprintln!("sh: {program}: not found");
+        return 127;
+    };
+    let args: Vec<OsString> = argv.iter().map(OsString::from).collect();
+    let spawned = match child::spawn(&path, &args, &command::ENV, false) {
+        Ok(spawned) => spawned,
+        Err(e) => {
+            eprintln!("sh: {program}: {e}");
+            return if e.kind() == io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+        }
+    };
+    match child::wait(spawned.pid, Duration::from_secs(24 * 3600), spawned.pid) {
+        Ok(ended) => ended.code(),
+        Err(e) => {
+            eprintln!("sh: {program}: {e}");
+            126
+        }
+    }
+}
+
 fn run_one(argv: &[String], last: i32) -> Flow {
     let mut out = io::stdout().lock();
     let status = match argv[0].as_str() {
@@ -192,20 +222,7 @@ fn run_one(argv: &[String], last: i32) -> Flow {
         "cat" => cat(&argv[1..], &mut out),
         program => {
             drop(out.flush());
-            match Command::new(program).args(&argv[1..]).status() {
-                Ok(st) => {
-                    use std::os::unix::process::ExitStatusExt;
-                    st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0))
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    eprintln!("sh: {program}: not found");
-                    127
-                }
-                Err(e) => {
-                    eprintln!("sh: {program}: {e}");
-                    126
-                }
-            }
+            external(program, argv)
         }
     };
     drop(out.flush());
