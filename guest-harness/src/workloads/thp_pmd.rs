@@ -10,6 +10,7 @@ use control_proto::Outcome;
 use super::{Trial, Workload};
 use crate::error::{self, Res};
 use crate::mem::Mapping;
+use crate::system;
 
 const HPAGE: usize = 2 << 20;
 const THP: &str = "/sys/kernel/mm/transparent_hugepage";
@@ -49,11 +50,45 @@ pub fn vmstat_value(vmstat: &str, key: &str) -> Option<u64> {
     })
 }
 
-fn thp_counters() -> Res<(u64, u64)> {
-    let text =
-        fs::read_to_string("/proc/vmstat").map_err(|e| error::describe("read /proc/vmstat", &e))?;
-    let get = |k| vmstat_value(&text, k).ok_or_else(|| format!("/proc/vmstat has no {k}"));
-    Ok((get("thp_file_alloc")?, get("thp_file_mapped")?))
+/// Evidence of huge page allocation and PMD mapping, read around the fault.
+struct Counters {
+    /// /proc/meminfo ShmemHugePages (kB): always present with THP.
+    shmem_huge_kb: u64,
+    /// /proc/vmstat thp_file_alloc and thp_file_mapped: only with CONFIG_VM_EVENT_COUNTERS.
+    events: Option<(u64, u64)>,
+}
+
+impl Counters {
+    fn read() -> Res<Counters> {
+        let read = |path: &str| {
+            fs::read_to_string(path).map_err(|e| error::describe(&format!("read {path}"), &e))
+        };
+        let meminfo = read("/proc/meminfo")?;
+        let shmem_huge_kb = system::meminfo_value(&meminfo, "ShmemHugePages")
+            .ok_or("/proc/meminfo has no ShmemHugePages")?;
+        let vmstat = read("/proc/vmstat")?;
+        let events =
+            vmstat_value(&vmstat, "thp_file_alloc").zip(vmstat_value(&vmstat, "thp_file_mapped"));
+        Ok(Counters {
+            shmem_huge_kb,
+            events,
+        })
+    }
+
+    /// Whether a huge page was allocated since `before`, and a detail text of the deltas.
+    fn since(&self, before: &Counters) -> (bool, String) {
+        let huge_kb = self.shmem_huge_kb.saturating_sub(before.shmem_huge_kb);
+        let mut allocated = huge_kb >= 2048;
+        let mut text = format!("ShmemHugePages=+{huge_kb}kB");
+        match (before.events, self.events) {
+            (Some((a0, m0)), Some((a1, m1))) => {
+                allocated |= a1 > a0;
+                text += &format!(" thp_file_alloc=+{} thp_file_mapped=+{}", a1 - a0, m1 - m0);
+            }
+            _ => text += " thp_file_alloc=n/a thp_file_mapped=n/a",
+        }
+        (allocated, text)
+    }
 }
 
 /// A 2 MiB shmem mapping whose start is 2 MiB aligned *and* at file offset 0 (so a PMD can
@@ -98,25 +133,20 @@ impl Workload for ThpPmd {
 
     fn trial(&self, trial: &Trial) -> Res<()> {
         let p = aligned_shmem()?;
-        let (alloc0, mapped0) = thp_counters()?;
+        let before = Counters::read()?;
         // SAFETY: the first byte of the live, readable mapping.
         let _ = unsafe { std::ptr::read_volatile(p.ptr()) };
-        let (alloc1, mapped1) = thp_counters()?;
         let smaps = fs::read_to_string("/proc/self/smaps")
             .map_err(|e| error::describe("read smaps", &e))?;
+        let (allocated, counters) = Counters::read()?.since(&before);
         let pmd = smaps_field(&smaps, p.addr(), "ShmemPmdMapped")
             .ok_or("no ShmemPmdMapped for the mapping")?;
-        let counters = format!(
-            "thp_file_alloc=+{} thp_file_mapped=+{}",
-            alloc1 - alloc0,
-            mapped1 - mapped0
-        );
         if pmd >= 2048 {
             trial.report(
                 Outcome::Intact,
                 &format!("ShmemPmdMapped={pmd}kB {counters}"),
             );
-        } else if pmd == 0 && alloc1 > alloc0 {
+        } else if pmd == 0 && allocated {
             trial.report(
                 Outcome::Reproduced,
                 &format!("ShmemPmdMapped=0kB-mapped-by-ptes {counters}"),
