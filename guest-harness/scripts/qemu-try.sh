@@ -3,7 +3,8 @@
 #   qemu-try.sh JOBFILE [extra kernel cmdline...]
 # Env: KERNEL (bzImage), HARNESS (static binary), OUT (dir for console.log/ctl.log),
 #      TIMEOUT (s, default 120), SMP (default 3,sockets=3: the kernel has no ACPI and
-#      SeaBIOS's MP table lists only the first logical CPU of each package), CPU (max).
+#      SeaBIOS's MP table lists only the first logical CPU of each package), CPU (max),
+#      EXTRA (more qemu options, e.g. -gdb tcp::1234 for gdb-gate-opener.py).
 set -eu
 job=$1; shift
 KERNEL=${KERNEL:-/tmp/kb1/arch/x86/boot/bzImage}
@@ -20,5 +21,5 @@ rm -f "$OUT/console.log" "$OUT/ctl.log"
 timeout "${TIMEOUT:-120}" qemu-system-x86_64 -accel tcg -cpu "${CPU:-max}" -smp "${SMP:-3,sockets=3,cores=1,threads=1}" -m 512 \
     -nographic -no-reboot -kernel "$KERNEL" -initrd "$OUT/initramfs.cpio" \
     -append "console=ttyS0 panic=-1 nokaslr $*" \
-    -serial "file:$OUT/console.log" -serial "file:$OUT/ctl.log" -monitor none || echo "qemu: exit $?"
+    -serial "file:$OUT/console.log" -serial "file:$OUT/ctl.log" -monitor none ${EXTRA:-} || echo "qemu: exit $?"
 cat "$OUT/ctl.log"
