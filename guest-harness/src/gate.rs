@@ -13,6 +13,21 @@ use crate::mem::{self, Mapping, PAGE};
 pub struct Gate {
     page: Mapping,
     gpa: u64,
+    /// TSC ticks per millisecond, so that the spin bound needs no system call.
+    tsc_per_ms: u64,
+}
+
+fn rdtsc() -> u64 {
+    // SAFETY: RDTSC only reads the time-stamp counter (user mode may use it on Linux/x86_64).
+    unsafe { std::arch::x86_64::_rdtsc() }
+}
+
+/// Measure the TSC rate against the monotonic clock (20 ms).
+fn calibrate_tsc() -> u64 {
+    let (t0, c0) = (Instant::now(), rdtsc());
+    std::thread::sleep(Duration::from_millis(20));
+    let (ms, c1) = (t0.elapsed().as_secs_f64() * 1000.0, rdtsc());
+    ((c1.wrapping_sub(c0)) as f64 / ms).max(1.0) as u64
 }
 
 impl Gate {
@@ -36,6 +51,7 @@ impl Gate {
         Ok(Gate {
             page,
             gpa: info.pfn * PAGE as u64,
+            tsc_per_ms: calibrate_tsc(),
         })
     }
 
@@ -47,15 +63,16 @@ impl Gate {
         });
     }
 
-    /// Spin in user mode until word `index` is non-zero, at most `timeout`.
-    /// The clock is read only every few thousand spins, so nearly all the time is spent in
-    /// the volatile load + `pause` loop.
+    /// Spin in user mode until word `index` is non-zero, at most `timeout`. The bound is
+    /// kept with RDTSC, so the thread never enters the kernel while it waits (without a vDSO
+    /// clocksource, reading the clock would be a system call).
     pub fn wait(&self, index: usize, timeout: Duration) -> Res<()> {
         assert!(index < PAGE / 4);
         let word = self.page.ptr().cast::<u32>().wrapping_add(index);
-        let start = Instant::now();
+        let limit = (timeout.as_millis() as u64).saturating_mul(self.tsc_per_ms);
+        let start = rdtsc();
         loop {
-            for _ in 0..4096 {
+            for _ in 0..256 {
                 // SAFETY: `word` is an aligned u32 inside the locked page owned by `self`;
                 // the bench writes it from outside, hence the volatile read.
                 if unsafe { std::ptr::read_volatile(word) } != 0 {
@@ -63,7 +80,7 @@ impl Gate {
                 }
                 std::hint::spin_loop();
             }
-            if start.elapsed() >= timeout {
+            if rdtsc().wrapping_sub(start) >= limit {
                 return Err("gate-timeout".into());
             }
         }
