@@ -7,3 +7,5 @@ pub mod guest;
 pub mod console;
 pub mod boot;
 pub mod sched;
+pub mod scenario;
+pub mod report;

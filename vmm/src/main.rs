@@ -18,6 +18,8 @@ enum Command {
     Kernel(cli::kernel::KernelCommand),
     /// Boot a kernel, run CMD in the guest and exit with its status.
     Boot(cli::boot::BootArgs),
+    /// Run a race scenario on its kernels (default: madv-free-dio) and report verdicts.
+    Run(cli::run::RunArgs),
 }
 
 fn main() {
@@ -25,6 +27,7 @@ fn main() {
     let result = match cli.command {
         Command::Kernel(k) => cli::kernel::run(k),
         Command::Boot(b) => cli::boot::run(b),
+        Command::Run(r) => cli::run::run(r),
     };
     match result {
         Ok(code) => std::process::exit(code),

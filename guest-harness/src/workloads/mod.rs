@@ -16,6 +16,7 @@ mod fork_anon_vma;
 mod madv_free_dio;
 mod mremap_migration;
 mod race;
+mod syscall_pair;
 mod thp_pmd;
 
 /// The housekeeping CPU: trial processes start here; racing threads pin elsewhere.
@@ -76,6 +77,7 @@ fn build(name: &str, params: &mut Params) -> Res<Box<dyn Workload>> {
         "fork-anon-vma" => Box::new(fork_anon_vma::ForkAnonVma::new(params)?),
         "thp-pmd" => Box::new(thp_pmd::ThpPmd),
         "mremap-migration" => Box::new(mremap_migration::MremapMigration::new(params)?),
+        "syscall-pair" => Box::new(syscall_pair::SyscallPair::new(params)?),
         other => return Err(format!("unknown workload {other:?}")),
     })
 }

@@ -1,2 +1,3 @@
 pub mod boot;
 pub mod kernel;
+pub mod run;

@@ -163,6 +163,11 @@ impl<'a> Engine<'a> {
         self.console.tail()
     }
 
+    /// The kernel report (BUG/WARN/panic) seen on the console during this trial.
+    pub fn kernel_report(&self) -> Option<KernelReport> {
+        self.console.report().cloned()
+    }
+
     pub fn is_gone(&self) -> bool {
         self.gone.is_some()
     }
@@ -179,6 +184,16 @@ impl<'a> Engine<'a> {
         self.hits.clear();
         self.early_hits.clear();
         self.console = ConsoleWatch::new(40);
+        // Messages that arrived early belong to this trial from its `PHASE trial-*` on;
+        // anything older is a previous trial's leftover.
+        let is_start = |m: &ControlMessage| matches!(m, ControlMessage::Phase { name } if name.starts_with("trial-"));
+        if let Some(start) = self.inbox.iter().rposition(is_start) {
+            self.inbox.drain(..start);
+        }
+        let early: Vec<ControlMessage> = self.inbox.iter().cloned().collect();
+        for m in &early {
+            self.bind(m);
+        }
         let (f0, s0) = (self.filtered, self.serviced);
         let status = match self.steps(schedule) {
             Ok(status) => status,
@@ -216,7 +231,7 @@ impl<'a> Engine<'a> {
                     loop {
                         match self.pump(deadline, step)? {
                             Some(Happened::Message(m)) if wanted(&m) => break,
-                            Some(Happened::Message(m)) => self.inbox.push_back(m),
+                            Some(Happened::Message(m)) => self.queue(m),
                             Some(Happened::Hit { name, .. }) => {
                                 self.early_hits.insert(name);
                             }
@@ -240,7 +255,7 @@ impl<'a> Engine<'a> {
                             Some(Happened::Hit { name: other, .. }) => {
                                 self.early_hits.insert(other);
                             }
-                            Some(Happened::Message(m)) => self.inbox.push_back(m),
+                            Some(Happened::Message(m)) => self.queue(m),
                             Some(other) => return Ok(self.abnormal(other, step)),
                             None => return Ok(self.infeasible(step, format!("breakpoint {name:?} was not hit"))),
                         }
@@ -261,7 +276,7 @@ impl<'a> Engine<'a> {
                             break *g;
                         }
                         match self.pump(deadline, step)? {
-                            Some(Happened::Message(m)) => self.inbox.push_back(m),
+                            Some(Happened::Message(m)) => self.queue(m),
                             Some(Happened::Hit { name, .. }) => {
                                 self.early_hits.insert(name);
                             }
@@ -282,6 +297,16 @@ impl<'a> Engine<'a> {
             }
         }
         Ok(ScheduleStatus::Completed)
+    }
+
+    /// Keep a message for a later step. Bounded: a guest flooding the channel loses
+    /// its oldest messages, never our memory.
+    fn queue(&mut self, m: ControlMessage) {
+        const MAX_QUEUED: usize = 1024;
+        if self.inbox.len() >= MAX_QUEUED {
+            self.inbox.pop_front();
+        }
+        self.inbox.push_back(m);
     }
 
     fn abnormal(&mut self, what: Happened, step: &Step) -> ScheduleStatus {
@@ -355,6 +380,7 @@ impl<'a> Engine<'a> {
                     }
                     self.console.push(&line);
                 }
+                VmEvent::Control(ControlMessage::Output { .. }) => {}
                 VmEvent::Control(m) => {
                     let t_us = self.now_us();
                     self.trace.push(TraceEvent::Control { t_us, line: m.to_string() });
@@ -530,7 +556,7 @@ impl<'a> Engine<'a> {
         loop {
             match self.pump(deadline, &step) {
                 Ok(Some(Happened::Message(m))) if matches_wait(&m, verb, None) => return Some(m),
-                Ok(Some(Happened::Message(m))) => self.inbox.push_back(m),
+                Ok(Some(Happened::Message(m))) => self.queue(m),
                 Ok(Some(Happened::Hit { .. } | Happened::Detector { .. })) => {}
                 _ => return None,
             }
@@ -555,7 +581,8 @@ fn matches_wait(m: &ControlMessage, verb: &str, name: Option<&str>) -> bool {
         ControlMessage::Fact { key, .. } => ("FACT", Some(key)),
         ControlMessage::Result { .. } => ("RESULT", None),
         ControlMessage::Exit { .. } => ("EXIT", None),
-        _ => return false,
+        ControlMessage::Hello { .. } => ("HELLO", None),
+        ControlMessage::Output { .. } => return false,
     };
     v == verb && (name.is_none() || n == name)
 }

@@ -1,0 +1,177 @@
+//! `memrace run [SCENARIO] [--trials N] [--kernel VARIANT]… [--controls] [--all]`
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use memrace::backend::qemu::QemuAccel;
+use memrace::debug::Symbols;
+use memrace::report;
+use memrace::scenario::file::{self, Expect, Scenario};
+use memrace::scenario::run::{run_kernel, KernelPlan, KernelRun, RunContext, ScenarioResult};
+use memrace::sched::schedule::Schedule;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// The race the README's first command shows.
+pub const DEFAULT_SCENARIO: &str = "madv-free-dio";
+/// x86 debug registers per vCPU; schedules are checked against this before boot.
+const MAX_BREAKPOINTS: usize = 4;
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Scenario name (a file in scenarios/) or path.
+    pub scenario: Option<String>,
+    /// Trials per kernel (default: the scenario's).
+    #[arg(long)]
+    pub trials: Option<u32>,
+    /// Run only these kernel variants of the scenario.
+    #[arg(long = "kernel")]
+    pub kernels: Vec<String>,
+    /// Also run the scenario's negative controls and baselines.
+    #[arg(long)]
+    pub controls: bool,
+    /// Run every scenario and print one summary table.
+    #[arg(long, conflicts_with = "scenario")]
+    pub all: bool,
+    #[arg(long, value_enum, default_value_t = super::boot::BackendKind::Auto)]
+    pub backend: super::boot::BackendKind,
+    /// Directory for result.json and report.md (default: runs/<scenario>-<time>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Echo the guest console.
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+struct Loaded {
+    symbols: Symbols,
+}
+
+fn load_kernel(variant: &str, cache: &mut BTreeMap<String, (PathBuf, std::rc::Rc<Loaded>)>) -> Result<(PathBuf, std::rc::Rc<Loaded>)> {
+    if let Some(v) = cache.get(variant) {
+        return Ok(v.clone());
+    }
+    let k = super::kernel::ensure(variant)?;
+    let symbols = Symbols::load(&k.vmlinux()).with_context(|| format!("loading symbols of {}", k.vmlinux().display()))?;
+    let v = (k.vmlinux(), std::rc::Rc::new(Loaded { symbols }));
+    cache.insert(variant.to_string(), v.clone());
+    Ok(v)
+}
+
+fn out_dir(args: &RunArgs, name: &str) -> Result<PathBuf> {
+    let dir = match &args.out {
+        Some(d) if !args.all => d.clone(),
+        Some(d) => d.join(name),
+        None => {
+            let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+            PathBuf::from("runs").join(format!("{name}-{stamp}"))
+        }
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Run one scenario; returns its result (also written to disk after every trial).
+pub fn run_scenario(scenario: &Scenario, args: &RunArgs, accel: QemuAccel) -> Result<ScenarioResult> {
+    let dir = out_dir(args, &scenario.name)?;
+    eprintln!("memrace: scenario {} — results in {}", scenario.name, dir.display());
+    for k in &args.kernels {
+        if !scenario.kernels.iter().any(|e| &e.variant == k) {
+            let known: Vec<&str> = scenario.kernels.iter().map(|e| e.variant.as_str()).collect();
+            bail!("scenario {} has no kernel {k:?}; it declares {}", scenario.name, known.join(", "));
+        }
+    }
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let mut result = ScenarioResult {
+        scenario: scenario.name.clone(),
+        description: scenario.description.clone(),
+        scenario_file: scenario.path.display().to_string(),
+        backend: format!("qemu ({})", if accel == QemuAccel::Kvm { "kvm" } else { "tcg" }),
+        started_unix: started,
+        kernels: Vec::new(),
+        controls: Vec::new(),
+        held: false,
+        complete: false,
+    };
+    let mut cache = BTreeMap::new();
+    let baseline = scenario.schedule.without_breakpoints();
+    let trials = args.trials.unwrap_or(scenario.workload.trials);
+    let mut plans: Vec<(bool, String, String, Expect, String, &Schedule, String, BTreeMap<String, String>, u32)> = Vec::new();
+    for k in scenario.kernels.iter().filter(|k| args.kernels.is_empty() || args.kernels.contains(&k.variant)) {
+        plans.push((false, k.variant.clone(), k.variant.clone(), k.expect, k.note.clone(), &scenario.schedule, "scenario".into(), scenario.workload.params.clone(), trials));
+    }
+    if args.controls {
+        for c in &scenario.controls {
+            let mut params = scenario.workload.params.clone();
+            params.extend(c.params.clone());
+            let (sched, sname) = if c.schedule == "none" { (&baseline, "none (gates opened back to back)") } else { (&scenario.schedule, "scenario") };
+            let n = args.trials.map(|t| c.trials.unwrap_or(t).max(t)).or(c.trials).unwrap_or(trials);
+            plans.push((true, format!("{} [{}]", c.kernel, c.name), c.kernel.clone(), c.expect, c.description.clone(), sched, sname.into(), params, n));
+        }
+    }
+    for (is_control, label, variant, expect, note, schedule, schedule_name, params, trials) in plans {
+        let (vmlinux, loaded) = load_kernel(&variant, &mut cache)?;
+        let intro = memrace::debug::KernelIntrospect::new(&loaded.symbols);
+        let ctx = RunContext { scenario, accel, intro: &intro, out_dir: &dir, verbose: args.verbose };
+        let plan = KernelPlan { label: label.clone(), variant, vmlinux, expect, note, schedule, schedule_name, params, trials };
+        let bar = indicatif::ProgressBar::new(trials as u64);
+        bar.set_style(indicatif::ProgressStyle::with_template("{prefix:<40} [{elapsed_precise}] {bar:25} {pos}/{len} {msg}").expect("static template"));
+        bar.set_prefix(label.clone());
+        let snapshot = |partial: &KernelRun, result: &ScenarioResult| {
+            let mut r = result.clone();
+            if is_control { r.controls.push(partial.clone()) } else { r.kernels.push(partial.clone()) }
+            let _ = r.write(&dir);
+        };
+        let run = run_kernel(&ctx, &plan, &mut |partial| {
+            let c = partial.counts;
+            bar.set_position(c.trials as u64);
+            bar.set_message(format!("reproduced {} passed {} infeasible {} errors {}", c.reproduced, c.passed, c.infeasible, c.errors));
+            if bar.is_hidden() {
+                eprintln!("memrace: {label}: trial {} — reproduced {} passed {} infeasible {} errors {}", c.trials, c.reproduced, c.passed, c.infeasible, c.errors);
+            }
+            snapshot(partial, &result);
+        })?;
+        bar.finish_and_clear();
+        if is_control { result.controls.push(run) } else { result.kernels.push(run) }
+        result.write(&dir)?;
+    }
+    result.held = result.kernels.iter().chain(&result.controls).all(|k| k.held);
+    result.complete = true;
+    result.write(&dir)?;
+    let md = dir.join("report.md");
+    std::fs::write(&md, report::markdown(&result)).with_context(|| format!("writing {}", md.display()))?;
+    println!("{}", report::table(&result.kernels.iter().chain(&result.controls).cloned().collect::<Vec<_>>()));
+    println!("report: {}\nresults: {}", md.display(), dir.join("result.json").display());
+    Ok(result)
+}
+
+pub fn run(args: RunArgs) -> Result<i32> {
+    let accel = super::boot::choose_accel(args.backend);
+    let dir = file::default_dir();
+    let names: Vec<String> = if args.all {
+        file::names(&dir)
+    } else {
+        vec![args.scenario.clone().unwrap_or_else(|| DEFAULT_SCENARIO.to_string())]
+    };
+    // Validate every scenario before booting anything.
+    let scenarios = names.iter().map(|n| file::find(&dir, n, MAX_BREAKPOINTS)).collect::<Result<Vec<_>, _>>()?;
+    let mut summary = Vec::new();
+    for s in &scenarios {
+        let r = run_scenario(s, &args, accel)?;
+        summary.push(r);
+    }
+    if args.all {
+        println!("\nSUMMARY");
+        println!("{:<26} {}", "SCENARIO", report::table(&[]).lines().next().unwrap_or(""));
+        for r in &summary {
+            for k in r.kernels.iter().chain(&r.controls) {
+                let row = report::table(std::slice::from_ref(k));
+                println!("{:<26} {}", r.scenario, row.lines().nth(1).unwrap_or(""));
+            }
+        }
+    }
+    let held = summary.iter().all(|r| r.held);
+    if !held {
+        eprintln!("memrace: EXPECTATIONS NOT MET (see the reports above)");
+    }
+    Ok(if held { 0 } else { 3 })
+}

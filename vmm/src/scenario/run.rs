@@ -1,0 +1,234 @@
+//! Running a scenario: for each kernel, boot(s) under the debugger, N trials of the
+//! schedule, verdicts, and results written after every trial.
+
+use super::file::{Expect, Scenario};
+use super::verdict::{classify, Counts, TrialVerdict};
+use crate::backend::qemu::{QemuAccel, QemuVm};
+use crate::backend::{Backend, VmConfig};
+use crate::boot::BASE_CMDLINE;
+use crate::guest::{self, Job};
+use crate::sched::engine::{Engine, Introspect, ScheduleStatus, TrialRun};
+use crate::sched::schedule::Schedule;
+use crate::sched::trace::write_json_atomically;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How long a boot may take to reach the harness.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Guest(#[from] guest::GuestError),
+    #[error(transparent)]
+    Qemu(#[from] crate::backend::qemu::QemuError),
+    #[error("writing results to {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+/// One trial as recorded in the results.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrialRecord {
+    pub verdict: TrialVerdict,
+    pub why: String,
+    pub boot: u32,
+    #[serde(flatten)]
+    pub run: TrialRun,
+}
+
+/// Everything one kernel did in a scenario (or control).
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelRun {
+    pub label: String,
+    pub variant: String,
+    pub expect: Expect,
+    pub note: String,
+    pub schedule_name: String,
+    pub params: BTreeMap<String, String>,
+    pub counts: Counts,
+    pub held: bool,
+    pub boots: u32,
+    pub seconds: f64,
+    /// Mean seconds per trial, schedule plus oracle (boot time excluded).
+    pub seconds_per_trial: f64,
+    /// Mean time from VM start to the harness's HELLO.
+    pub boot_seconds: f64,
+    pub trials: Vec<TrialRecord>,
+    /// Console lines of the boot that held the first reproducing (else the last) trial.
+    pub console_excerpt: Vec<String>,
+}
+
+/// What to run on one kernel.
+pub struct KernelPlan<'a> {
+    pub label: String,
+    pub variant: String,
+    pub vmlinux: PathBuf,
+    pub expect: Expect,
+    pub note: String,
+    pub schedule: &'a Schedule,
+    pub schedule_name: String,
+    pub params: BTreeMap<String, String>,
+    pub trials: u32,
+}
+
+pub struct RunContext<'a> {
+    pub scenario: &'a Scenario,
+    pub accel: QemuAccel,
+    pub intro: &'a dyn Introspect,
+    pub out_dir: &'a Path,
+    pub verbose: bool,
+}
+
+fn boot_vm(ctx: &RunContext, plan: &KernelPlan, trials: u32, boot: u32) -> Result<QemuVm, RunError> {
+    let dir = ctx.out_dir.join(format!("{}-boot{boot}", plan.label));
+    std::fs::create_dir_all(&dir).map_err(|source| RunError::Write { path: dir.clone(), source })?;
+    let initramfs = dir.join("initramfs.cpio");
+    let job = Job::Workload {
+        name: ctx.scenario.workload.name.clone(),
+        trials,
+        params: plan.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    };
+    guest::build_initramfs(&initramfs, &job, &[])?;
+    let mem_mib = parse_mib(&ctx.scenario.vm.mem);
+    let cfg = VmConfig {
+        kernel: plan.vmlinux.clone(),
+        initramfs,
+        cmdline: format!("{BASE_CMDLINE} {}", ctx.scenario.vm.cmdline).trim().to_string(),
+        cpus: ctx.scenario.vm.cpus,
+        mem_mib,
+        run_dir: dir,
+        debug: true,
+    };
+    Ok(QemuVm::launch(&cfg, ctx.accel)?)
+}
+
+/// `512M`/`1G`/plain MiB; scenario files are validated by the CLI before this runs.
+pub fn parse_mib(text: &str) -> u64 {
+    let t = text.trim();
+    let (n, mult) = if let Some(g) = t.strip_suffix(['G', 'g']) { (g, 1024) } else { (t.trim_end_matches(['M', 'm']), 1) };
+    n.parse::<u64>().map(|n| n * mult).unwrap_or(512)
+}
+
+/// Run `plan.trials` trials, rebooting when a trial takes the kernel down.
+/// `progress` is told about every finished trial.
+pub fn run_kernel(ctx: &RunContext, plan: &KernelPlan, progress: &mut dyn FnMut(&KernelRun)) -> Result<KernelRun, RunError> {
+    let started = Instant::now();
+    let expected_hits = plan.schedule.expected_hits();
+    let per_boot = ctx.scenario.workload.trials_per_boot.max(1);
+    let result_timeout = Duration::from_millis(ctx.scenario.workload.result_timeout_ms);
+    let mut out = KernelRun {
+        label: plan.label.clone(),
+        variant: plan.variant.clone(),
+        expect: plan.expect,
+        note: plan.note.clone(),
+        schedule_name: plan.schedule_name.clone(),
+        params: plan.params.clone(),
+        counts: Counts::default(),
+        held: false,
+        boots: 0,
+        seconds: 0.0,
+        seconds_per_trial: 0.0,
+        boot_seconds: 0.0,
+        trials: Vec::new(),
+        console_excerpt: Vec::new(),
+    };
+    let mut boot_total = 0.0;
+    while out.counts.trials < plan.trials {
+        let n = (plan.trials - out.counts.trials).min(per_boot);
+        out.boots += 1;
+        let boot_started = Instant::now();
+        let mut vm = boot_vm(ctx, plan, n, out.boots)?;
+        let mut engine = match Engine::start(&mut vm, ctx.intro) {
+            Ok(e) => e,
+            Err(e) => {
+                record_error(&mut out, format!("could not start the VM: {e}"));
+                progress(&out);
+                continue;
+            }
+        };
+        if ctx.verbose {
+            engine.on_console = Some(Box::new(|l: &str| eprintln!("console: {l}")));
+        }
+        if engine.await_control("HELLO", BOOT_TIMEOUT).is_none() {
+            let tail = engine.console_tail();
+            record_error(&mut out, format!("the guest did not reach /init within {} s; last console: {:?}", BOOT_TIMEOUT.as_secs(), tail.last()));
+            out.console_excerpt = tail;
+            progress(&out);
+            continue;
+        }
+        boot_total += boot_started.elapsed().as_secs_f64();
+        for _ in 0..n {
+            let trial = out.counts.trials + 1;
+            let mut run = engine.run_trial(trial, plan.schedule);
+            if run.oracle.is_none() && !engine.is_gone() {
+                run.oracle = engine.await_result(result_timeout);
+            }
+            // A kernel report may be printed after the schedule ended (at the oracle's access).
+            run.kernel_report = engine.kernel_report();
+            let (verdict, why) = classify(&run, &expected_hits, &ctx.scenario.oracle);
+            if out.counts.reproduced == 0 {
+                out.console_excerpt = engine.console_tail();
+            }
+            out.counts.add(verdict);
+            out.trials.push(TrialRecord { verdict, why, boot: out.boots, run });
+            progress(&out);
+            if engine.is_gone() {
+                break;
+            }
+        }
+        if !engine.is_gone() {
+            engine.await_control("EXIT", Duration::from_secs(20));
+        }
+        drop(engine);
+        vm.kill();
+    }
+    out.seconds = started.elapsed().as_secs_f64();
+    let n = out.trials.len().max(1) as f64;
+    out.seconds_per_trial = out.trials.iter().map(|t| t.run.seconds).sum::<f64>() / n;
+    out.boot_seconds = boot_total / out.boots.max(1) as f64;
+    out.held = out.counts.meets(plan.expect);
+    Ok(out)
+}
+
+fn record_error(out: &mut KernelRun, why: String) {
+    out.counts.add(TrialVerdict::Error);
+    out.trials.push(TrialRecord {
+        verdict: TrialVerdict::Error,
+        why: why.clone(),
+        boot: out.boots,
+        run: TrialRun {
+            trial: out.counts.trials,
+            schedule: ScheduleStatus::VmGone { why },
+            oracle: None,
+            hits: vec![],
+            filtered_hits: 0,
+            serviced: 0,
+            kernel_report: None,
+            seconds: 0.0,
+            trace: vec![],
+        },
+    });
+}
+
+/// The whole scenario's results, written as `result.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioResult {
+    pub scenario: String,
+    pub description: String,
+    pub scenario_file: String,
+    pub backend: String,
+    pub started_unix: u64,
+    pub kernels: Vec<KernelRun>,
+    pub controls: Vec<KernelRun>,
+    pub held: bool,
+    pub complete: bool,
+}
+
+impl ScenarioResult {
+    pub fn write(&self, dir: &Path) -> Result<(), RunError> {
+        let path = dir.join("result.json");
+        write_json_atomically(&path, self).map_err(|source| RunError::Write { path, source })
+    }
+}
