@@ -13,6 +13,7 @@
 //! * Resuming a vCPU that is stopped on a breakpoint steps past that breakpoint
 //!   (RF on x86 KVM, remove/step/re-insert on qemu) without re-reporting it.
 
+pub mod kvm;
 pub mod qemu;
 
 use std::path::PathBuf;
@@ -105,6 +106,8 @@ pub enum BackendError {
     Exited,
     #[error("{0}")]
     Qemu(#[from] qemu::QemuError),
+    #[error("{0}")]
+    Kvm(#[from] kvm::KvmError),
 }
 
 /// A running VM under a debugger. See the module doc for the execution model.
