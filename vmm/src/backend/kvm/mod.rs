@@ -137,7 +137,8 @@ fn assemble(cpus: usize, mem_mib: u64, opts: &KvmOptions, console_log: Option<Fi
 
 fn start(parts: Assembly, start_running: bool) -> Result<KvmVm, KvmError> {
     let Assembly { kvm, vm, ram, vcpu_fds, devices, lifecycle, events: (tx, rx) } = parts;
-    let ctx = VcpuContext { devices: devices.clone(), lifecycle: lifecycle.clone(), events: tx, _ram: ram.clone() };
+    let step = boot::StepMode::query(&vm);
+    let ctx = VcpuContext { devices: devices.clone(), lifecycle: lifecycle.clone(), events: tx, step, _ram: ram.clone() };
     let mut vcpus = Vec::with_capacity(vcpu_fds.len());
     for (index, fd) in vcpu_fds.into_iter().enumerate() {
         vcpus.push(VcpuHandle::spawn(index, fd, ctx.clone(), start_running)?);

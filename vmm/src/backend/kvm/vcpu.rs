@@ -4,7 +4,7 @@
 //!            Run                    breakpoint exit
 //!   Paused ───────► Running ───────────────────────► Parked{addr}
 //!     ▲    ◄─────── │   ▲                                 │
-//!     │      Stop   │   └───────── Run (RF: step past) ───┘
+//!     │      Stop   │   └──── Run (single-step past it) ──┘
 //!     └─────────────┴──► Exited (guest stopped, VMM failure, Quit)
 //! ```
 //!
@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
-use super::boot::{self, DebugError, PagingState};
+use super::boot::{self, DebugError, PagingState, StepMode};
 use super::devices::{Devices, Lifecycle, StopReason};
 use super::kick;
 use super::memory::GuestRam;
@@ -30,7 +30,8 @@ use crate::backend::{Regs, VcpuId, VmEvent};
 /// answers within one guest exit; only a wedged host gets anywhere near this.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Re-entries allowed while completing a pending access before stopping
-/// (a `rep ins/outs` may need several).
+/// (a `rep ins/outs` may need several), or while taking one single step
+/// (the stepped instruction may itself exit for port IO or MMIO).
 const MAX_COMPLETION_ROUNDS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +95,7 @@ pub struct VcpuContext {
     pub devices: Arc<Devices>,
     pub lifecycle: Arc<Lifecycle>,
     pub events: Sender<VmEvent>,
+    pub step: StepMode,
     /// Keeps guest RAM mapped for as long as the vCPU fd can touch it.
     pub _ram: Arc<GuestRam>,
 }
@@ -105,7 +107,7 @@ impl VcpuHandle {
         let (commands, command_rx) = channel();
         let (reply_tx, replies) = channel();
         let state = if start_running { RunState::Running } else { RunState::Paused };
-        let worker = VcpuThread { id, fd, ctx, commands: command_rx, replies: reply_tx, state };
+        let worker = VcpuThread { id, fd, ctx, commands: command_rx, replies: reply_tx, state, breakpoints: Vec::new() };
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || worker.run())
@@ -188,6 +190,7 @@ struct VcpuThread {
     commands: Receiver<Command>,
     replies: Sender<Reply>,
     state: RunState,
+    breakpoints: Vec<u64>,
 }
 
 impl VcpuThread {
@@ -222,7 +225,8 @@ impl VcpuThread {
                 Some(Command::Quit) => return,
                 Some(command) => self.handle(command),
                 None => {
-                    self.enter_guest();
+                    let outcome = self.enter_guest();
+                    self.settle(outcome);
                 }
             }
         }
@@ -236,10 +240,8 @@ impl VcpuThread {
     fn handle(&mut self, command: Command) {
         match command {
             Command::Run => {
-                if let RunState::Parked { .. } = self.state {
-                    if let Err(source) = boot::step_over_breakpoint(&self.fd) {
-                        self.fail(format!("vCPU {}: cannot step over its breakpoint: {source}", self.id));
-                    }
+                if let RunState::Parked { addr } = self.state {
+                    self.step_over(addr);
                 }
                 if self.state.is_stopped() {
                     self.state = RunState::Running;
@@ -261,6 +263,9 @@ impl VcpuThread {
                     RunState::Exited => Err(VcpuError::Gone { vcpu: self.id }),
                     _ => boot::set_breakpoints(&self.fd, &addrs).map_err(|source| VcpuError::Debug { vcpu: self.id, source }),
                 };
+                if result.is_ok() {
+                    self.breakpoints = addrs;
+                }
                 self.answer(Reply::Done(result));
             }
             Command::Snapshot => {
@@ -279,18 +284,51 @@ impl VcpuThread {
     fn complete_pending_access(&mut self) {
         self.fd.set_kvm_immediate_exit(1);
         for _ in 0..MAX_COMPLETION_ROUNDS {
-            if !self.enter_guest() {
+            let outcome = self.enter_guest();
+            if !self.settle(outcome) {
                 break;
             }
         }
         self.fd.set_kvm_immediate_exit(0);
     }
 
-    /// One `KVM_RUN`. Returns whether the exit was an access that was emulated
-    /// (and so needs completing before the vCPU stops).
-    fn enter_guest(&mut self) -> bool {
+    /// Execute the instruction at breakpoint `addr` once, without reporting
+    /// the breakpoint, then re-arm every breakpoint.
+    fn step_over(&mut self, addr: u64) {
+        let keep: Vec<u64> = self.breakpoints.iter().copied().filter(|&a| a != addr).collect();
+        if let Err(e) = boot::arm_single_step(&self.fd, &keep, self.ctx.step) {
+            return self.fail(format!("vCPU {}: cannot single-step over {addr:#x}: {e}", self.id));
+        }
+        let mut stepped = false;
+        for _ in 0..MAX_COMPLETION_ROUNDS {
+            // A kick (this command's, or a later one's, whose command waits in the
+            // channel) must not cut the step short: clear it and take the step.
+            self.fd.set_kvm_immediate_exit(0);
+            match self.enter_guest() {
+                // The step's own debug exit (a kept breakpoint cannot sit on this instruction).
+                Outcome::Breakpoint(_) => {
+                    stepped = true;
+                    break;
+                }
+                Outcome::Access | Outcome::Interrupted => {}
+                outcome => {
+                    self.settle(outcome);
+                    return;
+                }
+            }
+        }
+        if !stepped {
+            return self.fail(format!("vCPU {}: the single step over {addr:#x} did not finish", self.id));
+        }
+        if let Err(e) = boot::set_breakpoints(&self.fd, &self.breakpoints) {
+            self.fail(format!("vCPU {}: cannot re-arm breakpoints after a step: {e}", self.id));
+        }
+    }
+
+    /// One `KVM_RUN`, with port/MMIO accesses handed to the device model.
+    fn enter_guest(&mut self) -> Outcome {
         let VcpuThread { fd, ctx, .. } = self;
-        let outcome = match fd.run() {
+        match fd.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
                 ctx.devices.pio_read(port, data);
                 Outcome::Access
@@ -317,7 +355,12 @@ impl VcpuThread {
             Ok(other) => Outcome::Failed(format!("unexpected exit {other:?}")),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Outcome::Interrupted,
             Err(e) => Outcome::Failed(format!("KVM_RUN failed: {e}")),
-        };
+        }
+    }
+
+    /// Apply what `enter_guest` saw. Returns whether it was an emulated access
+    /// (which needs completing before the vCPU may stop).
+    fn settle(&mut self, outcome: Outcome) -> bool {
         match outcome {
             Outcome::Access => true,
             Outcome::Interrupted => false,

@@ -16,7 +16,7 @@ mod paging;
 mod regs;
 
 pub use cpuid::CpuidPolicy;
-pub use debug::{set_breakpoints, snapshot, step_over_breakpoint, DebugError, MAX_BREAKPOINTS};
+pub use debug::{arm_single_step, set_breakpoints, snapshot, DebugError, StepMode, MAX_BREAKPOINTS};
 pub use linux::{load_linux, BootProtocol, LinuxImage, LoadError, LoadedKernel};
 pub use mptable::MptableError;
 pub use paging::{translate, PagingError, PagingState};
