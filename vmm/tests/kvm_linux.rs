@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kvm_support::{events_until, kvm_or_report, next_breakpoint};
+use kvm_support::{events_until, kvm_or_report, level_not_run, next_breakpoint};
 use memrace::backend::kvm::{self, launch, BootProtocol, KvmOptions};
 use memrace::backend::{Backend, ControlMessage, VmConfig, VmEvent};
 use object::{Object, ObjectSymbol};
@@ -64,7 +64,9 @@ fn symbol(vmlinux: &Path, name: &str) -> u64 {
     let data = std::fs::read(vmlinux).unwrap();
     let file = object::File::parse(&*data).unwrap();
     let found = file.symbols().find(|s| s.name() == Ok(name));
-    found.unwrap_or_else(|| panic!("{name} not in {}", vmlinux.display())).address()
+    found
+        .unwrap_or_else(|| panic!("{name} not in {}", vmlinux.display()))
+        .address()
 }
 
 fn config(kernel: PathBuf, run_dir: &Path, cpus: usize) -> VmConfig {
@@ -81,7 +83,9 @@ fn config(kernel: PathBuf, run_dir: &Path, cpus: usize) -> VmConfig {
 
 #[test]
 fn linux_early_boot_hits_start_kernel_and_prints_the_banner() {
-    let Some(opts) = kvm_or_report("kvm linux early boot") else { return };
+    let Some(opts) = kvm_or_report("kvm linux early boot") else {
+        return;
+    };
     let dir = kernel_dir();
     let vmlinux = dir.join("vmlinux");
     let start_kernel = symbol(&vmlinux, "start_kernel");
@@ -91,7 +95,10 @@ fn linux_early_boot_hits_start_kernel_and_prints_the_banner() {
     assert_eq!(vm.boot_protocol(), Some(BootProtocol::Pvh));
     vm.set_breakpoints(0, &[start_kernel]).unwrap();
     vm.resume(&[0, 1]).unwrap();
-    assert_eq!(next_breakpoint(&mut vm, START_KERNEL_LIMIT), (0, start_kernel));
+    assert_eq!(
+        next_breakpoint(&mut vm, START_KERNEL_LIMIT),
+        (0, start_kernel)
+    );
     let regs = vm.regs(0).unwrap();
     assert_eq!(regs.rip, start_kernel);
     eprintln!("start_kernel reached after {:.2?}", t0.elapsed());
@@ -102,17 +109,23 @@ fn linux_early_boot_hits_start_kernel_and_prints_the_banner() {
     vm.set_breakpoints(0, &[]).unwrap();
     vm.resume(&[0, 1]).unwrap();
     let events = events_until(&mut vm, BANNER_LIMIT, |e| {
-        matches!(e, VmEvent::Console(line) if line.contains("Linux version")) || matches!(e, VmEvent::Exited(_))
+        matches!(e, VmEvent::Console(line) if line.contains("Linux version"))
+            || matches!(e, VmEvent::Exited(_))
     });
     eprintln!("banner after {:.2?}: {:?}", t0.elapsed(), events.last());
-    assert!(matches!(events.last(), Some(VmEvent::Console(_))), "{events:#?}");
+    assert!(
+        matches!(events.last(), Some(VmEvent::Console(_))),
+        "{events:#?}"
+    );
     let log = std::fs::read_to_string(run_dir.path().join("console.log")).unwrap();
     assert!(log.contains("Linux version"), "console.log: {log}");
 }
 
 #[test]
 fn bzimage_enters_its_64_bit_entry_point() {
-    let Some(opts) = kvm_or_report("kvm linux bzImage entry") else { return };
+    let Some(opts) = kvm_or_report("kvm linux bzImage entry") else {
+        return;
+    };
     let bzimage = kernel_dir().join("bzImage");
     assert!(bzimage.is_file(), "{} missing", bzimage.display());
     let run_dir = tempfile::tempdir().unwrap();
@@ -123,7 +136,11 @@ fn bzimage_enters_its_64_bit_entry_point() {
     vm.set_breakpoints(0, &[entry]).unwrap();
     vm.resume(&[0]).unwrap();
     assert_eq!(next_breakpoint(&mut vm, START_KERNEL_LIMIT), (0, entry));
-    assert_eq!(vm.regs(0).unwrap().rsi, 0x7000, "RSI points at the zero page");
+    assert_eq!(
+        vm.regs(0).unwrap().rsi,
+        0x7000,
+        "RSI points at the zero page"
+    );
 }
 
 /// Full boot to the guest harness, which reports an exit code on the control
@@ -133,26 +150,37 @@ fn bzimage_enters_its_64_bit_entry_point() {
 fn linux_full_boot_to_harness_exit_code_on_hardware_kvm_only() {
     let level = kvm::probe();
     if !level.boots_linux_fully() {
-        eprintln!(
-            "LEVEL NOT RUN: kvm full boot — host /dev/kvm is {} ({}); a full Linux boot needs VMX/SVM. \
+        level_not_run(&format!(
+            "kvm full boot — host /dev/kvm is {} ({}); a full Linux boot needs VMX/SVM. \
              This test passing here means nothing about full boot.",
             level.name(),
             level.reason()
-        );
+        ));
         return;
     }
     let dir = kernel_dir();
-    let initramfs = std::env::var_os("MEMRACE_INITRAMFS").map(PathBuf::from).unwrap_or_else(|| dir.join("initramfs.cpio"));
-    assert!(initramfs.is_file(), "full boot needs an initramfs with the harness: {} missing", initramfs.display());
+    let initramfs = std::env::var_os("MEMRACE_INITRAMFS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.join("initramfs.cpio"));
+    assert!(
+        initramfs.is_file(),
+        "full boot needs an initramfs with the harness: {} missing",
+        initramfs.display()
+    );
     let run_dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.join("vmlinux"), run_dir.path(), 2);
     cfg.initramfs = initramfs;
     cfg.debug = false;
     let mut vm = launch(&cfg, &KvmOptions::for_host()).unwrap();
-    let events = events_until(&mut vm, Duration::from_secs(120), |e| matches!(e, VmEvent::Exited(_)));
+    let events = events_until(&mut vm, Duration::from_secs(120), |e| {
+        matches!(e, VmEvent::Exited(_))
+    });
     let code = events.iter().find_map(|e| match e {
         VmEvent::Control(ControlMessage::Exit { code }) => Some(*code),
         _ => None,
     });
-    assert!(code.is_some(), "no EXIT on the control channel: {events:#?}");
+    assert!(
+        code.is_some(),
+        "no EXIT on the control channel: {events:#?}"
+    );
 }

@@ -14,31 +14,62 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 #[test]
 fn two_vcpus_reach_uarts_ports_mmio_and_the_exit_device() {
-    let Some(opts) = kvm_or_report("kvm synthetic guests") else { return };
+    let Some(opts) = kvm_or_report("kvm synthetic guests") else {
+        return;
+    };
     let tour = fixtures::device_tour();
     let mut program = tour.program.clone();
     program.start_running = true;
     let mut vm = launch_program(&program, &opts).unwrap();
     let events = events_until(&mut vm, LIMIT, |e| matches!(e, VmEvent::Exited(_)));
 
-    assert!(events.contains(&VmEvent::Console(DeviceTour::CONSOLE_LINE.into())), "{events:#?}");
+    assert!(
+        events.contains(&VmEvent::Console(DeviceTour::CONSOLE_LINE.into())),
+        "{events:#?}"
+    );
     assert!(events.contains(&VmEvent::Control(ControlMessage::Hello { version: 1 })));
-    assert!(events.contains(&VmEvent::Control(ControlMessage::Phase { name: "tour".into() })));
-    assert!(events.iter().any(|e| matches!(e, VmEvent::BadControl { line, .. } if line == "FROBNICATE now")));
+    assert!(events.contains(&VmEvent::Control(ControlMessage::Phase {
+        name: "tour".into()
+    })));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, VmEvent::BadControl { line, .. } if line == "FROBNICATE now")));
     assert_eq!(events.last(), Some(&VmEvent::Exited(VmExit::GuestStopped)));
-    assert_eq!(vm.stop_reason(), Some(StopReason::ExitDevice(DeviceTour::EXIT_CODE)));
+    assert_eq!(
+        vm.stop_reason(),
+        Some(StopReason::ExitDevice(DeviceTour::EXIT_CODE))
+    );
     assert_eq!(read_u64(&vm, tour.flag), 1, "vCPU 1 ran");
-    assert_eq!(read_u64(&vm, tour.port_value), 0xff, "unclaimed port reads all-ones");
-    assert_eq!(read_u64(&vm, tour.mmio_value), 0xffff_ffff, "unclaimed MMIO reads all-ones");
+    assert_eq!(
+        read_u64(&vm, tour.port_value),
+        0xff,
+        "unclaimed port reads all-ones"
+    );
+    assert_eq!(
+        read_u64(&vm, tour.mmio_value),
+        0xffff_ffff,
+        "unclaimed MMIO reads all-ones"
+    );
     let unclaimed = vm.unclaimed_accesses();
-    assert!(unclaimed.contains(&(Space::Pio, u64::from(fixtures::UNCLAIMED_PORT))), "{unclaimed:?}");
-    assert!(unclaimed.contains(&(Space::Mmio, fixtures::UNCLAIMED_MMIO)), "{unclaimed:?}");
-    assert!(matches!(vm.next_event(std::time::Instant::now() + LIMIT), Err(BackendError::Exited)));
+    assert!(
+        unclaimed.contains(&(Space::Pio, u64::from(fixtures::UNCLAIMED_PORT))),
+        "{unclaimed:?}"
+    );
+    assert!(
+        unclaimed.contains(&(Space::Mmio, fixtures::UNCLAIMED_MMIO)),
+        "{unclaimed:?}"
+    );
+    assert!(matches!(
+        vm.next_event(std::time::Instant::now() + LIMIT),
+        Err(BackendError::Exited)
+    ));
 }
 
 #[test]
 fn a_paused_vcpu_stays_put_while_another_runs_to_its_breakpoint() {
-    let Some(opts) = kvm_or_report("kvm synthetic guests") else { return };
+    let Some(opts) = kvm_or_report("kvm synthetic guests") else {
+        return;
+    };
     const N: u64 = 500;
     let fx = fixtures::counters(2, N);
     let mut vm = launch_program(&fx.program, &opts).unwrap();
@@ -47,20 +78,30 @@ fn a_paused_vcpu_stays_put_while_another_runs_to_its_breakpoint() {
 
     vm.resume(&[0]).unwrap();
     assert_eq!(next_breakpoint(&mut vm, LIMIT), (0, fx.done[0]));
-    assert_eq!((read_u64(&vm, fx.counters[0]), read_u64(&vm, fx.counters[1])), (N, 0));
+    assert_eq!(
+        (read_u64(&vm, fx.counters[0]), read_u64(&vm, fx.counters[1])),
+        (N, 0)
+    );
     assert_eq!(vm.regs(0).unwrap().rip, fx.done[0]);
 
     vm.resume(&[1]).unwrap();
     assert_eq!(next_breakpoint(&mut vm, LIMIT), (1, fx.done[1]));
-    assert_eq!((read_u64(&vm, fx.counters[0]), read_u64(&vm, fx.counters[1])), (N, N));
+    assert_eq!(
+        (read_u64(&vm, fx.counters[0]), read_u64(&vm, fx.counters[1])),
+        (N, N)
+    );
 }
 
 #[test]
 fn stopping_freezes_counters_exactly_and_resume_runs_only_the_named_vcpu() {
-    let Some(opts) = kvm_or_report("kvm synthetic guests") else { return };
+    let Some(opts) = kvm_or_report("kvm synthetic guests") else {
+        return;
+    };
     let fx = fixtures::counters(2, u64::MAX);
     let mut vm = launch_program(&fx.program, &opts).unwrap();
-    let counts = |vm: &memrace::backend::kvm::KvmVm| (read_u64(vm, fx.counters[0]), read_u64(vm, fx.counters[1]));
+    let counts = |vm: &memrace::backend::kvm::KvmVm| {
+        (read_u64(vm, fx.counters[0]), read_u64(vm, fx.counters[1]))
+    };
     let settle = Duration::from_millis(200);
 
     vm.resume(&[0, 1]).unwrap();
@@ -81,7 +122,9 @@ fn stopping_freezes_counters_exactly_and_resume_runs_only_the_named_vcpu() {
 
 #[test]
 fn hardware_breakpoint_hits_exactly_n_times_stepping_past_each_hit() {
-    let Some(opts) = kvm_or_report("kvm synthetic guests") else { return };
+    let Some(opts) = kvm_or_report("kvm synthetic guests") else {
+        return;
+    };
     const N: u64 = 25;
     let fx = fixtures::breakpoint_loop(N);
     let mut vm = launch_program(&fx.program, &opts).unwrap();
@@ -89,11 +132,17 @@ fn hardware_breakpoint_hits_exactly_n_times_stepping_past_each_hit() {
     vm.resume(&[0]).unwrap();
     let mut hits = 0;
     loop {
-        let events = events_until(&mut vm, LIMIT, |e| matches!(e, VmEvent::Breakpoint { .. } | VmEvent::Exited(_)));
+        let events = events_until(&mut vm, LIMIT, |e| {
+            matches!(e, VmEvent::Breakpoint { .. } | VmEvent::Exited(_))
+        });
         match events.last() {
             Some(VmEvent::Breakpoint { vcpu: 0, addr }) => {
                 assert_eq!(*addr, fx.target);
-                assert_eq!(read_u64(&vm, fx.hits), hits, "stopped before the counted instruction");
+                assert_eq!(
+                    read_u64(&vm, fx.hits),
+                    hits,
+                    "stopped before the counted instruction"
+                );
                 hits += 1;
                 vm.resume(&[0]).unwrap();
             }
@@ -103,12 +152,19 @@ fn hardware_breakpoint_hits_exactly_n_times_stepping_past_each_hit() {
     }
     assert_eq!(hits, N);
     assert_eq!(read_u64(&vm, fx.hits), N);
-    assert_eq!(vm.stop_reason(), Some(StopReason::ExitDevice(u32::from(fixtures::BreakpointLoop::EXIT_CODE))));
+    assert_eq!(
+        vm.stop_reason(),
+        Some(StopReason::ExitDevice(u32::from(
+            fixtures::BreakpointLoop::EXIT_CODE
+        )))
+    );
 }
 
 #[test]
 fn race_fixture_loses_an_update_only_under_the_forced_interleaving() {
-    let Some(opts) = kvm_or_report("kvm synthetic guests") else { return };
+    let Some(opts) = kvm_or_report("kvm synthetic guests") else {
+        return;
+    };
     let fx = fixtures::race(1);
 
     // Interleaved: vCPU 0 loads, vCPU 1 does a whole increment, vCPU 0 stores a stale value.
@@ -138,7 +194,9 @@ fn race_fixture_loses_an_update_only_under_the_forced_interleaving() {
 
 #[test]
 fn write_phys_opens_a_gate_and_read_virt_walks_page_tables() {
-    let Some(opts) = kvm_or_report("kvm synthetic guests") else { return };
+    let Some(opts) = kvm_or_report("kvm synthetic guests") else {
+        return;
+    };
     let tour = fixtures::device_tour();
     let mut vm = launch_program(&tour.program, &opts).unwrap();
     // Only vCPU 0 runs: it waits on the flag that vCPU 1 would set; the bench sets it instead.
@@ -146,25 +204,42 @@ fn write_phys_opens_a_gate_and_read_virt_walks_page_tables() {
     events_until(&mut vm, LIMIT, |e| matches!(e, VmEvent::BadControl { .. }));
     vm.stop_all().unwrap();
     let code = &tour.program.segments[0].1;
-    assert_eq!(vm.read_virt(1, fixtures::CODE_BASE, 64).unwrap(), code[..64]);
+    assert_eq!(
+        vm.read_virt(1, fixtures::CODE_BASE, 64).unwrap(),
+        code[..64]
+    );
     let across_pages = fixtures::CODE_BASE + 4096 - 8;
     assert_eq!(vm.read_virt(0, across_pages, 16).unwrap(), vec![0; 16]);
-    assert!(matches!(vm.read_virt(0, 1 << 40, 8), Err(BackendError::Memory { .. })));
+    assert!(matches!(
+        vm.read_virt(0, 1 << 40, 8),
+        Err(BackendError::Memory { .. })
+    ));
 
     vm.write_phys(tour.flag, &1u64.to_le_bytes()).unwrap();
     vm.resume(&[0]).unwrap();
     events_until(&mut vm, LIMIT, |e| matches!(e, VmEvent::Exited(_)));
-    assert_eq!(vm.stop_reason(), Some(StopReason::ExitDevice(DeviceTour::EXIT_CODE)));
+    assert_eq!(
+        vm.stop_reason(),
+        Some(StopReason::ExitDevice(DeviceTour::EXIT_CODE))
+    );
 }
 
 #[test]
 fn breakpoint_requests_are_checked() {
-    let Some(opts) = kvm_or_report("kvm synthetic guests") else { return };
+    let Some(opts) = kvm_or_report("kvm synthetic guests") else {
+        return;
+    };
     let fx = fixtures::counters(2, u64::MAX);
     let mut vm = launch_program(&fx.program, &opts).unwrap();
     assert_eq!(vm.max_breakpoints(), 4);
-    assert!(matches!(vm.set_breakpoints(0, &[1, 2, 3, 4, 5]), Err(BackendError::TooManyBreakpoints { wanted: 5, .. })));
-    assert!(matches!(vm.set_breakpoints(2, &[1]), Err(BackendError::NoSuchVcpu(2, 2))));
+    assert!(matches!(
+        vm.set_breakpoints(0, &[1, 2, 3, 4, 5]),
+        Err(BackendError::TooManyBreakpoints { wanted: 5, .. })
+    ));
+    assert!(matches!(
+        vm.set_breakpoints(2, &[1]),
+        Err(BackendError::NoSuchVcpu(2, 2))
+    ));
     vm.resume(&[0]).unwrap();
     let running = vm.set_breakpoints(0, &[fx.done[0]]).unwrap_err();
     assert!(running.to_string().contains("running"), "{running}");

@@ -98,8 +98,15 @@ pub const RFLAGS_IF: u64 = 1 << 9;
 pub enum BackendError {
     #[error("vCPU {0} does not exist (the VM has {1})")]
     NoSuchVcpu(VcpuId, usize),
-    #[error("vCPU {vcpu} asks for {wanted} hardware breakpoints; {backend} allows {limit} per vCPU")]
-    TooManyBreakpoints { vcpu: VcpuId, wanted: usize, limit: usize, backend: &'static str },
+    #[error(
+        "vCPU {vcpu} asks for {wanted} hardware breakpoints; {backend} allows {limit} per vCPU"
+    )]
+    TooManyBreakpoints {
+        vcpu: VcpuId,
+        wanted: usize,
+        limit: usize,
+        backend: &'static str,
+    },
     #[error("guest memory access at {addr:#x} (+{len}) failed: {why}")]
     Memory { addr: u64, len: usize, why: String },
     #[error("the VM has exited")]

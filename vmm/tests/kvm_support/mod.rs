@@ -6,6 +6,13 @@ use std::time::{Duration, Instant};
 use memrace::backend::kvm::{self, KvmOptions, KvmVm};
 use memrace::backend::{Backend, VmEvent};
 
+/// Print `LEVEL NOT RUN: ...` past libtest's output capture (straight to fd 2),
+/// so a skipped level is visible even when the test "passes".
+pub fn level_not_run(what: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "\nLEVEL NOT RUN: {what}");
+}
+
 /// Options for this host, or `None` (after a loud line) when there is no usable KVM.
 pub fn kvm_or_report(level: &str) -> Option<KvmOptions> {
     let probe = kvm::probe();
@@ -13,13 +20,17 @@ pub fn kvm_or_report(level: &str) -> Option<KvmOptions> {
         eprintln!("{level}: running on {}", kvm::describe());
         Some(KvmOptions::for_host())
     } else {
-        eprintln!("LEVEL NOT RUN: {level} — {}", probe.reason());
+        level_not_run(&format!("{level} — {}", probe.reason()));
         None
     }
 }
 
 /// Events until one satisfies `stop` (included), or panic at `limit` with what arrived.
-pub fn events_until(vm: &mut KvmVm, limit: Duration, stop: impl Fn(&VmEvent) -> bool) -> Vec<VmEvent> {
+pub fn events_until(
+    vm: &mut KvmVm,
+    limit: Duration,
+    stop: impl Fn(&VmEvent) -> bool,
+) -> Vec<VmEvent> {
     let deadline = Instant::now() + limit;
     let mut seen = Vec::new();
     loop {
@@ -39,7 +50,9 @@ pub fn events_until(vm: &mut KvmVm, limit: Duration, stop: impl Fn(&VmEvent) -> 
 
 /// The next breakpoint event (console/control output is skipped); panics on anything else.
 pub fn next_breakpoint(vm: &mut KvmVm, limit: Duration) -> (usize, u64) {
-    let events = events_until(vm, limit, |e| !matches!(e, VmEvent::Console(_) | VmEvent::Control(_)));
+    let events = events_until(vm, limit, |e| {
+        !matches!(e, VmEvent::Console(_) | VmEvent::Control(_))
+    });
     match events.last() {
         Some(VmEvent::Breakpoint { vcpu, addr }) => (*vcpu, *addr),
         other => panic!("expected a breakpoint, got {other:?} (all: {events:#?})"),

@@ -35,12 +35,24 @@ impl Measurement {
 
 impl std::fmt::Display for Measurement {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:<28} {:>10.2?} per iteration ({} in {:.2?})", self.name, self.per_iteration(), self.iterations, self.total)
+        write!(
+            f,
+            "{:<28} {:>10.2?} per iteration ({} in {:.2?})",
+            self.name,
+            self.per_iteration(),
+            self.iterations,
+            self.total
+        )
     }
 }
 
 /// Wait for the next event that is not console/control output.
-fn next_vm_event(vm: &mut KvmVm, what: &'static str, deadline: Instant, limit: Duration) -> Result<VmEvent, BenchError> {
+fn next_vm_event(
+    vm: &mut KvmVm,
+    what: &'static str,
+    deadline: Instant,
+    limit: Duration,
+) -> Result<VmEvent, BenchError> {
     loop {
         match vm.next_event(deadline)? {
             None => return Err(BenchError::Timeout { what, limit }),
@@ -59,16 +71,28 @@ fn wait_exit(vm: &mut KvmVm, what: &'static str, limit: Duration) -> Result<(), 
 }
 
 /// One guest `out` to a no-op port, through KVM to the device model and back.
-pub fn port_io_round_trip(opts: &KvmOptions, iterations: u64, limit: Duration) -> Result<Measurement, BenchError> {
+pub fn port_io_round_trip(
+    opts: &KvmOptions,
+    iterations: u64,
+    limit: Duration,
+) -> Result<Measurement, BenchError> {
     let mut vm = launch_program(&fixtures::port_io_loop(iterations), opts)?;
     let start = Instant::now();
     vm.resume(&[0])?;
     wait_exit(&mut vm, "port-IO loop", limit)?;
-    Ok(Measurement { name: "port-IO exit round trip", iterations, total: start.elapsed() })
+    Ok(Measurement {
+        name: "port-IO exit round trip",
+        iterations,
+        total: start.elapsed(),
+    })
 }
 
 /// One hardware-breakpoint exit, reported as an event, and an RF resume.
-pub fn breakpoint_round_trip(opts: &KvmOptions, iterations: u64, limit: Duration) -> Result<Measurement, BenchError> {
+pub fn breakpoint_round_trip(
+    opts: &KvmOptions,
+    iterations: u64,
+    limit: Duration,
+) -> Result<Measurement, BenchError> {
     let fixture = fixtures::breakpoint_loop(iterations);
     let mut vm = launch_program(&fixture.program, opts)?;
     vm.set_breakpoints(0, &[fixture.target])?;
@@ -79,14 +103,27 @@ pub fn breakpoint_round_trip(opts: &KvmOptions, iterations: u64, limit: Duration
         match next_vm_event(&mut vm, "breakpoint loop", deadline, limit)? {
             VmEvent::Breakpoint { vcpu: 0, .. } => vm.resume(&[0])?,
             VmEvent::Exited(_) => break,
-            event => return Err(BenchError::Unexpected { what: "breakpoint loop", event }),
+            event => {
+                return Err(BenchError::Unexpected {
+                    what: "breakpoint loop",
+                    event,
+                })
+            }
         }
     }
-    Ok(Measurement { name: "breakpoint exit round trip", iterations, total: start.elapsed() })
+    Ok(Measurement {
+        name: "breakpoint exit round trip",
+        iterations,
+        total: start.elapsed(),
+    })
 }
 
 /// Create a 2-vCPU VM, run a guest that exits at once, destroy the VM.
-pub fn create_destroy(opts: &KvmOptions, rounds: u64, limit: Duration) -> Result<Measurement, BenchError> {
+pub fn create_destroy(
+    opts: &KvmOptions,
+    rounds: u64,
+    limit: Duration,
+) -> Result<Measurement, BenchError> {
     let start = Instant::now();
     for _ in 0..rounds {
         let mut program = fixtures::port_io_loop(1);
@@ -97,12 +134,21 @@ pub fn create_destroy(opts: &KvmOptions, rounds: u64, limit: Duration) -> Result
         wait_exit(&mut vm, "create/run/destroy", limit)?;
         vm.kill();
     }
-    Ok(Measurement { name: "VM create+run+destroy", iterations: rounds, total: start.elapsed() })
+    Ok(Measurement {
+        name: "VM create+run+destroy",
+        iterations: rounds,
+        total: start.elapsed(),
+    })
 }
 
 /// From `launch` to the boot vCPU reaching `start_kernel` (a hardware breakpoint at
 /// `start_kernel_addr`, the symbol's virtual address).
-pub fn time_to_start_kernel(cfg: &VmConfig, opts: &KvmOptions, start_kernel_addr: u64, limit: Duration) -> Result<Measurement, BenchError> {
+pub fn time_to_start_kernel(
+    cfg: &VmConfig,
+    opts: &KvmOptions,
+    start_kernel_addr: u64,
+    limit: Duration,
+) -> Result<Measurement, BenchError> {
     let mut cfg = cfg.clone();
     cfg.debug = true;
     let start = Instant::now();
@@ -113,7 +159,16 @@ pub fn time_to_start_kernel(cfg: &VmConfig, opts: &KvmOptions, start_kernel_addr
     let deadline = start + limit;
     match next_vm_event(&mut vm, "boot to start_kernel", deadline, limit)? {
         VmEvent::Breakpoint { vcpu: 0, addr } if addr == start_kernel_addr => {}
-        event => return Err(BenchError::Unexpected { what: "boot to start_kernel", event }),
+        event => {
+            return Err(BenchError::Unexpected {
+                what: "boot to start_kernel",
+                event,
+            })
+        }
     }
-    Ok(Measurement { name: "launch to start_kernel", iterations: 1, total: start.elapsed() })
+    Ok(Measurement {
+        name: "launch to start_kernel",
+        iterations: 1,
+        total: start.elapsed(),
+    })
 }

@@ -39,7 +39,7 @@ pub fn install_handler() -> Result<(), std::io::Error> {
     static INSTALLED: OnceLock<Result<(), i32>> = OnceLock::new();
     INSTALLED
         .get_or_init(|| register_signal_handler(kick_signal(), on_kick).map_err(|e| e.errno()))
-        .map_err(|errno| std::io::Error::from_raw_os_error(errno))
+        .map_err(std::io::Error::from_raw_os_error)
 }
 
 /// Called on a vCPU thread: kicks to this thread now set `run.immediate_exit`.

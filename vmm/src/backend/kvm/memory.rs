@@ -14,7 +14,11 @@ pub enum MemoryError {
     #[error("cannot map {mib} MiB of guest memory: {why}")]
     Map { mib: u64, why: String },
     #[error("KVM refused memory slot {slot} at {gpa:#x}: {source}")]
-    Slot { slot: u32, gpa: u64, source: kvm_ioctls::Error },
+    Slot {
+        slot: u32,
+        gpa: u64,
+        source: kvm_ioctls::Error,
+    },
     #[error("guest-physical range {gpa:#x} (+{len}) is not RAM")]
     OutOfRange { gpa: u64, len: usize },
 }
@@ -29,12 +33,19 @@ impl GuestRam {
     pub fn new(ranges: &[(u64, u64)]) -> Result<Self, MemoryError> {
         let total: u64 = ranges.iter().map(|r| r.1).sum();
         if total < MIN_MEM_BYTES {
-            return Err(MemoryError::TooSmall { have_mib: total >> 20, need_mib: MIN_MEM_BYTES >> 20 });
+            return Err(MemoryError::TooSmall {
+                have_mib: total >> 20,
+                need_mib: MIN_MEM_BYTES >> 20,
+            });
         }
-        let regions: Vec<(GuestAddress, usize)> =
-            ranges.iter().map(|&(start, len)| (GuestAddress(start), len as usize)).collect();
-        let mem = GuestMemoryMmap::from_ranges(&regions)
-            .map_err(|e| MemoryError::Map { mib: total >> 20, why: e.to_string() })?;
+        let regions: Vec<(GuestAddress, usize)> = ranges
+            .iter()
+            .map(|&(start, len)| (GuestAddress(start), len as usize))
+            .collect();
+        let mem = GuestMemoryMmap::from_ranges(&regions).map_err(|e| MemoryError::Map {
+            mib: total >> 20,
+            why: e.to_string(),
+        })?;
         Ok(GuestRam { mem })
     }
 
@@ -45,7 +56,10 @@ impl GuestRam {
             let host = self
                 .mem
                 .get_host_address(region.start_addr())
-                .map_err(|_| MemoryError::OutOfRange { gpa, len: region.len() as usize })?;
+                .map_err(|_| MemoryError::OutOfRange {
+                    gpa,
+                    len: region.len() as usize,
+                })?;
             let slot = slot as u32;
             let desc = kvm_userspace_memory_region {
                 slot,
@@ -57,8 +71,11 @@ impl GuestRam {
             // SAFETY: `host` points at a live mapping of `region.len()` bytes owned by
             // `self.mem`; the VM fd is dropped before `self` (KvmVm field order), so KVM
             // never accesses the mapping after it is unmapped.
-            unsafe { vm.set_user_memory_region(desc) }
-                .map_err(|source| MemoryError::Slot { slot, gpa, source })?;
+            unsafe { vm.set_user_memory_region(desc) }.map_err(|source| MemoryError::Slot {
+                slot,
+                gpa,
+                source,
+            })?;
         }
         Ok(())
     }
@@ -66,13 +83,19 @@ impl GuestRam {
     pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
         self.mem
             .read_slice(buf, GuestAddress(gpa))
-            .map_err(|_| MemoryError::OutOfRange { gpa, len: buf.len() })
+            .map_err(|_| MemoryError::OutOfRange {
+                gpa,
+                len: buf.len(),
+            })
     }
 
     pub fn write(&self, gpa: u64, data: &[u8]) -> Result<(), MemoryError> {
         self.mem
             .write_slice(data, GuestAddress(gpa))
-            .map_err(|_| MemoryError::OutOfRange { gpa, len: data.len() })
+            .map_err(|_| MemoryError::OutOfRange {
+                gpa,
+                len: data.len(),
+            })
     }
 
     pub fn read_u64(&self, gpa: u64) -> Result<u64, MemoryError> {
@@ -92,12 +115,19 @@ impl GuestRam {
 
     /// (start, length) of every RAM region, in address order.
     pub fn ranges(&self) -> Vec<(u64, u64)> {
-        self.mem.iter().map(|r| (r.start_addr().0, r.len())).collect()
+        self.mem
+            .iter()
+            .map(|r| (r.start_addr().0, r.len()))
+            .collect()
     }
 
     /// End of the first (lowest) RAM region: "low memory" for boot structures.
     pub fn low_end(&self) -> u64 {
-        self.mem.iter().next().map(|r| r.start_addr().0 + r.len()).unwrap_or(0)
+        self.mem
+            .iter()
+            .next()
+            .map(|r| r.start_addr().0 + r.len())
+            .unwrap_or(0)
     }
 }
 
@@ -110,12 +140,18 @@ mod tests {
         let ram = GuestRam::new(&[(0, 8 << 20), (16 << 20, 1 << 20)]).unwrap();
         ram.write_u64(0x1000, 0xdead_beef).unwrap();
         assert_eq!(ram.read_u64(0x1000).unwrap(), 0xdead_beef);
-        assert!(matches!(ram.write(9 << 20, &[1]), Err(MemoryError::OutOfRange { .. })));
+        assert!(matches!(
+            ram.write(9 << 20, &[1]),
+            Err(MemoryError::OutOfRange { .. })
+        ));
         assert_eq!(ram.low_end(), 8 << 20);
     }
 
     #[test]
     fn refuses_tiny_guests() {
-        assert!(matches!(GuestRam::new(&[(0, 1 << 20)]), Err(MemoryError::TooSmall { .. })));
+        assert!(matches!(
+            GuestRam::new(&[(0, 1 << 20)]),
+            Err(MemoryError::TooSmall { .. })
+        ));
     }
 }

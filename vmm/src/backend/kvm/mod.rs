@@ -20,7 +20,9 @@ mod probe;
 mod vcpu;
 mod vm;
 
-pub use boot::{BootError, BootProtocol, CpuidPolicy, DebugError, LoadError, MptableError, PagingError};
+pub use boot::{
+    BootError, BootProtocol, CpuidPolicy, DebugError, LoadError, MptableError, PagingError,
+};
 pub use devices::{Space, StopReason, EXIT_MMIO, EXIT_PORT};
 pub use memory::MemoryError;
 pub use probe::{describe, probe, probe_device, KvmLevel};
@@ -56,7 +58,10 @@ pub enum KvmError {
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
     #[error("cannot create the VM's run directory file {path}: {source}")]
-    RunDir { path: PathBuf, source: std::io::Error },
+    RunDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Host-dependent knobs of the VMM.
@@ -76,7 +81,9 @@ impl KvmOptions {
     pub fn for_host() -> Self {
         KvmOptions {
             device: PathBuf::from("/dev/kvm"),
-            cpuid: CpuidPolicy { mask_xsave: probe().needs_xsave_masked() },
+            cpuid: CpuidPolicy {
+                mask_xsave: probe().needs_xsave_masked(),
+            },
             prefer_pvh: true,
         }
     }
@@ -112,7 +119,12 @@ struct Assembly {
     events: (Sender<VmEvent>, Receiver<VmEvent>),
 }
 
-fn assemble(cpus: usize, mem_mib: u64, opts: &KvmOptions, console_log: Option<File>) -> Result<Assembly, KvmError> {
+fn assemble(
+    cpus: usize,
+    mem_mib: u64,
+    opts: &KvmOptions,
+    console_log: Option<File>,
+) -> Result<Assembly, KvmError> {
     let kvm = vm::open_kvm(&opts.device)?;
     let vm = vm::create_vm(&kvm, cpus)?;
     let ram = Arc::new(GuestRam::new(&boot::ram_ranges(mem_mib << 20))?);
@@ -128,36 +140,81 @@ fn assemble(cpus: usize, mem_mib: u64, opts: &KvmOptions, console_log: Option<Fi
     for index in 0..cpus {
         let fd = vm
             .create_vcpu(index as u64)
-            .map_err(|source| VmError::Kvm { what: "create a vCPU", source })?;
+            .map_err(|source| VmError::Kvm {
+                what: "create a vCPU",
+                source,
+            })?;
         boot::configure_vcpu(&fd, index, &platform)?;
         vcpu_fds.push(fd);
     }
-    Ok(Assembly { kvm, vm, ram, vcpu_fds, devices, lifecycle, events: (tx, rx) })
+    Ok(Assembly {
+        kvm,
+        vm,
+        ram,
+        vcpu_fds,
+        devices,
+        lifecycle,
+        events: (tx, rx),
+    })
 }
 
 fn start(parts: Assembly, start_running: bool) -> Result<KvmVm, KvmError> {
-    let Assembly { kvm, vm, ram, vcpu_fds, devices, lifecycle, events: (tx, rx) } = parts;
+    let Assembly {
+        kvm,
+        vm,
+        ram,
+        vcpu_fds,
+        devices,
+        lifecycle,
+        events: (tx, rx),
+    } = parts;
     let step = boot::StepMode::query(&vm);
-    let ctx = VcpuContext { devices: devices.clone(), lifecycle: lifecycle.clone(), events: tx, step, _ram: ram.clone() };
+    let ctx = VcpuContext {
+        devices: devices.clone(),
+        lifecycle: lifecycle.clone(),
+        events: tx,
+        step,
+        _ram: ram.clone(),
+    };
     let mut vcpus = Vec::with_capacity(vcpu_fds.len());
     for (index, fd) in vcpu_fds.into_iter().enumerate() {
         vcpus.push(VcpuHandle::spawn(index, fd, ctx.clone(), start_running)?);
     }
     let threads: Vec<libc::pthread_t> = vcpus.iter().filter_map(VcpuHandle::pthread).collect();
-    lifecycle.set_kick_all(Box::new(move || threads.iter().for_each(|&t| kick::kick(t))));
-    Ok(KvmVm { vcpus, events: rx, lifecycle, devices, protocol: None, exit_reported: false, killed: false, _vm: vm, _kvm: kvm, ram })
+    lifecycle.set_kick_all(Box::new(move || {
+        threads.iter().for_each(|&t| kick::kick(t))
+    }));
+    Ok(KvmVm {
+        vcpus,
+        events: rx,
+        lifecycle,
+        devices,
+        protocol: None,
+        exit_reported: false,
+        killed: false,
+        _vm: vm,
+        _kvm: kvm,
+        ram,
+    })
 }
 
 /// Boot Linux as `cfg` says. The console goes to `cfg.run_dir/console.log` and
 /// to `VmEvent::Console`; an empty `cfg.initramfs` path means no initramfs.
 pub fn launch(cfg: &VmConfig, opts: &KvmOptions) -> Result<KvmVm, KvmError> {
     let log_path = cfg.run_dir.join("console.log");
-    let run_dir = |source| KvmError::RunDir { path: log_path.clone(), source };
+    let run_dir = |source| KvmError::RunDir {
+        path: log_path.clone(),
+        source,
+    };
     std::fs::create_dir_all(&cfg.run_dir).map_err(run_dir)?;
     let console_log = File::create(&log_path).map_err(run_dir)?;
     let parts = assemble(cfg.cpus, cfg.mem_mib, opts, Some(console_log))?;
     let initrd = (!cfg.initramfs.as_os_str().is_empty()).then_some(cfg.initramfs.as_path());
-    let image = boot::LinuxImage { kernel: &cfg.kernel, initrd, cmdline: &cfg.cmdline };
+    let image = boot::LinuxImage {
+        kernel: &cfg.kernel,
+        initrd,
+        cmdline: &cfg.cmdline,
+    };
     let kernel = boot::load_linux(&parts.ram, &image, opts.prefer_pvh).map_err(BootError::from)?;
     boot::set_linux_entry(&parts.vcpu_fds[0], &kernel)?;
     let mut vm = start(parts, !cfg.debug)?;
@@ -207,7 +264,9 @@ impl KvmVm {
     /// Read guest-physical memory; works while vCPUs run and after the VM exits.
     pub fn read_phys(&self, gpa: u64, len: usize) -> Result<Vec<u8>, BackendError> {
         let mut buf = vec![0; len];
-        self.ram.read(gpa, &mut buf).map_err(|e| memory_error(gpa, len, e))?;
+        self.ram
+            .read(gpa, &mut buf)
+            .map_err(|e| memory_error(gpa, len, e))?;
         Ok(buf)
     }
 
@@ -217,12 +276,18 @@ impl KvmVm {
     }
 
     fn vcpu(&self, id: VcpuId) -> Result<&VcpuHandle, BackendError> {
-        self.vcpus.get(id).ok_or(BackendError::NoSuchVcpu(id, self.vcpus.len()))
+        self.vcpus
+            .get(id)
+            .ok_or(BackendError::NoSuchVcpu(id, self.vcpus.len()))
     }
 }
 
 fn memory_error(addr: u64, len: usize, e: impl std::fmt::Display) -> BackendError {
-    BackendError::Memory { addr, len, why: e.to_string() }
+    BackendError::Memory {
+        addr,
+        len,
+        why: e.to_string(),
+    }
 }
 
 impl From<VcpuError> for BackendError {
@@ -250,7 +315,12 @@ impl Backend for KvmVm {
     fn set_breakpoints(&mut self, vcpu: VcpuId, addrs: &[u64]) -> Result<(), BackendError> {
         let handle = self.vcpu(vcpu)?;
         if addrs.len() > boot::MAX_BREAKPOINTS {
-            return Err(BackendError::TooManyBreakpoints { vcpu, wanted: addrs.len(), limit: boot::MAX_BREAKPOINTS, backend: "kvm" });
+            return Err(BackendError::TooManyBreakpoints {
+                vcpu,
+                wanted: addrs.len(),
+                limit: boot::MAX_BREAKPOINTS,
+                backend: "kvm",
+            });
         }
         Ok(handle.set_breakpoints(addrs)?)
     }
@@ -274,10 +344,15 @@ impl Backend for KvmVm {
             // After the exit only already-queued output remains: never wait for more.
             match self.events.try_recv() {
                 Ok(event) => event,
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return Err(BackendError::Exited),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => {
+                    return Err(BackendError::Exited)
+                }
             }
         } else {
-            match self.events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            match self
+                .events
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
                 Ok(event) => event,
                 Err(RecvTimeoutError::Timeout) => return Ok(None),
                 Err(RecvTimeoutError::Disconnected) => return Err(BackendError::Exited),
@@ -304,17 +379,22 @@ impl Backend for KvmVm {
         let mut gva = addr;
         while out.len() < len {
             let chunk = ((PAGE - gva % PAGE) as usize).min(len - out.len());
-            let gpa = boot::translate(&self.ram, &paging, gva).map_err(|e| memory_error(addr, len, e))?;
+            let gpa =
+                boot::translate(&self.ram, &paging, gva).map_err(|e| memory_error(addr, len, e))?;
             let start = out.len();
             out.resize(start + chunk, 0);
-            self.ram.read(gpa, &mut out[start..]).map_err(|e| memory_error(addr, len, e))?;
+            self.ram
+                .read(gpa, &mut out[start..])
+                .map_err(|e| memory_error(addr, len, e))?;
             gva += chunk as u64;
         }
         Ok(out)
     }
 
     fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError> {
-        self.ram.write(gpa, data).map_err(|e| memory_error(gpa, data.len(), e))
+        self.ram
+            .write(gpa, data)
+            .map_err(|e| memory_error(gpa, data.len(), e))
     }
 
     fn kill(&mut self) {

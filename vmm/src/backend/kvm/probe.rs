@@ -20,7 +20,9 @@ pub enum KvmLevel {
 impl KvmLevel {
     pub fn reason(&self) -> &str {
         match self {
-            KvmLevel::Hardware { reason } | KvmLevel::Software { reason } | KvmLevel::Unavailable { reason } => reason,
+            KvmLevel::Hardware { reason }
+            | KvmLevel::Software { reason }
+            | KvmLevel::Unavailable { reason } => reason,
         }
     }
 
@@ -65,17 +67,23 @@ fn cpu_flags() -> Vec<String> {
 /// Classify a working KVM from the loaded modules and the host CPU flags.
 fn classify(pvm: bool, intel_or_amd_module: Option<&str>, flags: &[String]) -> KvmLevel {
     if let Some(module) = intel_or_amd_module {
-        return KvmLevel::Hardware { reason: format!("{module} is loaded: guests run on VMX/SVM hardware") };
+        return KvmLevel::Hardware {
+            reason: format!("{module} is loaded: guests run on VMX/SVM hardware"),
+        };
     }
     if pvm {
         return KvmLevel::Software {
-            reason: "/dev/kvm is PVM (kvm_pvm, software): guests run in KVM's instruction emulator".into(),
+            reason: "/dev/kvm is PVM (kvm_pvm, software): guests run in KVM's instruction emulator"
+                .into(),
         };
     }
     match flags.iter().find(|f| *f == "vmx" || *f == "svm") {
-        Some(flag) => KvmLevel::Hardware { reason: format!("host CPU has {flag} and /dev/kvm works") },
+        Some(flag) => KvmLevel::Hardware {
+            reason: format!("host CPU has {flag} and /dev/kvm works"),
+        },
         None => KvmLevel::Software {
-            reason: "/dev/kvm works but the CPU shows neither vmx nor svm: assuming a software KVM".into(),
+            reason: "/dev/kvm works but the CPU shows neither vmx nor svm: assuming a software KVM"
+                .into(),
         },
     }
 }
@@ -88,9 +96,13 @@ pub fn probe() -> KvmLevel {
 /// Probe a KVM device at `path`.
 pub fn probe_device(path: &Path) -> KvmLevel {
     match open_kvm(path) {
-        Err(e) => KvmLevel::Unavailable { reason: e.to_string() },
+        Err(e) => KvmLevel::Unavailable {
+            reason: e.to_string(),
+        },
         Ok(_) => {
-            let module = ["kvm_intel", "kvm_amd"].into_iter().find(|m| module_loaded(m));
+            let module = ["kvm_intel", "kvm_amd"]
+                .into_iter()
+                .find(|m| module_loaded(m));
             classify(module_loaded("kvm_pvm"), module, &cpu_flags())
         }
     }
@@ -110,15 +122,25 @@ mod tests {
     fn hardware_modules_win_then_pvm_then_cpu_flags() {
         let flags = vec!["fpu".to_string(), "svm".to_string()];
         assert!(classify(true, Some("kvm_amd"), &flags).boots_linux_fully());
-        assert!(matches!(classify(true, None, &flags), KvmLevel::Software { .. }));
+        assert!(matches!(
+            classify(true, None, &flags),
+            KvmLevel::Software { .. }
+        ));
         assert!(classify(false, None, &flags).boots_linux_fully());
-        assert!(matches!(classify(false, None, &[]), KvmLevel::Software { .. }));
+        assert!(matches!(
+            classify(false, None, &[]),
+            KvmLevel::Software { .. }
+        ));
     }
 
     #[test]
     fn a_missing_device_is_unavailable_with_advice() {
         let level = probe_device(Path::new("/nonexistent/kvm"));
         assert!(!level.can_run_vms());
-        assert!(level.reason().contains("--backend qemu"), "{}", level.reason());
+        assert!(
+            level.reason().contains("--backend qemu"),
+            "{}",
+            level.reason()
+        );
     }
 }

@@ -37,7 +37,10 @@ const MAX_COMPLETION_ROUNDS: usize = 64;
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
     #[error("cannot start the thread of vCPU {vcpu}: {source}")]
-    Spawn { vcpu: VcpuId, source: std::io::Error },
+    Spawn {
+        vcpu: VcpuId,
+        source: std::io::Error,
+    },
     #[error("cannot install the vCPU kick signal handler: {0}")]
     KickHandler(std::io::Error),
     #[error("vCPU {vcpu} did not answer within {REPLY_TIMEOUT:?}")]
@@ -57,7 +60,9 @@ pub enum RunState {
     /// Stopped on request.
     Paused,
     /// Stopped on one of its breakpoints at `addr`.
-    Parked { addr: u64 },
+    Parked {
+        addr: u64,
+    },
     Exited,
 }
 
@@ -102,17 +107,39 @@ pub struct VcpuContext {
 
 impl VcpuHandle {
     /// Start the thread of vCPU `id`, initially running or paused.
-    pub fn spawn(id: VcpuId, fd: VcpuFd, ctx: VcpuContext, start_running: bool) -> Result<Self, VcpuError> {
+    pub fn spawn(
+        id: VcpuId,
+        fd: VcpuFd,
+        ctx: VcpuContext,
+        start_running: bool,
+    ) -> Result<Self, VcpuError> {
         kick::install_handler().map_err(VcpuError::KickHandler)?;
         let (commands, command_rx) = channel();
         let (reply_tx, replies) = channel();
-        let state = if start_running { RunState::Running } else { RunState::Paused };
-        let worker = VcpuThread { id, fd, ctx, commands: command_rx, replies: reply_tx, state, breakpoints: Vec::new() };
+        let state = if start_running {
+            RunState::Running
+        } else {
+            RunState::Paused
+        };
+        let worker = VcpuThread {
+            id,
+            fd,
+            ctx,
+            commands: command_rx,
+            replies: reply_tx,
+            state,
+            breakpoints: Vec::new(),
+        };
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || worker.run())
             .map_err(|source| VcpuError::Spawn { vcpu: id, source })?;
-        Ok(VcpuHandle { id, commands, replies, thread: Some(thread) })
+        Ok(VcpuHandle {
+            id,
+            commands,
+            replies,
+            thread: Some(thread),
+        })
     }
 
     pub fn pthread(&self) -> Option<libc::pthread_t> {
@@ -121,7 +148,9 @@ impl VcpuHandle {
     }
 
     fn send(&self, command: Command) -> Result<(), VcpuError> {
-        self.commands.send(command).map_err(|_| VcpuError::Gone { vcpu: self.id })?;
+        self.commands
+            .send(command)
+            .map_err(|_| VcpuError::Gone { vcpu: self.id })?;
         if let Some(thread) = self.pthread() {
             kick::kick(thread);
         }
@@ -129,10 +158,12 @@ impl VcpuHandle {
     }
 
     fn reply(&self) -> Result<Reply, VcpuError> {
-        self.replies.recv_timeout(REPLY_TIMEOUT).map_err(|e| match e {
-            RecvTimeoutError::Timeout => VcpuError::Unresponsive { vcpu: self.id },
-            RecvTimeoutError::Disconnected => VcpuError::Gone { vcpu: self.id },
-        })
+        self.replies
+            .recv_timeout(REPLY_TIMEOUT)
+            .map_err(|e| match e {
+                RecvTimeoutError::Timeout => VcpuError::Unresponsive { vcpu: self.id },
+                RecvTimeoutError::Disconnected => VcpuError::Gone { vcpu: self.id },
+            })
     }
 
     /// Ask the vCPU to run (`true`) or stop (`false`); answer comes from `state_reply`.
@@ -168,7 +199,9 @@ impl VcpuHandle {
     /// A thread that does not end in time is left detached rather than hanging the caller.
     pub fn quit(&mut self, timeout: Duration) {
         let _ = self.send(Command::Quit);
-        let Some(thread) = self.thread.take() else { return };
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
         let deadline = std::time::Instant::now() + timeout;
         while !thread.is_finished() && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
@@ -177,7 +210,10 @@ impl VcpuHandle {
             // The thread's own panics were already reported on stderr.
             let _ = thread.join();
         } else {
-            eprintln!("memrace kvm: vCPU {} did not stop within {timeout:?}; leaving it detached", self.id);
+            eprintln!(
+                "memrace kvm: vCPU {} did not stop within {timeout:?}; leaving it detached",
+                self.id
+            );
         }
     }
 }
@@ -261,7 +297,12 @@ impl VcpuThread {
                 let result = match self.state {
                     RunState::Running => Err(VcpuError::Running { vcpu: self.id }),
                     RunState::Exited => Err(VcpuError::Gone { vcpu: self.id }),
-                    _ => boot::set_breakpoints(&self.fd, &addrs).map_err(|source| VcpuError::Debug { vcpu: self.id, source }),
+                    _ => {
+                        boot::set_breakpoints(&self.fd, &addrs).map_err(|source| VcpuError::Debug {
+                            vcpu: self.id,
+                            source,
+                        })
+                    }
                 };
                 if result.is_ok() {
                     self.breakpoints = addrs;
@@ -271,7 +312,10 @@ impl VcpuThread {
             Command::Snapshot => {
                 let result = match self.state {
                     RunState::Running => Err(VcpuError::Running { vcpu: self.id }),
-                    _ => boot::snapshot(&self.fd).map_err(|source| VcpuError::Debug { vcpu: self.id, source }),
+                    _ => boot::snapshot(&self.fd).map_err(|source| VcpuError::Debug {
+                        vcpu: self.id,
+                        source,
+                    }),
                 };
                 self.answer(Reply::Snapshot(result));
             }
@@ -295,9 +339,17 @@ impl VcpuThread {
     /// Execute the instruction at breakpoint `addr` once, without reporting
     /// the breakpoint, then re-arm every breakpoint.
     fn step_over(&mut self, addr: u64) {
-        let keep: Vec<u64> = self.breakpoints.iter().copied().filter(|&a| a != addr).collect();
+        let keep: Vec<u64> = self
+            .breakpoints
+            .iter()
+            .copied()
+            .filter(|&a| a != addr)
+            .collect();
         if let Err(e) = boot::arm_single_step(&self.fd, &keep, self.ctx.step) {
-            return self.fail(format!("vCPU {}: cannot single-step over {addr:#x}: {e}", self.id));
+            return self.fail(format!(
+                "vCPU {}: cannot single-step over {addr:#x}: {e}",
+                self.id
+            ));
         }
         let mut stepped = false;
         for _ in 0..MAX_COMPLETION_ROUNDS {
@@ -318,10 +370,16 @@ impl VcpuThread {
             }
         }
         if !stepped {
-            return self.fail(format!("vCPU {}: the single step over {addr:#x} did not finish", self.id));
+            return self.fail(format!(
+                "vCPU {}: the single step over {addr:#x} did not finish",
+                self.id
+            ));
         }
         if let Err(e) = boot::set_breakpoints(&self.fd, &self.breakpoints) {
-            self.fail(format!("vCPU {}: cannot re-arm breakpoints after a step: {e}", self.id));
+            self.fail(format!(
+                "vCPU {}: cannot re-arm breakpoints after a step: {e}",
+                self.id
+            ));
         }
     }
 
@@ -350,8 +408,12 @@ impl VcpuThread {
             Ok(VcpuExit::SystemEvent(kind, _)) => Outcome::Stop(StopReason::SystemEvent(kind)),
             // With the in-kernel irqchip KVM handles HLT; these are just returns to userspace.
             Ok(VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::Intr) => Outcome::Interrupted,
-            Ok(VcpuExit::InternalError) => Outcome::Failed("KVM internal error (emulation failure)".into()),
-            Ok(VcpuExit::FailEntry(reason, cpu)) => Outcome::Failed(format!("VM entry failed (reason {reason:#x}, host cpu {cpu})")),
+            Ok(VcpuExit::InternalError) => {
+                Outcome::Failed("KVM internal error (emulation failure)".into())
+            }
+            Ok(VcpuExit::FailEntry(reason, cpu)) => Outcome::Failed(format!(
+                "VM entry failed (reason {reason:#x}, host cpu {cpu})"
+            )),
             Ok(other) => Outcome::Failed(format!("unexpected exit {other:?}")),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Outcome::Interrupted,
             Err(e) => Outcome::Failed(format!("KVM_RUN failed: {e}")),
@@ -366,7 +428,10 @@ impl VcpuThread {
             Outcome::Interrupted => false,
             Outcome::Breakpoint(addr) => {
                 self.state = RunState::Parked { addr };
-                let _ = self.ctx.events.send(VmEvent::Breakpoint { vcpu: self.id, addr });
+                let _ = self.ctx.events.send(VmEvent::Breakpoint {
+                    vcpu: self.id,
+                    addr,
+                });
                 false
             }
             Outcome::Stop(reason) => {
@@ -374,7 +439,11 @@ impl VcpuThread {
                 false
             }
             Outcome::Failed(why) => {
-                let rip = self.fd.get_regs().map(|r| format!("{:#x}", r.rip)).unwrap_or_else(|_| "unknown".into());
+                let rip = self
+                    .fd
+                    .get_regs()
+                    .map(|r| format!("{:#x}", r.rip))
+                    .unwrap_or_else(|_| "unknown".into());
                 self.fail(format!("vCPU {}: {why} at rip {rip}", self.id));
                 false
             }

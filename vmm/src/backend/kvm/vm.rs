@@ -11,25 +11,38 @@ pub enum VmError {
     #[error("{path} does not exist: this host has no KVM. Load kvm_intel or kvm_amd (and enable virtualization in the firmware), or use `--backend qemu`")]
     DeviceMissing { path: PathBuf },
     #[error("{path} is not accessible ({source}). Add your user to the `kvm` group (`sudo usermod -aG kvm $USER`, then log in again) or use `--backend qemu`")]
-    DeviceDenied { path: PathBuf, source: std::io::Error },
+    DeviceDenied {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot open {path}: {source}")]
-    DeviceOpen { path: PathBuf, source: std::io::Error },
+    DeviceOpen {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} does not behave like /dev/kvm (KVM_GET_API_VERSION answered {version}, expected 12)")]
     NotKvm { path: PathBuf, version: i32 },
     #[error("a VM needs at least one vCPU (cpus = 0)")]
     NoVcpus,
-    #[error("{asked} vCPUs requested but this host's KVM allows at most {max} (KVM_CAP_MAX_VCPUS)")]
+    #[error(
+        "{asked} vCPUs requested but this host's KVM allows at most {max} (KVM_CAP_MAX_VCPUS)"
+    )]
     TooManyVcpus { asked: usize, max: usize },
     #[error("KVM refused to {what}: {source}")]
-    Kvm { what: &'static str, source: kvm_ioctls::Error },
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
 }
 
 const KVM_API_VERSION: i32 = 12;
 
 /// Open the KVM device at `path` and check it speaks the stable API.
 pub fn open_kvm(path: &Path) -> Result<Kvm, VmError> {
-    let c_path = CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| VmError::DeviceOpen { path: path.to_path_buf(), source: std::io::Error::other(e) })?;
+    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(|e| VmError::DeviceOpen {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e),
+    })?;
     let kvm = Kvm::new_with_path(&c_path).map_err(|e| {
         let source = std::io::Error::from_raw_os_error(e.errno());
         let path = path.to_path_buf();
@@ -42,7 +55,10 @@ pub fn open_kvm(path: &Path) -> Result<Kvm, VmError> {
     // An ioctl on something that is not /dev/kvm fails with ENOTTY: version -1.
     let version = kvm.get_api_version();
     if version != KVM_API_VERSION {
-        return Err(VmError::NotKvm { path: path.to_path_buf(), version });
+        return Err(VmError::NotKvm {
+            path: path.to_path_buf(),
+            version,
+        });
     }
     Ok(kvm)
 }
@@ -65,5 +81,8 @@ pub fn create_vm(kvm: &Kvm, cpus: usize) -> Result<VmFd, VmError> {
     if cpus > max {
         return Err(VmError::TooManyVcpus { asked: cpus, max });
     }
-    kvm.create_vm().map_err(|source| VmError::Kvm { what: "create a VM", source })
+    kvm.create_vm().map_err(|source| VmError::Kvm {
+        what: "create a VM",
+        source,
+    })
 }

@@ -7,7 +7,7 @@
 mod power;
 mod uart;
 
-pub use power::{ExitDevice, I8042, Lifecycle, PostCodeSink, StopReason};
+pub use power::{ExitDevice, Lifecycle, PostCodeSink, StopReason, I8042};
 pub use uart::{LineKind, Uart};
 
 use std::collections::BTreeSet;
@@ -40,13 +40,27 @@ pub trait BusDevice: Send {
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
     #[error("device range {base:#x} (+{len:#x}) overlaps one already on the {bus} bus")]
-    Overlap { bus: &'static str, base: u64, len: u64 },
+    Overlap {
+        bus: &'static str,
+        base: u64,
+        len: u64,
+    },
     #[error("cannot create the interrupt eventfd for {what}: {source}")]
-    EventFd { what: &'static str, source: std::io::Error },
+    EventFd {
+        what: &'static str,
+        source: std::io::Error,
+    },
     #[error("KVM refused the interrupt line {gsi} for {what}: {source}")]
-    Irqfd { what: &'static str, gsi: u32, source: kvm_ioctls::Error },
+    Irqfd {
+        what: &'static str,
+        gsi: u32,
+        source: kvm_ioctls::Error,
+    },
     #[error("cannot create {path}: {source}")]
-    Log { path: std::path::PathBuf, source: std::io::Error },
+    Log {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 type SharedDevice = Arc<Mutex<dyn BusDevice>>;
@@ -65,20 +79,33 @@ pub struct Bus {
 
 impl Bus {
     pub fn new(name: &'static str) -> Self {
-        Bus { name, ranges: Vec::new() }
+        Bus {
+            name,
+            ranges: Vec::new(),
+        }
     }
 
     pub fn insert(&mut self, base: u64, len: u64, device: SharedDevice) -> Result<(), DeviceError> {
-        let overlaps = self.ranges.iter().any(|r| base < r.base + r.len && r.base < base + len);
+        let overlaps = self
+            .ranges
+            .iter()
+            .any(|r| base < r.base + r.len && r.base < base + len);
         if len == 0 || overlaps {
-            return Err(DeviceError::Overlap { bus: self.name, base, len });
+            return Err(DeviceError::Overlap {
+                bus: self.name,
+                base,
+                len,
+            });
         }
         self.ranges.push(Range { base, len, device });
         Ok(())
     }
 
     fn find(&self, addr: u64) -> Option<(MutexGuard<'_, dyn BusDevice + 'static>, u64)> {
-        let range = self.ranges.iter().find(|r| addr >= r.base && addr < r.base + r.len)?;
+        let range = self
+            .ranges
+            .iter()
+            .find(|r| addr >= r.base && addr < r.base + r.len)?;
         // A device whose lock was poisoned by a panicking vCPU thread still has a
         // consistent register file (every access is a single call): keep using it.
         let guard = range.device.lock().unwrap_or_else(|e| e.into_inner());
@@ -102,7 +129,11 @@ pub struct Devices {
 
 impl Devices {
     pub fn new(pio: Bus, mmio: Bus) -> Self {
-        Devices { pio, mmio, unclaimed: Mutex::new(BTreeSet::new()) }
+        Devices {
+            pio,
+            mmio,
+            unclaimed: Mutex::new(BTreeSet::new()),
+        }
     }
 
     pub fn pio_read(&self, port: u16, data: &mut [u8]) {
@@ -123,7 +154,12 @@ impl Devices {
 
     /// Every unclaimed (space, address) the guest touched, in order.
     pub fn unclaimed(&self) -> Vec<(Space, u64)> {
-        self.unclaimed.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect()
+        self.unclaimed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect()
     }
 
     fn bus(&self, space: Space) -> &Bus {
@@ -151,35 +187,61 @@ impl Devices {
     }
 
     fn note_unclaimed(&self, space: Space, addr: u64, what: &str) {
-        let first = self.unclaimed.lock().unwrap_or_else(|e| e.into_inner()).insert((space, addr));
+        let first = self
+            .unclaimed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((space, addr));
         if first {
             eprintln!("memrace kvm: guest {what} of unemulated {space:?} address {addr:#x} ignored (reported once)");
         }
     }
 }
 
-fn uart(vm: &VmFd, (port, gsi): (u64, u32), kind: LineKind, events: &Sender<VmEvent>, log: Option<File>) -> Result<(u64, SharedDevice), DeviceError> {
+fn uart(
+    vm: &VmFd,
+    (port, gsi): (u64, u32),
+    kind: LineKind,
+    events: &Sender<VmEvent>,
+    log: Option<File>,
+) -> Result<(u64, SharedDevice), DeviceError> {
     let what = match kind {
         LineKind::Console => "the console UART",
         LineKind::Control => "the control UART",
     };
     let irq = EventFd::new(EFD_NONBLOCK).map_err(|source| DeviceError::EventFd { what, source })?;
-    vm.register_irqfd(&irq, gsi).map_err(|source| DeviceError::Irqfd { what, gsi, source })?;
-    Ok((port, Arc::new(Mutex::new(Uart::new(kind, irq, events.clone(), log)))))
+    vm.register_irqfd(&irq, gsi)
+        .map_err(|source| DeviceError::Irqfd { what, gsi, source })?;
+    Ok((
+        port,
+        Arc::new(Mutex::new(Uart::new(kind, irq, events.clone(), log))),
+    ))
 }
 
 /// The PC devices every memrace VM has. `console_log` receives ttyS0's raw output.
 /// Needs the in-kernel irqchip (the UARTs interrupt through irqfds).
-pub fn pc_devices(vm: &VmFd, events: &Sender<VmEvent>, lifecycle: &Arc<Lifecycle>, console_log: Option<File>) -> Result<Devices, DeviceError> {
+pub fn pc_devices(
+    vm: &VmFd,
+    events: &Sender<VmEvent>,
+    lifecycle: &Arc<Lifecycle>,
+    console_log: Option<File>,
+) -> Result<Devices, DeviceError> {
     let mut pio = Bus::new("port");
     let mut mmio = Bus::new("MMIO");
-    for (port, device) in [uart(vm, COM1, LineKind::Console, events, console_log)?, uart(vm, COM2, LineKind::Control, events, None)?] {
+    for (port, device) in [
+        uart(vm, COM1, LineKind::Console, events, console_log)?,
+        uart(vm, COM2, LineKind::Control, events, None)?,
+    ] {
         pio.insert(port, Uart::REGISTERS, device)?;
     }
     let exit: SharedDevice = Arc::new(Mutex::new(ExitDevice::new(lifecycle.clone())));
     pio.insert(EXIT_PORT, EXIT_LEN, exit.clone())?;
     mmio.insert(EXIT_MMIO, EXIT_LEN, exit)?;
-    pio.insert(I8042_PORT, I8042::COMMAND_OFFSET + 1, Arc::new(Mutex::new(I8042::new(lifecycle.clone()))))?;
+    pio.insert(
+        I8042_PORT,
+        I8042::COMMAND_OFFSET + 1,
+        Arc::new(Mutex::new(I8042::new(lifecycle.clone()))),
+    )?;
     pio.insert(POST_CODE_PORT, 1, Arc::new(Mutex::new(PostCodeSink)))?;
     Ok(Devices::new(pio, mmio))
 }
@@ -212,6 +274,9 @@ mod tests {
         devices.pio_read(0x99, &mut byte);
         devices.mmio_write(0x1000, &[1]);
         assert_eq!(byte, [0xff]);
-        assert_eq!(devices.unclaimed(), vec![(Space::Pio, 0x99), (Space::Mmio, 0x1000)]);
+        assert_eq!(
+            devices.unclaimed(),
+            vec![(Space::Pio, 0x99), (Space::Mmio, 0x1000)]
+        );
     }
 }

@@ -38,7 +38,13 @@ pub struct Lifecycle {
 
 impl Lifecycle {
     pub fn new(events: Sender<VmEvent>) -> Arc<Self> {
-        Arc::new(Lifecycle { state: Mutex::new(State { reason: None, kick_all: None }), events })
+        Arc::new(Lifecycle {
+            state: Mutex::new(State {
+                reason: None,
+                kick_all: None,
+            }),
+            events,
+        })
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -103,7 +109,8 @@ impl BusDevice for ExitDevice {
         let mut code = [0u8; 4];
         let n = data.len().min(4);
         code[..n].copy_from_slice(&data[..n]);
-        self.lifecycle.stop(StopReason::ExitDevice(u32::from_le_bytes(code)));
+        self.lifecycle
+            .stop(StopReason::ExitDevice(u32::from_le_bytes(code)));
     }
 }
 
@@ -159,7 +166,10 @@ mod tests {
         exit.write(0, &[42]);
         I8042::new(life.clone()).write(I8042::COMMAND_OFFSET, &[0xfe]);
         assert_eq!(life.reason(), Some(StopReason::ExitDevice(42)));
-        assert_eq!(rx.try_recv().unwrap(), VmEvent::Exited(VmExit::GuestStopped));
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            VmEvent::Exited(VmExit::GuestStopped)
+        );
         assert!(rx.try_recv().is_err());
     }
 }

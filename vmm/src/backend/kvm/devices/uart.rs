@@ -90,8 +90,15 @@ impl Uart {
     pub const REGISTERS: u64 = 8;
 
     pub fn new(kind: LineKind, irq: EventFd, events: Sender<VmEvent>, log: Option<File>) -> Self {
-        let sink = LineSink { kind, splitter: LineSplitter::default(), events, log };
-        Uart { serial: Serial::new(IrqLine(irq), sink) }
+        let sink = LineSink {
+            kind,
+            splitter: LineSplitter::default(),
+            events,
+            log,
+        };
+        Uart {
+            serial: Serial::new(IrqLine(irq), sink),
+        }
     }
 }
 
@@ -122,17 +129,33 @@ mod tests {
     #[test]
     fn control_lines_are_parsed_and_bad_ones_reported() {
         let (tx, rx) = channel();
-        let mut uart = Uart::new(LineKind::Control, EventFd::new(EFD_NONBLOCK).unwrap(), tx, None);
+        let mut uart = Uart::new(
+            LineKind::Control,
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+            tx,
+            None,
+        );
         transmit(&mut uart, b"HELLO 1\nNONSENSE x\n");
-        assert_eq!(rx.try_recv().unwrap(), VmEvent::Control(control_proto::Message::Hello { version: 1 }));
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            VmEvent::Control(control_proto::Message::Hello { version: 1 })
+        );
         assert!(matches!(rx.try_recv().unwrap(), VmEvent::BadControl { .. }));
     }
 
     #[test]
     fn console_lines_lose_their_carriage_return() {
         let (tx, rx) = channel();
-        let mut uart = Uart::new(LineKind::Console, EventFd::new(EFD_NONBLOCK).unwrap(), tx, None);
+        let mut uart = Uart::new(
+            LineKind::Console,
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+            tx,
+            None,
+        );
         transmit(&mut uart, b"Linux version 6.12\r\n");
-        assert_eq!(rx.try_recv().unwrap(), VmEvent::Console("Linux version 6.12".into()));
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            VmEvent::Console("Linux version 6.12".into())
+        );
     }
 }

@@ -27,7 +27,9 @@ fn id_bits(n: u32) -> u32 {
 }
 
 fn is_amd(entries: &[kvm_cpuid_entry2]) -> bool {
-    entries.iter().any(|e| e.function == 0 && e.ebx == 0x6874_7541 && e.edx == 0x6974_6e65)
+    entries
+        .iter()
+        .any(|e| e.function == 0 && e.ebx == 0x6874_7541 && e.edx == 0x6974_6e65)
 }
 
 /// Leaf 1: APIC id, logical CPU count, hypervisor bit.
@@ -127,7 +129,13 @@ mod tests {
     use super::*;
 
     fn entry(function: u32, index: u32) -> kvm_cpuid_entry2 {
-        kvm_cpuid_entry2 { function, index, ecx: 0xffff_ffff, ebx: 0xffff_ffff, ..Default::default() }
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            ecx: 0xffff_ffff,
+            ebx: 0xffff_ffff,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -145,6 +153,9 @@ mod tests {
 
     #[test]
     fn id_bits_rounds_up() {
-        assert_eq!([id_bits(1), id_bits(2), id_bits(3), id_bits(4), id_bits(5)], [0, 1, 2, 2, 3]);
+        assert_eq!(
+            [id_bits(1), id_bits(2), id_bits(3), id_bits(4), id_bits(5)],
+            [0, 1, 2, 2, 3]
+        );
     }
 }

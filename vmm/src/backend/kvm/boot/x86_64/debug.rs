@@ -8,8 +8,8 @@
 //! hardware virtualization, at the cost of one extra exit per resume.
 
 use kvm_bindings::{
-    kvm_guest_debug, kvm_guest_debug_arch, KVM_CAP_SET_GUEST_DEBUG2, KVM_GUESTDBG_BLOCKIRQ, KVM_GUESTDBG_ENABLE,
-    KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
+    kvm_guest_debug, kvm_guest_debug_arch, KVM_CAP_SET_GUEST_DEBUG2, KVM_GUESTDBG_BLOCKIRQ,
+    KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
 };
 use kvm_ioctls::{VcpuFd, VmFd};
 
@@ -27,7 +27,10 @@ pub enum DebugError {
     #[error("{wanted} breakpoints requested, x86 has {MAX_BREAKPOINTS}")]
     TooMany { wanted: usize },
     #[error("KVM refused to {what}: {source}")]
-    Ioctl { what: &'static str, source: kvm_ioctls::Error },
+    Ioctl {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
 }
 
 fn ioctl(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> DebugError {
@@ -41,18 +44,29 @@ fn dr7_for(count: usize) -> u64 {
 
 fn set_guest_debug(vcpu: &VcpuFd, addrs: &[u64], extra_control: u32) -> Result<(), DebugError> {
     if addrs.len() > MAX_BREAKPOINTS {
-        return Err(DebugError::TooMany { wanted: addrs.len() });
+        return Err(DebugError::TooMany {
+            wanted: addrs.len(),
+        });
     }
     let mut debugreg = [0u64; 8];
     debugreg[..addrs.len()].copy_from_slice(addrs);
     debugreg[7] = dr7_for(addrs.len());
-    let breakpoints = if addrs.is_empty() { 0 } else { KVM_GUESTDBG_USE_HW_BP };
+    let breakpoints = if addrs.is_empty() {
+        0
+    } else {
+        KVM_GUESTDBG_USE_HW_BP
+    };
     let control = match breakpoints | extra_control {
         0 => 0,
         flags => KVM_GUESTDBG_ENABLE | flags,
     };
-    let debug = kvm_guest_debug { control, pad: 0, arch: kvm_guest_debug_arch { debugreg } };
-    vcpu.set_guest_debug(&debug).map_err(ioctl("set guest debug registers"))
+    let debug = kvm_guest_debug {
+        control,
+        pad: 0,
+        arch: kvm_guest_debug_arch { debugreg },
+    };
+    vcpu.set_guest_debug(&debug)
+        .map_err(ioctl("set guest debug registers"))
 }
 
 /// Replace the vCPU's breakpoints; an empty list turns guest debugging off.
@@ -70,7 +84,9 @@ pub struct StepMode {
 impl StepMode {
     pub fn query(vm: &VmFd) -> Self {
         let supported = vm.check_extension_raw(libc::c_ulong::from(KVM_CAP_SET_GUEST_DEBUG2));
-        StepMode { block_irqs: supported > 0 && supported as u32 & KVM_GUESTDBG_BLOCKIRQ != 0 }
+        StepMode {
+            block_irqs: supported > 0 && supported as u32 & KVM_GUESTDBG_BLOCKIRQ != 0,
+        }
     }
 }
 
@@ -78,7 +94,11 @@ impl StepMode {
 /// stepped over left out). The next `KVM_EXIT_DEBUG` ends the step; then
 /// restore the full set with `set_breakpoints`.
 pub fn arm_single_step(vcpu: &VcpuFd, keep: &[u64], mode: StepMode) -> Result<(), DebugError> {
-    let block = if mode.block_irqs { KVM_GUESTDBG_BLOCKIRQ } else { 0 };
+    let block = if mode.block_irqs {
+        KVM_GUESTDBG_BLOCKIRQ
+    } else {
+        0
+    };
     set_guest_debug(vcpu, keep, KVM_GUESTDBG_SINGLESTEP | block)
 }
 
@@ -108,7 +128,15 @@ pub fn snapshot(vcpu: &VcpuFd) -> Result<(Regs, PagingState), DebugError> {
         gs_base: s.gs.base,
         cr3: s.cr3,
     };
-    Ok((regs, PagingState { cr0: s.cr0, cr3: s.cr3, cr4: s.cr4, efer: s.efer }))
+    Ok((
+        regs,
+        PagingState {
+            cr0: s.cr0,
+            cr3: s.cr3,
+            cr4: s.cr4,
+            efer: s.efer,
+        },
+    ))
 }
 
 #[cfg(test)]

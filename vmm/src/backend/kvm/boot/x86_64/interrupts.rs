@@ -35,12 +35,28 @@ fn with_delivery_mode(reg: u32, mode: u32) -> u32 {
 }
 
 pub fn set_lint(vcpu: &VcpuFd, index: usize) -> Result<(), LapicError> {
-    let mut lapic = vcpu.get_lapic().map_err(|source| LapicError { what: "read", vcpu: index, source })?;
+    let mut lapic = vcpu.get_lapic().map_err(|source| LapicError {
+        what: "read",
+        vcpu: index,
+        source,
+    })?;
     let lvt0 = read_reg(&lapic, APIC_LVT0);
-    write_reg(&mut lapic, APIC_LVT0, with_delivery_mode(lvt0, DELIVERY_EXTINT));
+    write_reg(
+        &mut lapic,
+        APIC_LVT0,
+        with_delivery_mode(lvt0, DELIVERY_EXTINT),
+    );
     let lvt1 = read_reg(&lapic, APIC_LVT1);
-    write_reg(&mut lapic, APIC_LVT1, with_delivery_mode(lvt1, DELIVERY_NMI));
-    vcpu.set_lapic(&lapic).map_err(|source| LapicError { what: "write", vcpu: index, source })
+    write_reg(
+        &mut lapic,
+        APIC_LVT1,
+        with_delivery_mode(lvt1, DELIVERY_NMI),
+    );
+    vcpu.set_lapic(&lapic).map_err(|source| LapicError {
+        what: "write",
+        vcpu: index,
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -10,30 +10,47 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
-use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
+use linux_loader::loader::elf::start_info::{
+    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
+};
 use linux_loader::loader::{load_cmdline, BzImage, Cmdline, Elf, KernelLoader, PvhBootCapability};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::layout::{
-    BASE_MEMORY_END, CMDLINE_MAX_SIZE, CMDLINE_START, DEFAULT_INITRD_ADDR_MAX, HIMEM_START, MPTABLE_START,
-    PVH_INFO_START, ZERO_PAGE_START,
+    BASE_MEMORY_END, CMDLINE_MAX_SIZE, CMDLINE_START, DEFAULT_INITRD_ADDR_MAX, HIMEM_START,
+    MPTABLE_START, PVH_INFO_START, ZERO_PAGE_START,
 };
 use crate::backend::kvm::memory::{GuestRam, MemoryError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is neither an x86-64 ELF vmlinux nor a bzImage")]
     UnknownFormat { path: PathBuf },
     #[error("{path} is truncated: {detail} (rebuild or re-copy the kernel)")]
     Truncated { path: PathBuf, detail: String },
     #[error("kernel {path} needs guest memory up to {need_mib} MiB but the guest has {have_mib} MiB of low memory; raise mem_mib")]
-    KernelTooLarge { path: PathBuf, need_mib: u64, have_mib: u64 },
+    KernelTooLarge {
+        path: PathBuf,
+        need_mib: u64,
+        have_mib: u64,
+    },
     #[error("initrd {path} ({size} bytes) does not fit between the kernel end {kernel_end:#x} and {limit:#x}; raise mem_mib")]
-    InitrdTooLarge { path: PathBuf, size: u64, kernel_end: u64, limit: u64 },
+    InitrdTooLarge {
+        path: PathBuf,
+        size: u64,
+        kernel_end: u64,
+        limit: u64,
+    },
     #[error("linux-loader could not load {path}: {source}")]
-    Loader { path: PathBuf, source: linux_loader::loader::Error },
+    Loader {
+        path: PathBuf,
+        source: linux_loader::loader::Error,
+    },
     #[error("kernel command line rejected ({len} bytes, at most {max}): {why}")]
     Cmdline { len: usize, max: usize, why: String },
     #[error("cannot write boot information: {0}")]
@@ -99,8 +116,14 @@ fn le_u16(b: &[u8], at: usize) -> u16 {
 
 /// Recognise the image and check it is complete; returns where loading ends.
 fn inspect(path: &Path, file: &mut File) -> Result<Format, LoadError> {
-    let read = |source| LoadError::Read { path: path.to_path_buf(), source };
-    let truncated = |detail: String| LoadError::Truncated { path: path.to_path_buf(), detail };
+    let read = |source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let truncated = |detail: String| LoadError::Truncated {
+        path: path.to_path_buf(),
+        detail,
+    };
     let len = file.metadata().map_err(read)?.len();
     let mut head = vec![0u8; len.min(0x400) as usize];
     read_at(file, 0, &mut head).map_err(read)?;
@@ -109,16 +132,22 @@ fn inspect(path: &Path, file: &mut File) -> Result<Format, LoadError> {
         const PT_LOAD: u32 = 1;
         const PHDR_LEN: u64 = 56;
         if head.len() < 64 {
-            return Err(truncated(format!("{len} bytes, shorter than an ELF header")));
+            return Err(truncated(format!(
+                "{len} bytes, shorter than an ELF header"
+            )));
         }
         if head[4] != 2 || head[5] != 1 {
-            return Err(LoadError::UnknownFormat { path: path.to_path_buf() });
+            return Err(LoadError::UnknownFormat {
+                path: path.to_path_buf(),
+            });
         }
         let phoff = le_u64(&head, 0x20);
         let phnum = u64::from(le_u16(&head, 0x38));
         let table_end = phoff + phnum * PHDR_LEN;
         if table_end > len {
-            return Err(truncated(format!("program headers end at {table_end:#x}, file has {len:#x} bytes")));
+            return Err(truncated(format!(
+                "program headers end at {table_end:#x}, file has {len:#x} bytes"
+            )));
         }
         let mut phdrs = vec![0u8; (phnum * PHDR_LEN) as usize];
         read_at(file, phoff, &mut phdrs).map_err(read)?;
@@ -127,9 +156,16 @@ fn inspect(path: &Path, file: &mut File) -> Result<Format, LoadError> {
             if le_u32(ph, 0) != PT_LOAD {
                 continue;
             }
-            let (offset, paddr, filesz, memsz) = (le_u64(ph, 8), le_u64(ph, 0x18), le_u64(ph, 0x20), le_u64(ph, 0x28));
+            let (offset, paddr, filesz, memsz) = (
+                le_u64(ph, 8),
+                le_u64(ph, 0x18),
+                le_u64(ph, 0x20),
+                le_u64(ph, 0x28),
+            );
             if offset + filesz > len {
-                return Err(truncated(format!("segment at file offset {offset:#x} (+{filesz:#x}) runs past {len:#x}")));
+                return Err(truncated(format!(
+                    "segment at file offset {offset:#x} (+{filesz:#x}) runs past {len:#x}"
+                )));
             }
             load_end = load_end.max(paddr + memsz);
         }
@@ -144,21 +180,35 @@ fn inspect(path: &Path, file: &mut File) -> Result<Format, LoadError> {
         let syssize = u64::from(le_u32(&head, 0x1f4)) * 16;
         let image_end = (setup_sects + 1) * 512 + syssize;
         if image_end > len {
-            return Err(truncated(format!("header promises {image_end} bytes, file has {len}")));
+            return Err(truncated(format!(
+                "header promises {image_end} bytes, file has {len}"
+            )));
         }
         let init_size = u64::from(le_u32(&head, 0x260));
         let initrd_addr_max = match le_u32(&head, 0x22c) {
             0 => DEFAULT_INITRD_ADDR_MAX,
             n => u64::from(n),
         };
-        return Ok(Format::BzImage { load_end: HIMEM_START + init_size.max(len), initrd_addr_max });
+        return Ok(Format::BzImage {
+            load_end: HIMEM_START + init_size.max(len),
+            initrd_addr_max,
+        });
     }
-    Err(LoadError::UnknownFormat { path: path.to_path_buf() })
+    Err(LoadError::UnknownFormat {
+        path: path.to_path_buf(),
+    })
 }
 
 /// The e820 map: base memory, then RAM from 1 MiB up, skipping the MMIO hole.
 fn e820_map(ram: &GuestRam) -> Vec<(u64, u64, u32)> {
-    let mut map = vec![(0, MPTABLE_START, E820_RAM), (MPTABLE_START, BASE_MEMORY_END - MPTABLE_START, E820_RESERVED)];
+    let mut map = vec![
+        (0, MPTABLE_START, E820_RAM),
+        (
+            MPTABLE_START,
+            BASE_MEMORY_END - MPTABLE_START,
+            E820_RESERVED,
+        ),
+    ];
     for (start, len) in ram.ranges() {
         let end = start + len;
         let start = start.max(HIMEM_START);
@@ -170,12 +220,25 @@ fn e820_map(ram: &GuestRam) -> Vec<(u64, u64, u32)> {
 }
 
 /// Place the initrd page-aligned at the top of low memory, above the kernel.
-fn load_initrd(ram: &GuestRam, path: &Path, kernel_end: u64, addr_max: u64) -> Result<(u64, u64), LoadError> {
-    let read = |source| LoadError::Read { path: path.to_path_buf(), source };
+fn load_initrd(
+    ram: &GuestRam,
+    path: &Path,
+    kernel_end: u64,
+    addr_max: u64,
+) -> Result<(u64, u64), LoadError> {
+    let read = |source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut file = File::open(path).map_err(read)?;
     let size = file.metadata().map_err(read)?.len();
     let limit = ram.low_end().min(addr_max + 1);
-    let too_large = || LoadError::InitrdTooLarge { path: path.to_path_buf(), size, kernel_end, limit };
+    let too_large = || LoadError::InitrdTooLarge {
+        path: path.to_path_buf(),
+        size,
+        kernel_end,
+        limit,
+    };
     let addr = limit.checked_sub(size).ok_or_else(too_large)? & !(PAGE - 1);
     if addr < kernel_end {
         return Err(too_large());
@@ -187,7 +250,11 @@ fn load_initrd(ram: &GuestRam, path: &Path, kernel_end: u64, addr_max: u64) -> R
 }
 
 fn write_cmdline(ram: &GuestRam, cmdline: &str) -> Result<(), LoadError> {
-    let bad = |why: String| LoadError::Cmdline { len: cmdline.len(), max: CMDLINE_MAX_SIZE - 1, why };
+    let bad = |why: String| LoadError::Cmdline {
+        len: cmdline.len(),
+        max: CMDLINE_MAX_SIZE - 1,
+        why,
+    };
     let mut line = Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| bad(e.to_string()))?;
     if !cmdline.is_empty() {
         line.insert_str(cmdline).map_err(|e| bad(e.to_string()))?;
@@ -212,30 +279,59 @@ fn write_pvh_start_info(ram: &GuestRam, initrd: Option<(u64, u64)>) -> Result<u6
         info.nr_modules = 1;
         info.modlist_paddr = modlist;
         ram.mmap()
-            .write_obj(hvm_modlist_entry { paddr, size, ..Default::default() }, GuestAddress(modlist))
-            .map_err(|_| MemoryError::OutOfRange { gpa: modlist, len: 32 })?;
+            .write_obj(
+                hvm_modlist_entry {
+                    paddr,
+                    size,
+                    ..Default::default()
+                },
+                GuestAddress(modlist),
+            )
+            .map_err(|_| MemoryError::OutOfRange {
+                gpa: modlist,
+                len: 32,
+            })?;
     }
     for (i, &(addr, size, type_)) in map.iter().enumerate() {
         let at = memmap + i as u64 * std::mem::size_of::<hvm_memmap_table_entry>() as u64;
         ram.mmap()
-            .write_obj(hvm_memmap_table_entry { addr, size, type_, reserved: 0 }, GuestAddress(at))
+            .write_obj(
+                hvm_memmap_table_entry {
+                    addr,
+                    size,
+                    type_,
+                    reserved: 0,
+                },
+                GuestAddress(at),
+            )
             .map_err(|_| MemoryError::OutOfRange { gpa: at, len: 24 })?;
     }
     ram.mmap()
         .write_obj(info, GuestAddress(PVH_INFO_START))
-        .map_err(|_| MemoryError::OutOfRange { gpa: PVH_INFO_START, len: info_len as usize })?;
+        .map_err(|_| MemoryError::OutOfRange {
+            gpa: PVH_INFO_START,
+            len: info_len as usize,
+        })?;
     Ok(PVH_INFO_START)
 }
 
-fn write_zero_page(ram: &GuestRam, header: Option<setup_header>, cmdline_len: usize, initrd: Option<(u64, u64)>) -> Result<u64, LoadError> {
-    let mut params = boot_params::default();
-    params.hdr = header.unwrap_or(setup_header {
+fn write_zero_page(
+    ram: &GuestRam,
+    header: Option<setup_header>,
+    cmdline_len: usize,
+    initrd: Option<(u64, u64)>,
+) -> Result<u64, LoadError> {
+    let hdr = header.unwrap_or(setup_header {
         // A vmlinux has no setup header: describe a relocatable kernel loaded where it is.
         boot_flag: BOOT_FLAG,
         header: HDR_MAGIC,
         kernel_alignment: 0x0100_0000,
         ..Default::default()
     });
+    let mut params = boot_params {
+        hdr,
+        ..Default::default()
+    };
     params.hdr.type_of_loader = LOADER_UNDEFINED;
     params.hdr.cmd_line_ptr = CMDLINE_START as u32;
     params.hdr.cmdline_size = cmdline_len as u32;
@@ -250,19 +346,32 @@ fn write_zero_page(ram: &GuestRam, header: Option<setup_header>, cmdline_len: us
     params.e820_entries = map.len().min(params.e820_table.len()) as u8;
     ram.mmap()
         .write_obj(params, GuestAddress(ZERO_PAGE_START))
-        .map_err(|_| MemoryError::OutOfRange { gpa: ZERO_PAGE_START, len: 4096 })?;
+        .map_err(|_| MemoryError::OutOfRange {
+            gpa: ZERO_PAGE_START,
+            len: 4096,
+        })?;
     Ok(ZERO_PAGE_START)
 }
 
 /// Load `image` into `ram` and write everything its entry protocol needs.
 /// ELF kernels with a PVH note enter through PVH unless `prefer_pvh` is false.
-pub fn load_linux(ram: &GuestRam, image: &LinuxImage, prefer_pvh: bool) -> Result<LoadedKernel, LoadError> {
+pub fn load_linux(
+    ram: &GuestRam,
+    image: &LinuxImage,
+    prefer_pvh: bool,
+) -> Result<LoadedKernel, LoadError> {
     let path = image.kernel;
-    let mut file = File::open(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
+    let mut file = File::open(path).map_err(|source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let format = inspect(path, &mut file)?;
     let (load_end, initrd_addr_max) = match format {
         Format::Elf { load_end } => (load_end, DEFAULT_INITRD_ADDR_MAX),
-        Format::BzImage { load_end, initrd_addr_max } => (load_end, initrd_addr_max),
+        Format::BzImage {
+            load_end,
+            initrd_addr_max,
+        } => (load_end, initrd_addr_max),
     };
     if load_end > ram.low_end() {
         return Err(LoadError::KernelTooLarge {
@@ -271,15 +380,23 @@ pub fn load_linux(ram: &GuestRam, image: &LinuxImage, prefer_pvh: bool) -> Resul
             have_mib: ram.low_end() >> 20,
         });
     }
-    let loader = |source| LoadError::Loader { path: path.to_path_buf(), source };
+    let loader = |source| LoadError::Loader {
+        path: path.to_path_buf(),
+        source,
+    };
     let himem = Some(GuestAddress(HIMEM_START));
     let loaded = match format {
         Format::Elf { .. } => Elf::load(ram.mmap(), None, &mut file, himem).map_err(loader)?,
-        Format::BzImage { .. } => BzImage::load(ram.mmap(), None, &mut file, himem).map_err(loader)?,
+        Format::BzImage { .. } => {
+            BzImage::load(ram.mmap(), None, &mut file, himem).map_err(loader)?
+        }
     };
     write_cmdline(ram, image.cmdline)?;
     let kernel_end = loaded.kernel_end.max(load_end);
-    let initrd = image.initrd.map(|p| load_initrd(ram, p, kernel_end, initrd_addr_max)).transpose()?;
+    let initrd = image
+        .initrd
+        .map(|p| load_initrd(ram, p, kernel_end, initrd_addr_max))
+        .transpose()?;
 
     match (loaded.pvh_boot_cap, loaded.setup_header) {
         (PvhBootCapability::PvhEntryPresent(entry), None) if prefer_pvh => Ok(LoadedKernel {
@@ -293,7 +410,11 @@ pub fn load_linux(ram: &GuestRam, image: &LinuxImage, prefer_pvh: bool) -> Resul
                 None => loaded.kernel_load.0,
             };
             let boot_info = write_zero_page(ram, header, image.cmdline.len(), initrd)?;
-            Ok(LoadedKernel { protocol: BootProtocol::Linux64, entry, boot_info })
+            Ok(LoadedKernel {
+                protocol: BootProtocol::Linux64,
+                entry,
+                boot_info,
+            })
         }
     }
 }
@@ -309,7 +430,11 @@ mod tests {
             e820_map(&ram),
             vec![
                 (0, MPTABLE_START, E820_RAM),
-                (MPTABLE_START, BASE_MEMORY_END - MPTABLE_START, E820_RESERVED),
+                (
+                    MPTABLE_START,
+                    BASE_MEMORY_END - MPTABLE_START,
+                    E820_RESERVED
+                ),
                 (HIMEM_START, (64 << 20) - HIMEM_START, E820_RAM),
                 (1 << 32, 16 << 20, E820_RAM),
             ]
@@ -322,10 +447,20 @@ mod tests {
         let ram = GuestRam::new(&[(0, 64 << 20)]).unwrap();
         let garbage = dir.path().join("garbage");
         std::fs::write(&garbage, vec![0x5a; 4096]).unwrap();
-        let image = |kernel| LinuxImage { kernel, initrd: None, cmdline: "" };
-        assert!(matches!(load_linux(&ram, &image(&garbage), true), Err(LoadError::UnknownFormat { .. })));
+        let image = |kernel| LinuxImage {
+            kernel,
+            initrd: None,
+            cmdline: "",
+        };
+        assert!(matches!(
+            load_linux(&ram, &image(&garbage), true),
+            Err(LoadError::UnknownFormat { .. })
+        ));
         let short_elf = dir.path().join("short.elf");
         std::fs::write(&short_elf, b"\x7fELF\x02\x01").unwrap();
-        assert!(matches!(load_linux(&ram, &image(&short_elf), true), Err(LoadError::Truncated { .. })));
+        assert!(matches!(
+            load_linux(&ram, &image(&short_elf), true),
+            Err(LoadError::Truncated { .. })
+        ));
     }
 }

@@ -16,12 +16,17 @@ mod paging;
 mod regs;
 
 pub use cpuid::CpuidPolicy;
-pub use debug::{arm_single_step, set_breakpoints, snapshot, DebugError, StepMode, MAX_BREAKPOINTS};
+pub use debug::{
+    arm_single_step, set_breakpoints, snapshot, DebugError, StepMode, MAX_BREAKPOINTS,
+};
 pub use linux::{load_linux, BootProtocol, LinuxImage, LoadError, LoadedKernel};
 pub use mptable::MptableError;
 pub use paging::{translate, PagingError, PagingState};
 
-use kvm_bindings::{kvm_mp_state, kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_mp_state, kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE,
+    KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
 use crate::backend::kvm::memory::GuestRam;
@@ -43,9 +48,15 @@ pub enum BootError {
     #[error(transparent)]
     Lapic(#[from] LapicError),
     #[error("KVM refused to {what}: {source}")]
-    Kvm { what: &'static str, source: kvm_ioctls::Error },
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
     #[error("KVM refused the CPUID table of vCPU {vcpu}: {source}")]
-    Cpuid { vcpu: usize, source: kvm_ioctls::Error },
+    Cpuid {
+        vcpu: usize,
+        source: kvm_ioctls::Error,
+    },
 }
 
 fn kvm(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> BootError {
@@ -66,9 +77,14 @@ pub fn ram_ranges(bytes: u64) -> Vec<(u64, u64)> {
 /// VM-wide state that must exist before the first vCPU: the real-mode TSS,
 /// the in-kernel PIC/IOAPIC/LAPICs and the PIT.
 pub fn setup_vm_before_vcpus(vm: &VmFd) -> Result<(), BootError> {
-    vm.set_tss_address(KVM_TSS_ADDRESS as usize).map_err(kvm("set the TSS address"))?;
-    vm.create_irq_chip().map_err(kvm("create the in-kernel irqchip"))?;
-    let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+    vm.set_tss_address(KVM_TSS_ADDRESS as usize)
+        .map_err(kvm("set the TSS address"))?;
+    vm.create_irq_chip()
+        .map_err(kvm("create the in-kernel irqchip"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
     vm.create_pit2(pit).map_err(kvm("create the PIT"))
 }
 
@@ -89,17 +105,36 @@ pub struct Platform {
 
 impl Platform {
     pub fn query(kvm_fd: &Kvm, cpus: usize, policy: CpuidPolicy) -> Result<Self, BootError> {
-        let cpuid = kvm_fd.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm("report supported CPUID"))?;
-        let msrs = kvm_fd.get_msr_index_list().map_err(kvm("list MSRs"))?.as_slice().to_vec();
-        Ok(Platform { cpuid, msrs, cpus, policy })
+        let cpuid = kvm_fd
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm("report supported CPUID"))?;
+        let msrs = kvm_fd
+            .get_msr_index_list()
+            .map_err(kvm("list MSRs"))?
+            .as_slice()
+            .to_vec();
+        Ok(Platform {
+            cpuid,
+            msrs,
+            cpus,
+            policy,
+        })
     }
 }
 
 /// Per-vCPU architectural state every vCPU needs, whatever it runs.
 pub fn configure_vcpu(vcpu: &VcpuFd, index: usize, platform: &Platform) -> Result<(), BootError> {
-    let cpuid = cpuid::vcpu_cpuid(&platform.cpuid, index as u32, platform.cpus as u32, platform.policy);
+    let cpuid = cpuid::vcpu_cpuid(
+        &platform.cpuid,
+        index as u32,
+        platform.cpus as u32,
+        platform.policy,
+    );
     // CPUID before MSRs: KVM checks MSR writes against the advertised features.
-    vcpu.set_cpuid2(&cpuid).map_err(|source| BootError::Cpuid { vcpu: index, source })?;
+    vcpu.set_cpuid2(&cpuid).map_err(|source| BootError::Cpuid {
+        vcpu: index,
+        source,
+    })?;
     msr::set_boot_msrs(vcpu, index, &platform.msrs)?;
     regs::set_fpu(vcpu, index)?;
     interrupts::set_lint(vcpu, index)?;
@@ -115,7 +150,13 @@ pub fn set_linux_entry(vcpu: &VcpuFd, kernel: &LoadedKernel) -> Result<(), BootE
     };
     regs::set_sregs(vcpu, 0, mode)?;
     // The 64-bit protocol wants a usable stack; below the kernel is free.
-    let entry = EntryRegs { rip: kernel.entry, rsp: HIMEM_START - 16, rsi, rbx, rdi: 0 };
+    let entry = EntryRegs {
+        rip: kernel.entry,
+        rsp: HIMEM_START - 16,
+        rsi,
+        rbx,
+        rdi: 0,
+    };
     regs::set_regs(vcpu, 0, &entry)?;
     Ok(())
 }
@@ -124,9 +165,18 @@ pub fn set_linux_entry(vcpu: &VcpuFd, kernel: &LoadedKernel) -> Result<(), BootE
 /// with RDI = `index` and a private stack. Every such vCPU is runnable at once.
 pub fn set_bare_entry(vcpu: &VcpuFd, index: usize, rip: u64) -> Result<(), BootError> {
     regs::set_sregs(vcpu, index, CpuMode::Long64)?;
-    let entry = EntryRegs { rip, rsp: layout::bare_stack_top(index), rsi: 0, rbx: 0, rdi: index as u64 };
+    let entry = EntryRegs {
+        rip,
+        rsp: layout::bare_stack_top(index),
+        rsi: 0,
+        rbx: 0,
+        rdi: index as u64,
+    };
     regs::set_regs(vcpu, index, &entry)?;
-    vcpu.set_mp_state(kvm_mp_state { mp_state: KVM_MP_STATE_RUNNABLE }).map_err(kvm("make a vCPU runnable"))
+    vcpu.set_mp_state(kvm_mp_state {
+        mp_state: KVM_MP_STATE_RUNNABLE,
+    })
+    .map_err(kvm("make a vCPU runnable"))
 }
 
 #[cfg(test)]
@@ -136,6 +186,12 @@ mod tests {
     #[test]
     fn ram_skips_the_mmio_gap() {
         assert_eq!(ram_ranges(1 << 30), vec![(0, 1 << 30)]);
-        assert_eq!(ram_ranges(4 << 30), vec![(0, MMIO_GAP_START), (MMIO_GAP_END, (4 << 30) - MMIO_GAP_START)]);
+        assert_eq!(
+            ram_ranges(4 << 30),
+            vec![
+                (0, MMIO_GAP_START),
+                (MMIO_GAP_END, (4 << 30) - MMIO_GAP_START)
+            ]
+        );
     }
 }

@@ -74,7 +74,16 @@ fn entries(cpus: usize) -> (Vec<u8>, u16) {
     count += 2;
     for irq in 0..ISA_IRQS {
         // type, irq type, flags (bus-default polarity/trigger), bus, bus irq, IOAPIC, pin.
-        out.extend([ENTRY_IO_INTERRUPT, INT_TYPE_INT, 0, 0, 0, irq, ioapic_id, irq]);
+        out.extend([
+            ENTRY_IO_INTERRUPT,
+            INT_TYPE_INT,
+            0,
+            0,
+            0,
+            irq,
+            ioapic_id,
+            irq,
+        ]);
         count += 1;
     }
     // LINT0 of every local APIC is ExtINT, LINT1 is NMI (destination 0xff: all).
@@ -114,7 +123,10 @@ fn table(cpus: usize) -> Vec<u8> {
 
 pub fn write_mptable(ram: &GuestRam, cpus: usize) -> Result<(), MptableError> {
     if cpus > max_cpus() {
-        return Err(MptableError::TooManyCpus { cpus, max: max_cpus() });
+        return Err(MptableError::TooManyCpus {
+            cpus,
+            max: max_cpus(),
+        });
     }
     ram.write(MPTABLE_START, &table(cpus))?;
     Ok(())
@@ -140,7 +152,10 @@ mod tests {
     #[test]
     fn too_many_cpus_is_an_error() {
         let ram = GuestRam::new(&[(0, 4 << 20)]).unwrap();
-        assert!(matches!(write_mptable(&ram, max_cpus() + 1), Err(MptableError::TooManyCpus { .. })));
+        assert!(matches!(
+            write_mptable(&ram, max_cpus() + 1),
+            Err(MptableError::TooManyCpus { .. })
+        ));
         write_mptable(&ram, max_cpus()).unwrap();
     }
 }

@@ -9,9 +9,17 @@ pub enum MsrError {
     #[error("cannot build the MSR list: {0:?}")]
     List(vmm_sys_util::fam::Error),
     #[error("KVM refused the boot MSRs of vCPU {vcpu}: {source}")]
-    Set { vcpu: usize, source: kvm_ioctls::Error },
+    Set {
+        vcpu: usize,
+        source: kvm_ioctls::Error,
+    },
     #[error("KVM accepted only {set} of {wanted} boot MSRs for vCPU {vcpu} (first refused: {refused:#x})")]
-    Partial { vcpu: usize, set: usize, wanted: usize, refused: u32 },
+    Partial {
+        vcpu: usize,
+        set: usize,
+        wanted: usize,
+        refused: u32,
+    },
 }
 
 const MSR_IA32_TSC: u32 = 0x10;
@@ -48,16 +56,28 @@ pub fn boot_msrs(supported: &[u32]) -> Vec<kvm_msr_entry> {
     ]
     .into_iter()
     .filter(|(index, _)| supported.contains(index))
-    .map(|(index, data)| kvm_msr_entry { index, data, ..Default::default() })
+    .map(|(index, data)| kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    })
     .collect()
 }
 
 pub fn set_boot_msrs(vcpu: &VcpuFd, index: usize, supported: &[u32]) -> Result<(), MsrError> {
     let entries = boot_msrs(supported);
     let msrs = Msrs::from_entries(&entries).map_err(MsrError::List)?;
-    let set = vcpu.set_msrs(&msrs).map_err(|source| MsrError::Set { vcpu: index, source })?;
+    let set = vcpu.set_msrs(&msrs).map_err(|source| MsrError::Set {
+        vcpu: index,
+        source,
+    })?;
     if set != entries.len() {
-        return Err(MsrError::Partial { vcpu: index, set, wanted: entries.len(), refused: entries[set].index });
+        return Err(MsrError::Partial {
+            vcpu: index,
+            set,
+            wanted: entries.len(),
+            refused: entries[set].index,
+        });
     }
     Ok(())
 }

@@ -60,7 +60,12 @@ pub fn translate(ram: &GuestRam, state: &PagingState, gva: u64) -> Result<u64, P
 mod tests {
     use super::*;
 
-    const LONG_MODE: PagingState = PagingState { cr0: CR0_PG, cr3: 0x1000, cr4: 0, efer: EFER_LMA };
+    const LONG_MODE: PagingState = PagingState {
+        cr0: CR0_PG,
+        cr3: 0x1000,
+        cr4: 0,
+        efer: EFER_LMA,
+    };
 
     #[test]
     fn walks_4k_and_2m_pages() {
@@ -72,14 +77,24 @@ mod tests {
         ram.write_u64(0x3000 + idx(2) * 8, 0x4000 | 3).unwrap();
         ram.write_u64(0x4000 + idx(1) * 8, 0x55_5000 | 3).unwrap();
         assert_eq!(translate(&ram, &LONG_MODE, gva).unwrap(), 0x55_5123);
-        ram.write_u64(0x3000 + idx(2) * 8, 0x60_0000 | 0x83).unwrap();
-        assert_eq!(translate(&ram, &LONG_MODE, gva).unwrap(), 0x60_0000 | (gva & 0x1f_ffff));
-        assert!(matches!(translate(&ram, &LONG_MODE, 0x1234), Err(PagingError::NotMapped { level: 4, .. })));
+        ram.write_u64(0x3000 + idx(2) * 8, 0x60_0000 | 0x83)
+            .unwrap();
+        assert_eq!(
+            translate(&ram, &LONG_MODE, gva).unwrap(),
+            0x60_0000 | (gva & 0x1f_ffff)
+        );
+        assert!(matches!(
+            translate(&ram, &LONG_MODE, 0x1234),
+            Err(PagingError::NotMapped { level: 4, .. })
+        ));
     }
 
     #[test]
     fn paging_off_is_identity() {
         let ram = GuestRam::new(&[(0, 4 << 20)]).unwrap();
-        assert_eq!(translate(&ram, &PagingState::default(), 0x1234).unwrap(), 0x1234);
+        assert_eq!(
+            translate(&ram, &PagingState::default(), 0x1234).unwrap(),
+            0x1234
+        );
     }
 }

@@ -4,15 +4,24 @@
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, kvm_sregs};
 use kvm_ioctls::VcpuFd;
 
-use super::layout::{GDT_START, IDENTITY_MAPPED_BYTES, IDT_START, PD_START, PDPT_START, PML4_START};
+use super::layout::{
+    GDT_START, IDENTITY_MAPPED_BYTES, IDT_START, PDPT_START, PD_START, PML4_START,
+};
 use crate::backend::kvm::memory::{GuestRam, MemoryError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegsError {
     #[error("cannot write the boot {what}: {source}")]
-    Tables { what: &'static str, source: MemoryError },
+    Tables {
+        what: &'static str,
+        source: MemoryError,
+    },
     #[error("KVM refused to {what} for vCPU {vcpu}: {source}")]
-    Ioctl { what: &'static str, vcpu: usize, source: kvm_ioctls::Error },
+    Ioctl {
+        what: &'static str,
+        vcpu: usize,
+        source: kvm_ioctls::Error,
+    },
 }
 
 const X86_CR0_PE: u64 = 1 << 0;
@@ -36,11 +45,11 @@ pub enum CpuMode {
 /// GDT slots. The kernel loads its own GDT at once; these only seed the
 /// hidden descriptor caches, so one table serves both entry modes.
 const GDT: [u64; 5] = [
-    0,                                   // null
-    gdt_entry(0xa09b, 0, 0xfffff),       // 1: 64-bit code
-    gdt_entry(0xc093, 0, 0xfffff),       // 2: data
-    gdt_entry(0x808b, 0, 0xfffff),       // 3: TSS
-    gdt_entry(0xc09b, 0, 0xfffff),       // 4: 32-bit code
+    0,                             // null
+    gdt_entry(0xa09b, 0, 0xfffff), // 1: 64-bit code
+    gdt_entry(0xc093, 0, 0xfffff), // 2: data
+    gdt_entry(0x808b, 0, 0xfffff), // 3: TSS
+    gdt_entry(0xc09b, 0, 0xfffff), // 4: 32-bit code
 ];
 const CODE64: usize = 1;
 const DATA: usize = 2;
@@ -65,7 +74,11 @@ fn segment(index: usize) -> kvm_segment {
     let granular = bit(55) == 1;
     kvm_segment {
         base,
-        limit: if granular { (raw_limit << 12) | 0xfff } else { raw_limit },
+        limit: if granular {
+            (raw_limit << 12) | 0xfff
+        } else {
+            raw_limit
+        },
         selector: (index * 8) as u16,
         type_: ((entry >> 40) & 0xf) as u8,
         present: bit(47),
@@ -89,20 +102,32 @@ pub fn write_boot_tables(ram: &GuestRam) -> Result<(), RegsError> {
     ram.write_u64(IDT_START, 0).map_err(tables("IDT"))?;
     const PRESENT_WRITABLE: u64 = 0x3;
     const HUGE: u64 = 0x80;
-    ram.write_u64(PML4_START, PDPT_START | PRESENT_WRITABLE).map_err(tables("PML4"))?;
+    ram.write_u64(PML4_START, PDPT_START | PRESENT_WRITABLE)
+        .map_err(tables("PML4"))?;
     for gib in 0..IDENTITY_MAPPED_BYTES >> 30 {
-        ram.write_u64(PDPT_START + gib * 8, (PD_START + gib * 0x1000) | PRESENT_WRITABLE).map_err(tables("PDPT"))?;
+        ram.write_u64(
+            PDPT_START + gib * 8,
+            (PD_START + gib * 0x1000) | PRESENT_WRITABLE,
+        )
+        .map_err(tables("PDPT"))?;
     }
     // The PDs are contiguous: 2 MiB page i has its entry at PD_START + 8i.
     for i in 0..IDENTITY_MAPPED_BYTES >> 21 {
-        ram.write_u64(PD_START + i * 8, (i << 21) | PRESENT_WRITABLE | HUGE).map_err(tables("PD"))?;
+        ram.write_u64(PD_START + i * 8, (i << 21) | PRESENT_WRITABLE | HUGE)
+            .map_err(tables("PD"))?;
     }
     Ok(())
 }
 
 /// Segment, descriptor-table and control registers for `mode`.
 pub fn set_sregs(vcpu: &VcpuFd, index: usize, mode: CpuMode) -> Result<(), RegsError> {
-    let ioctl = |what| move |source| RegsError::Ioctl { what, vcpu: index, source };
+    let ioctl = |what| {
+        move |source| RegsError::Ioctl {
+            what,
+            vcpu: index,
+            source,
+        }
+    };
     let mut sregs: kvm_sregs = vcpu.get_sregs().map_err(ioctl("read sregs"))?;
     let code = match mode {
         CpuMode::Protected32 => segment(CODE32),
@@ -160,13 +185,25 @@ pub fn set_regs(vcpu: &VcpuFd, index: usize, entry: &EntryRegs) -> Result<(), Re
         rflags: RFLAGS_RESERVED,
         ..Default::default()
     };
-    vcpu.set_regs(&regs).map_err(|source| RegsError::Ioctl { what: "set regs", vcpu: index, source })
+    vcpu.set_regs(&regs).map_err(|source| RegsError::Ioctl {
+        what: "set regs",
+        vcpu: index,
+        source,
+    })
 }
 
 /// x87 control word and MXCSR at their reset values (all exceptions masked).
 pub fn set_fpu(vcpu: &VcpuFd, index: usize) -> Result<(), RegsError> {
-    let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
-    vcpu.set_fpu(&fpu).map_err(|source| RegsError::Ioctl { what: "set FPU", vcpu: index, source })
+    let fpu = kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    };
+    vcpu.set_fpu(&fpu).map_err(|source| RegsError::Ioctl {
+        what: "set FPU",
+        vcpu: index,
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -176,7 +213,10 @@ mod tests {
     #[test]
     fn code_segments_decode_to_the_expected_modes() {
         let code64 = segment(CODE64);
-        assert_eq!((code64.l, code64.db, code64.type_, code64.selector), (1, 0, 0xb, 8));
+        assert_eq!(
+            (code64.l, code64.db, code64.type_, code64.selector),
+            (1, 0, 0xb, 8)
+        );
         let code32 = segment(CODE32);
         assert_eq!((code32.l, code32.db, code32.limit), (0, 1, 0xffff_ffff));
         assert_eq!(segment(DATA).type_, 3);
@@ -187,8 +227,14 @@ mod tests {
         let ram = GuestRam::new(&[(0, 16 << 20)]).unwrap();
         write_boot_tables(&ram).unwrap();
         assert_eq!(ram.read_u64(PD_START + 8 * 3).unwrap(), (3 << 21) | 0x83);
-        assert_eq!(ram.read_u64(PDPT_START + 8 * 3).unwrap(), (PD_START + 0x3000) | 3);
+        assert_eq!(
+            ram.read_u64(PDPT_START + 8 * 3).unwrap(),
+            (PD_START + 0x3000) | 3
+        );
         let last = (4u64 << 30 >> 21) - 1;
-        assert_eq!(ram.read_u64(PD_START + 8 * last).unwrap(), (last << 21) | 0x83);
+        assert_eq!(
+            ram.read_u64(PD_START + 8 * last).unwrap(),
+            (last << 21) | 0x83
+        );
     }
 }
