@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use kvm_support::{events_until, kvm_or_report, next_breakpoint, read_u64};
 use memrace::backend::kvm::fixtures::{self, DeviceTour};
-use memrace::backend::kvm::{launch_program, Space, StopReason};
+use memrace::backend::kvm::{self, launch_program, Space, StopReason};
 use memrace::backend::{Backend, BackendError, ControlMessage, VmEvent, VmExit};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -246,4 +246,31 @@ fn breakpoint_requests_are_checked() {
     vm.kill();
     vm.kill();
     assert!(matches!(vm.resume(&[0]), Err(BackendError::Exited)));
+}
+
+#[test]
+fn each_vcpu_sees_its_own_normalised_cpuid() {
+    let Some(opts) = kvm_or_report("kvm synthetic guests") else {
+        return;
+    };
+    let fx = fixtures::cpuid_probe(3, 1);
+    let mut vm = launch_program(&fx.program, &opts).unwrap();
+    for cpu in 0..3 {
+        vm.set_breakpoints(cpu, &[fx.done[cpu]]).unwrap();
+    }
+    vm.resume(&[0, 1, 2]).unwrap();
+    let mut parked: Vec<usize> = (0..3).map(|_| next_breakpoint(&mut vm, LIMIT).0).collect();
+    parked.sort();
+    assert_eq!(parked, [0, 1, 2]);
+    for cpu in 0..3 {
+        let ebx = read_u64(&vm, fx.results[cpu] + 8);
+        let ecx = read_u64(&vm, fx.results[cpu] + 16);
+        assert_eq!(ebx >> 24, cpu as u64, "APIC id of vCPU {cpu}");
+        assert_eq!((ebx >> 16) & 0xff, 3, "logical CPUs per package");
+        assert_ne!(ecx & (1 << 31), 0, "hypervisor bit");
+        // PVM keeps the host's leaf-1 ECX whatever KVM_SET_CPUID2 says; hardware KVM honours it.
+        if opts.cpuid.mask_xsave && kvm::probe().boots_linux_fully() {
+            assert_eq!(ecx & (1 << 26), 0, "XSAVE hidden: {ecx:#x}");
+        }
+    }
 }

@@ -200,6 +200,7 @@ fn start(parts: Assembly, start_running: bool) -> Result<KvmVm, KvmError> {
 
 /// Boot Linux as `cfg` says. The console goes to `cfg.run_dir/console.log` and
 /// to `VmEvent::Console`; an empty `cfg.initramfs` path means no initramfs.
+/// Parameters enforcing `opts.cpuid` (e.g. `noxsave`) are appended to the command line.
 pub fn launch(cfg: &VmConfig, opts: &KvmOptions) -> Result<KvmVm, KvmError> {
     let log_path = cfg.run_dir.join("console.log");
     let run_dir = |source| KvmError::RunDir {
@@ -210,10 +211,16 @@ pub fn launch(cfg: &VmConfig, opts: &KvmOptions) -> Result<KvmVm, KvmError> {
     let console_log = File::create(&log_path).map_err(run_dir)?;
     let parts = assemble(cfg.cpus, cfg.mem_mib, opts, Some(console_log))?;
     let initrd = (!cfg.initramfs.as_os_str().is_empty()).then_some(cfg.initramfs.as_path());
+    let cmdline = [cfg.cmdline.as_str()]
+        .into_iter()
+        .chain(boot::kernel_params(opts.cpuid).iter().copied())
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
     let image = boot::LinuxImage {
         kernel: &cfg.kernel,
         initrd,
-        cmdline: &cfg.cmdline,
+        cmdline: &cmdline,
     };
     let kernel = boot::load_linux(&parts.ram, &image, opts.prefer_pvh).map_err(BootError::from)?;
     boot::set_linux_entry(&parts.vcpu_fds[0], &kernel)?;

@@ -15,6 +15,18 @@ pub struct CpuidPolicy {
     pub mask_xsave: bool,
 }
 
+/// Kernel parameters that enforce `policy` from inside the guest. PVM keeps
+/// the host's leaf-1 ECX whatever `KVM_SET_CPUID2` says (checked by
+/// `each_vcpu_sees_its_own_normalised_cpuid`), so on PVM hiding XSAVE through
+/// CPUID alone does not stop Linux from running `xrstor`; `noxsave` does.
+pub fn kernel_params(policy: CpuidPolicy) -> &'static [&'static str] {
+    if policy.mask_xsave {
+        &["noxsave"]
+    } else {
+        &[]
+    }
+}
+
 fn clear(reg: &mut u32, bits: &[u32]) {
     for bit in bits {
         *reg &= !(1 << bit);

@@ -15,7 +15,7 @@ mod msr;
 mod paging;
 mod regs;
 
-pub use cpuid::CpuidPolicy;
+pub use cpuid::{kernel_params, CpuidPolicy};
 pub use debug::{
     arm_single_step, set_breakpoints, snapshot, DebugError, StepMode, MAX_BREAKPOINTS,
 };
