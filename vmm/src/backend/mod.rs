@@ -13,6 +13,7 @@
 //! * Resuming a vCPU that is stopped on a breakpoint steps past that breakpoint
 //!   (RF on x86 KVM, remove/step/re-insert on qemu) without re-reporting it.
 
+pub mod kvm;
 pub mod qemu;
 
 use std::path::PathBuf;
@@ -97,14 +98,23 @@ pub const RFLAGS_IF: u64 = 1 << 9;
 pub enum BackendError {
     #[error("vCPU {0} does not exist (the VM has {1})")]
     NoSuchVcpu(VcpuId, usize),
-    #[error("vCPU {vcpu} asks for {wanted} hardware breakpoints; {backend} allows {limit} per vCPU")]
-    TooManyBreakpoints { vcpu: VcpuId, wanted: usize, limit: usize, backend: &'static str },
+    #[error(
+        "vCPU {vcpu} asks for {wanted} hardware breakpoints; {backend} allows {limit} per vCPU"
+    )]
+    TooManyBreakpoints {
+        vcpu: VcpuId,
+        wanted: usize,
+        limit: usize,
+        backend: &'static str,
+    },
     #[error("guest memory access at {addr:#x} (+{len}) failed: {why}")]
     Memory { addr: u64, len: usize, why: String },
     #[error("the VM has exited")]
     Exited,
     #[error("{0}")]
     Qemu(#[from] qemu::QemuError),
+    #[error("{0}")]
+    Kvm(#[from] kvm::KvmError),
 }
 
 /// A running VM under a debugger. See the module doc for the execution model.

@@ -1,0 +1,152 @@
+//! Hardware breakpoints (DR0–DR3 through `KVM_SET_GUEST_DEBUG`), stepping
+//! over them, and the register view the schedule engine reads.
+//!
+//! Stepping over a breakpoint uses a single step with that breakpoint
+//! removed, not RFLAGS.RF: KVM's instruction emulator (all a guest runs in on
+//! PVM) checks host-debug breakpoints before it honours RF, so RF-resume
+//! re-reports the same breakpoint forever there. The step works the same on
+//! hardware virtualization, at the cost of one extra exit per resume.
+
+use kvm_bindings::{
+    kvm_guest_debug, kvm_guest_debug_arch, KVM_CAP_SET_GUEST_DEBUG2, KVM_GUESTDBG_BLOCKIRQ,
+    KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
+};
+use kvm_ioctls::{VcpuFd, VmFd};
+
+use super::paging::PagingState;
+use crate::backend::Regs;
+
+/// x86 has four address breakpoint registers.
+pub const MAX_BREAKPOINTS: usize = 4;
+/// DR7: global-enable bit of breakpoint `n` is bit 2n+1; GE (bit 9) asks for
+/// exact breakpoint reporting. RW/LEN bits stay 0: break on execution.
+const DR7_GLOBAL_EXACT: u64 = 1 << 9;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DebugError {
+    #[error("{wanted} breakpoints requested, x86 has {MAX_BREAKPOINTS}")]
+    TooMany { wanted: usize },
+    #[error("KVM refused to {what}: {source}")]
+    Ioctl {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+}
+
+fn ioctl(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> DebugError {
+    move |source| DebugError::Ioctl { what, source }
+}
+
+/// DR7 value enabling execution breakpoints in the first `count` slots.
+fn dr7_for(count: usize) -> u64 {
+    (0..count).fold(DR7_GLOBAL_EXACT, |dr7, n| dr7 | 1 << (2 * n + 1))
+}
+
+fn set_guest_debug(vcpu: &VcpuFd, addrs: &[u64], extra_control: u32) -> Result<(), DebugError> {
+    if addrs.len() > MAX_BREAKPOINTS {
+        return Err(DebugError::TooMany {
+            wanted: addrs.len(),
+        });
+    }
+    let mut debugreg = [0u64; 8];
+    debugreg[..addrs.len()].copy_from_slice(addrs);
+    debugreg[7] = dr7_for(addrs.len());
+    let breakpoints = if addrs.is_empty() {
+        0
+    } else {
+        KVM_GUESTDBG_USE_HW_BP
+    };
+    let control = match breakpoints | extra_control {
+        0 => 0,
+        flags => KVM_GUESTDBG_ENABLE | flags,
+    };
+    let debug = kvm_guest_debug {
+        control,
+        pad: 0,
+        arch: kvm_guest_debug_arch { debugreg },
+    };
+    vcpu.set_guest_debug(&debug)
+        .map_err(ioctl("set guest debug registers"))
+}
+
+/// Replace the vCPU's breakpoints; an empty list turns guest debugging off.
+pub fn set_breakpoints(vcpu: &VcpuFd, addrs: &[u64]) -> Result<(), DebugError> {
+    set_guest_debug(vcpu, addrs, 0)
+}
+
+/// How single steps are taken on this VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepMode {
+    /// KVM can hold off interrupts during the step, so it cannot land in a handler.
+    pub block_irqs: bool,
+}
+
+impl StepMode {
+    pub fn query(vm: &VmFd) -> Self {
+        let supported = vm.check_extension_raw(libc::c_ulong::from(KVM_CAP_SET_GUEST_DEBUG2));
+        StepMode {
+            block_irqs: supported > 0 && supported as u32 & KVM_GUESTDBG_BLOCKIRQ != 0,
+        }
+    }
+}
+
+/// Arm one single step with `keep` as the only breakpoints (the one being
+/// stepped over left out). The next `KVM_EXIT_DEBUG` ends the step; then
+/// restore the full set with `set_breakpoints`.
+pub fn arm_single_step(vcpu: &VcpuFd, keep: &[u64], mode: StepMode) -> Result<(), DebugError> {
+    let block = if mode.block_irqs {
+        KVM_GUESTDBG_BLOCKIRQ
+    } else {
+        0
+    };
+    set_guest_debug(vcpu, keep, KVM_GUESTDBG_SINGLESTEP | block)
+}
+
+/// The registers the schedule engine reads, plus the paging state for walks.
+pub fn snapshot(vcpu: &VcpuFd) -> Result<(Regs, PagingState), DebugError> {
+    let r = vcpu.get_regs().map_err(ioctl("read registers"))?;
+    let s = vcpu.get_sregs().map_err(ioctl("read system registers"))?;
+    let regs = Regs {
+        rax: r.rax,
+        rbx: r.rbx,
+        rcx: r.rcx,
+        rdx: r.rdx,
+        rsi: r.rsi,
+        rdi: r.rdi,
+        rbp: r.rbp,
+        rsp: r.rsp,
+        r8: r.r8,
+        r9: r.r9,
+        r10: r.r10,
+        r11: r.r11,
+        r12: r.r12,
+        r13: r.r13,
+        r14: r.r14,
+        r15: r.r15,
+        rip: r.rip,
+        rflags: r.rflags,
+        gs_base: s.gs.base,
+        cr3: s.cr3,
+    };
+    Ok((
+        regs,
+        PagingState {
+            cr0: s.cr0,
+            cr3: s.cr3,
+            cr4: s.cr4,
+            efer: s.efer,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dr7_enables_exactly_the_used_slots() {
+        assert_eq!(dr7_for(0), 1 << 9);
+        assert_eq!(dr7_for(2), (1 << 9) | 0b1010);
+        assert_eq!(dr7_for(4), (1 << 9) | 0b1010_1010);
+    }
+}

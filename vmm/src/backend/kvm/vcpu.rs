@@ -1,0 +1,465 @@
+//! One host thread per vCPU, each an explicit state machine:
+//!
+//! ```text
+//!            Run                    breakpoint exit
+//!   Paused ───────► Running ───────────────────────► Parked{addr}
+//!     ▲    ◄─────── │   ▲                                 │
+//!     │      Stop   │   └──── Run (single-step past it) ──┘
+//!     └─────────────┴──► Exited (guest stopped, VMM failure, Quit)
+//! ```
+//!
+//! The VMM thread sends a `Command`, kicks the thread (see `kick`), and waits
+//! a bounded time for the `Reply`. Before a running vCPU stops, it re-enters
+//! `KVM_RUN` with `immediate_exit = 1` so a pending port/MMIO access completes
+//! and the guest state is consistent while it is stopped.
+
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use super::boot::{self, DebugError, PagingState, StepMode};
+use super::devices::{Devices, Lifecycle, StopReason};
+use super::kick;
+use super::memory::GuestRam;
+use crate::backend::{Regs, VcpuId, VmEvent};
+
+/// How long the VMM waits for a vCPU thread to answer a command. A vCPU
+/// answers within one guest exit; only a wedged host gets anywhere near this.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Re-entries allowed while completing a pending access before stopping
+/// (a `rep ins/outs` may need several), or while taking one single step
+/// (the stepped instruction may itself exit for port IO or MMIO).
+const MAX_COMPLETION_ROUNDS: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("cannot start the thread of vCPU {vcpu}: {source}")]
+    Spawn {
+        vcpu: VcpuId,
+        source: std::io::Error,
+    },
+    #[error("cannot install the vCPU kick signal handler: {0}")]
+    KickHandler(std::io::Error),
+    #[error("vCPU {vcpu} did not answer within {REPLY_TIMEOUT:?}")]
+    Unresponsive { vcpu: VcpuId },
+    #[error("vCPU {vcpu} is running; stop it first")]
+    Running { vcpu: VcpuId },
+    #[error("vCPU {vcpu} has exited")]
+    Gone { vcpu: VcpuId },
+    #[error("vCPU {vcpu}: {source}")]
+    Debug { vcpu: VcpuId, source: DebugError },
+}
+
+/// Where a vCPU is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    Running,
+    /// Stopped on request.
+    Paused,
+    /// Stopped on one of its breakpoints at `addr`.
+    Parked {
+        addr: u64,
+    },
+    Exited,
+}
+
+impl RunState {
+    pub fn is_stopped(self) -> bool {
+        matches!(self, RunState::Paused | RunState::Parked { .. })
+    }
+}
+
+enum Command {
+    Run,
+    Stop,
+    SetBreakpoints(Vec<u64>),
+    Snapshot,
+    Quit,
+}
+
+enum Reply {
+    State(RunState),
+    Done(Result<(), VcpuError>),
+    Snapshot(Result<(Regs, PagingState), VcpuError>),
+}
+
+/// The VMM side of one vCPU thread.
+pub struct VcpuHandle {
+    id: VcpuId,
+    commands: Sender<Command>,
+    replies: Receiver<Reply>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Everything a vCPU thread shares with the rest of the VM.
+#[derive(Clone)]
+pub struct VcpuContext {
+    pub devices: Arc<Devices>,
+    pub lifecycle: Arc<Lifecycle>,
+    pub events: Sender<VmEvent>,
+    pub step: StepMode,
+    /// Keeps guest RAM mapped for as long as the vCPU fd can touch it.
+    pub _ram: Arc<GuestRam>,
+}
+
+impl VcpuHandle {
+    /// Start the thread of vCPU `id`, initially running or paused.
+    pub fn spawn(
+        id: VcpuId,
+        fd: VcpuFd,
+        ctx: VcpuContext,
+        start_running: bool,
+    ) -> Result<Self, VcpuError> {
+        kick::install_handler().map_err(VcpuError::KickHandler)?;
+        let (commands, command_rx) = channel();
+        let (reply_tx, replies) = channel();
+        let state = if start_running {
+            RunState::Running
+        } else {
+            RunState::Paused
+        };
+        let worker = VcpuThread {
+            id,
+            fd,
+            ctx,
+            commands: command_rx,
+            replies: reply_tx,
+            state,
+            breakpoints: Vec::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || worker.run())
+            .map_err(|source| VcpuError::Spawn { vcpu: id, source })?;
+        Ok(VcpuHandle {
+            id,
+            commands,
+            replies,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn pthread(&self) -> Option<libc::pthread_t> {
+        use std::os::unix::thread::JoinHandleExt;
+        self.thread.as_ref().map(|t| t.as_pthread_t())
+    }
+
+    fn send(&self, command: Command) -> Result<(), VcpuError> {
+        self.commands
+            .send(command)
+            .map_err(|_| VcpuError::Gone { vcpu: self.id })?;
+        if let Some(thread) = self.pthread() {
+            kick::kick(thread);
+        }
+        Ok(())
+    }
+
+    fn reply(&self) -> Result<Reply, VcpuError> {
+        self.replies
+            .recv_timeout(REPLY_TIMEOUT)
+            .map_err(|e| match e {
+                RecvTimeoutError::Timeout => VcpuError::Unresponsive { vcpu: self.id },
+                RecvTimeoutError::Disconnected => VcpuError::Gone { vcpu: self.id },
+            })
+    }
+
+    /// Ask the vCPU to run (`true`) or stop (`false`); answer comes from `state_reply`.
+    /// Split in two so a whole set of vCPUs is told before any answer is awaited.
+    pub fn request_run(&self, run: bool) -> Result<(), VcpuError> {
+        self.send(if run { Command::Run } else { Command::Stop })
+    }
+
+    pub fn state_reply(&self) -> Result<RunState, VcpuError> {
+        match self.reply()? {
+            Reply::State(state) => Ok(state),
+            _ => Err(VcpuError::Unresponsive { vcpu: self.id }),
+        }
+    }
+
+    pub fn set_breakpoints(&self, addrs: &[u64]) -> Result<(), VcpuError> {
+        self.send(Command::SetBreakpoints(addrs.to_vec()))?;
+        match self.reply()? {
+            Reply::Done(result) => result,
+            _ => Err(VcpuError::Unresponsive { vcpu: self.id }),
+        }
+    }
+
+    pub fn snapshot(&self) -> Result<(Regs, PagingState), VcpuError> {
+        self.send(Command::Snapshot)?;
+        match self.reply()? {
+            Reply::Snapshot(result) => result,
+            _ => Err(VcpuError::Unresponsive { vcpu: self.id }),
+        }
+    }
+
+    /// Tell the thread to end, kick it, and wait up to `timeout` for it.
+    /// A thread that does not end in time is left detached rather than hanging the caller.
+    pub fn quit(&mut self, timeout: Duration) {
+        let _ = self.send(Command::Quit);
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + timeout;
+        while !thread.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if thread.is_finished() {
+            // The thread's own panics were already reported on stderr.
+            let _ = thread.join();
+        } else {
+            eprintln!(
+                "memrace kvm: vCPU {} did not stop within {timeout:?}; leaving it detached",
+                self.id
+            );
+        }
+    }
+}
+
+/// The vCPU thread's side.
+struct VcpuThread {
+    id: VcpuId,
+    fd: VcpuFd,
+    ctx: VcpuContext,
+    commands: Receiver<Command>,
+    replies: Sender<Reply>,
+    state: RunState,
+    breakpoints: Vec<u64>,
+}
+
+impl VcpuThread {
+    fn run(mut self) {
+        kick::register_this_thread(self.fd.get_kvm_run());
+        self.serve();
+        kick::unregister_this_thread();
+    }
+
+    fn serve(&mut self) {
+        loop {
+            if self.ctx.lifecycle.is_stopped() {
+                self.state = RunState::Exited;
+            }
+            let command = if self.state == RunState::Running {
+                // Clear a kick that was already handled. A kick is sent after its command,
+                // so one landing before this line has its command visible below, and one
+                // landing after it makes the next KVM_RUN return at once.
+                self.fd.set_kvm_immediate_exit(0);
+                match self.commands.try_recv() {
+                    Ok(command) => Some(command),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => return,
+                }
+            } else {
+                match self.commands.recv() {
+                    Ok(command) => Some(command),
+                    Err(_) => return,
+                }
+            };
+            match command {
+                Some(Command::Quit) => return,
+                Some(command) => self.handle(command),
+                None => {
+                    let outcome = self.enter_guest();
+                    self.settle(outcome);
+                }
+            }
+        }
+    }
+
+    fn answer(&self, reply: Reply) {
+        // The VMM side only drops its receiver when tearing the VM down.
+        let _ = self.replies.send(reply);
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Run => {
+                if let RunState::Parked { addr } = self.state {
+                    self.step_over(addr);
+                }
+                if self.state.is_stopped() {
+                    self.state = RunState::Running;
+                }
+                self.answer(Reply::State(self.state));
+            }
+            Command::Stop => {
+                if self.state == RunState::Running {
+                    self.complete_pending_access();
+                    if self.state == RunState::Running {
+                        self.state = RunState::Paused;
+                    }
+                }
+                self.answer(Reply::State(self.state));
+            }
+            Command::SetBreakpoints(addrs) => {
+                let result = match self.state {
+                    RunState::Running => Err(VcpuError::Running { vcpu: self.id }),
+                    RunState::Exited => Err(VcpuError::Gone { vcpu: self.id }),
+                    _ => {
+                        boot::set_breakpoints(&self.fd, &addrs).map_err(|source| VcpuError::Debug {
+                            vcpu: self.id,
+                            source,
+                        })
+                    }
+                };
+                if result.is_ok() {
+                    self.breakpoints = addrs;
+                }
+                self.answer(Reply::Done(result));
+            }
+            Command::Snapshot => {
+                let result = match self.state {
+                    RunState::Running => Err(VcpuError::Running { vcpu: self.id }),
+                    _ => boot::snapshot(&self.fd).map_err(|source| VcpuError::Debug {
+                        vcpu: self.id,
+                        source,
+                    }),
+                };
+                self.answer(Reply::Snapshot(result));
+            }
+            Command::Quit => {}
+        }
+    }
+
+    /// Re-enter with `immediate_exit` so KVM finishes an access userspace just
+    /// emulated, without running further guest instructions.
+    fn complete_pending_access(&mut self) {
+        self.fd.set_kvm_immediate_exit(1);
+        for _ in 0..MAX_COMPLETION_ROUNDS {
+            let outcome = self.enter_guest();
+            if !self.settle(outcome) {
+                break;
+            }
+        }
+        self.fd.set_kvm_immediate_exit(0);
+    }
+
+    /// Execute the instruction at breakpoint `addr` once, without reporting
+    /// the breakpoint, then re-arm every breakpoint.
+    fn step_over(&mut self, addr: u64) {
+        let keep: Vec<u64> = self
+            .breakpoints
+            .iter()
+            .copied()
+            .filter(|&a| a != addr)
+            .collect();
+        if let Err(e) = boot::arm_single_step(&self.fd, &keep, self.ctx.step) {
+            return self.fail(format!(
+                "vCPU {}: cannot single-step over {addr:#x}: {e}",
+                self.id
+            ));
+        }
+        let mut stepped = false;
+        for _ in 0..MAX_COMPLETION_ROUNDS {
+            // A kick (this command's, or a later one's, whose command waits in the
+            // channel) must not cut the step short: clear it and take the step.
+            self.fd.set_kvm_immediate_exit(0);
+            match self.enter_guest() {
+                // The step's own debug exit (a kept breakpoint cannot sit on this instruction).
+                Outcome::Breakpoint(_) => {
+                    stepped = true;
+                    break;
+                }
+                Outcome::Access | Outcome::Interrupted => {}
+                outcome => {
+                    self.settle(outcome);
+                    return;
+                }
+            }
+        }
+        if !stepped {
+            return self.fail(format!(
+                "vCPU {}: the single step over {addr:#x} did not finish",
+                self.id
+            ));
+        }
+        if let Err(e) = boot::set_breakpoints(&self.fd, &self.breakpoints) {
+            self.fail(format!(
+                "vCPU {}: cannot re-arm breakpoints after a step: {e}",
+                self.id
+            ));
+        }
+    }
+
+    /// One `KVM_RUN`, with port/MMIO accesses handed to the device model.
+    fn enter_guest(&mut self) -> Outcome {
+        let VcpuThread { fd, ctx, .. } = self;
+        match fd.run() {
+            Ok(VcpuExit::IoIn(port, data)) => {
+                ctx.devices.pio_read(port, data);
+                Outcome::Access
+            }
+            Ok(VcpuExit::IoOut(port, data)) => {
+                ctx.devices.pio_write(port, data);
+                Outcome::Access
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                ctx.devices.mmio_read(addr, data);
+                Outcome::Access
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                ctx.devices.mmio_write(addr, data);
+                Outcome::Access
+            }
+            Ok(VcpuExit::Debug(debug)) => Outcome::Breakpoint(debug.pc),
+            Ok(VcpuExit::Shutdown) => Outcome::Stop(StopReason::TripleFault),
+            Ok(VcpuExit::SystemEvent(kind, _)) => Outcome::Stop(StopReason::SystemEvent(kind)),
+            // With the in-kernel irqchip KVM handles HLT; these are just returns to userspace.
+            Ok(VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::Intr) => Outcome::Interrupted,
+            Ok(VcpuExit::InternalError) => {
+                Outcome::Failed("KVM internal error (emulation failure)".into())
+            }
+            Ok(VcpuExit::FailEntry(reason, cpu)) => Outcome::Failed(format!(
+                "VM entry failed (reason {reason:#x}, host cpu {cpu})"
+            )),
+            Ok(other) => Outcome::Failed(format!("unexpected exit {other:?}")),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Outcome::Interrupted,
+            Err(e) => Outcome::Failed(format!("KVM_RUN failed: {e}")),
+        }
+    }
+
+    /// Apply what `enter_guest` saw. Returns whether it was an emulated access
+    /// (which needs completing before the vCPU may stop).
+    fn settle(&mut self, outcome: Outcome) -> bool {
+        match outcome {
+            Outcome::Access => true,
+            Outcome::Interrupted => false,
+            Outcome::Breakpoint(addr) => {
+                self.state = RunState::Parked { addr };
+                let _ = self.ctx.events.send(VmEvent::Breakpoint {
+                    vcpu: self.id,
+                    addr,
+                });
+                false
+            }
+            Outcome::Stop(reason) => {
+                self.ctx.lifecycle.stop(reason);
+                false
+            }
+            Outcome::Failed(why) => {
+                let rip = self
+                    .fd
+                    .get_regs()
+                    .map(|r| format!("{:#x}", r.rip))
+                    .unwrap_or_else(|_| "unknown".into());
+                self.fail(format!("vCPU {}: {why} at rip {rip}", self.id));
+                false
+            }
+        }
+    }
+
+    fn fail(&mut self, why: String) {
+        self.state = RunState::Exited;
+        self.ctx.lifecycle.stop(StopReason::Failed(why));
+    }
+}
+
+enum Outcome {
+    Access,
+    Interrupted,
+    Breakpoint(u64),
+    Stop(StopReason),
+    Failed(String),
+}

@@ -1,0 +1,276 @@
+//! The kvm backend on synthetic long-mode guests (no kernel): vCPU start,
+//! devices, per-vCPU stop/resume, hardware breakpoints, memory access.
+
+mod kvm_support;
+
+use std::time::Duration;
+
+use kvm_support::{events_until, kvm_or_report, next_breakpoint, read_u64};
+use memrace::backend::kvm::fixtures::{self, DeviceTour};
+use memrace::backend::kvm::{self, launch_program, Space, StopReason};
+use memrace::backend::{Backend, BackendError, ControlMessage, VmEvent, VmExit};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+#[test]
+fn two_vcpus_reach_uarts_ports_mmio_and_the_exit_device() {
+    let Some(opts) = kvm_or_report("kvm synthetic guests") else {
+        return;
+    };
+    let tour = fixtures::device_tour();
+    let mut program = tour.program.clone();
+    program.start_running = true;
+    let mut vm = launch_program(&program, &opts).unwrap();
+    let events = events_until(&mut vm, LIMIT, |e| matches!(e, VmEvent::Exited(_)));
+
+    assert!(
+        events.contains(&VmEvent::Console(DeviceTour::CONSOLE_LINE.into())),
+        "{events:#?}"
+    );
+    assert!(events.contains(&VmEvent::Control(ControlMessage::Hello { version: 1 })));
+    assert!(events.contains(&VmEvent::Control(ControlMessage::Phase {
+        name: "tour".into()
+    })));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, VmEvent::BadControl { line, .. } if line == "FROBNICATE now")));
+    assert_eq!(events.last(), Some(&VmEvent::Exited(VmExit::GuestStopped)));
+    assert_eq!(
+        vm.stop_reason(),
+        Some(StopReason::ExitDevice(DeviceTour::EXIT_CODE))
+    );
+    assert_eq!(read_u64(&vm, tour.flag), 1, "vCPU 1 ran");
+    assert_eq!(
+        read_u64(&vm, tour.port_value),
+        0xff,
+        "unclaimed port reads all-ones"
+    );
+    assert_eq!(
+        read_u64(&vm, tour.mmio_value),
+        0xffff_ffff,
+        "unclaimed MMIO reads all-ones"
+    );
+    let unclaimed = vm.unclaimed_accesses();
+    assert!(
+        unclaimed.contains(&(Space::Pio, u64::from(fixtures::UNCLAIMED_PORT))),
+        "{unclaimed:?}"
+    );
+    assert!(
+        unclaimed.contains(&(Space::Mmio, fixtures::UNCLAIMED_MMIO)),
+        "{unclaimed:?}"
+    );
+    assert!(matches!(
+        vm.next_event(std::time::Instant::now() + LIMIT),
+        Err(BackendError::Exited)
+    ));
+}
+
+#[test]
+fn a_paused_vcpu_stays_put_while_another_runs_to_its_breakpoint() {
+    let Some(opts) = kvm_or_report("kvm synthetic guests") else {
+        return;
+    };
+    const N: u64 = 500;
+    let fx = fixtures::counters(2, N);
+    let mut vm = launch_program(&fx.program, &opts).unwrap();
+    vm.set_breakpoints(0, &[fx.done[0]]).unwrap();
+    vm.set_breakpoints(1, &[fx.done[1]]).unwrap();
+
+    vm.resume(&[0]).unwrap();
+    assert_eq!(next_breakpoint(&mut vm, LIMIT), (0, fx.done[0]));
+    assert_eq!(
+        (read_u64(&vm, fx.counters[0]), read_u64(&vm, fx.counters[1])),
+        (N, 0)
+    );
+    assert_eq!(vm.regs(0).unwrap().rip, fx.done[0]);
+
+    vm.resume(&[1]).unwrap();
+    assert_eq!(next_breakpoint(&mut vm, LIMIT), (1, fx.done[1]));
+    assert_eq!(
+        (read_u64(&vm, fx.counters[0]), read_u64(&vm, fx.counters[1])),
+        (N, N)
+    );
+}
+
+#[test]
+fn stopping_freezes_counters_exactly_and_resume_runs_only_the_named_vcpu() {
+    let Some(opts) = kvm_or_report("kvm synthetic guests") else {
+        return;
+    };
+    let fx = fixtures::counters(2, u64::MAX);
+    let mut vm = launch_program(&fx.program, &opts).unwrap();
+    let counts = |vm: &memrace::backend::kvm::KvmVm| {
+        (read_u64(vm, fx.counters[0]), read_u64(vm, fx.counters[1]))
+    };
+    let settle = Duration::from_millis(200);
+
+    vm.resume(&[0, 1]).unwrap();
+    std::thread::sleep(settle);
+    vm.stop_all().unwrap();
+    let frozen = counts(&vm);
+    assert!(frozen.0 > 0 && frozen.1 > 0, "both ran: {frozen:?}");
+    std::thread::sleep(settle);
+    assert_eq!(counts(&vm), frozen, "stopped vCPUs do not move");
+
+    vm.resume(&[1]).unwrap();
+    std::thread::sleep(settle);
+    vm.stop_all().unwrap();
+    let after = counts(&vm);
+    assert_eq!(after.0, frozen.0, "vCPU 0 stayed paused");
+    assert!(after.1 > frozen.1, "vCPU 1 ran: {after:?} vs {frozen:?}");
+}
+
+#[test]
+fn hardware_breakpoint_hits_exactly_n_times_stepping_past_each_hit() {
+    let Some(opts) = kvm_or_report("kvm synthetic guests") else {
+        return;
+    };
+    const N: u64 = 25;
+    let fx = fixtures::breakpoint_loop(N);
+    let mut vm = launch_program(&fx.program, &opts).unwrap();
+    vm.set_breakpoints(0, &[fx.target]).unwrap();
+    vm.resume(&[0]).unwrap();
+    let mut hits = 0;
+    loop {
+        let events = events_until(&mut vm, LIMIT, |e| {
+            matches!(e, VmEvent::Breakpoint { .. } | VmEvent::Exited(_))
+        });
+        match events.last() {
+            Some(VmEvent::Breakpoint { vcpu: 0, addr }) => {
+                assert_eq!(*addr, fx.target);
+                assert_eq!(
+                    read_u64(&vm, fx.hits),
+                    hits,
+                    "stopped before the counted instruction"
+                );
+                hits += 1;
+                vm.resume(&[0]).unwrap();
+            }
+            Some(VmEvent::Exited(VmExit::GuestStopped)) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(hits, N);
+    assert_eq!(read_u64(&vm, fx.hits), N);
+    assert_eq!(
+        vm.stop_reason(),
+        Some(StopReason::ExitDevice(u32::from(
+            fixtures::BreakpointLoop::EXIT_CODE
+        )))
+    );
+}
+
+#[test]
+fn race_fixture_loses_an_update_only_under_the_forced_interleaving() {
+    let Some(opts) = kvm_or_report("kvm synthetic guests") else {
+        return;
+    };
+    let fx = fixtures::race(1);
+
+    // Interleaved: vCPU 0 loads, vCPU 1 does a whole increment, vCPU 0 stores a stale value.
+    let mut vm = launch_program(&fx.program, &opts).unwrap();
+    vm.set_breakpoints(0, &[fx.between]).unwrap();
+    vm.set_breakpoints(1, &[fx.done]).unwrap();
+    vm.resume(&[0]).unwrap();
+    assert_eq!(next_breakpoint(&mut vm, LIMIT), (0, fx.between));
+    vm.resume(&[1]).unwrap();
+    assert_eq!(next_breakpoint(&mut vm, LIMIT), (1, fx.done));
+    assert_eq!(read_u64(&vm, fx.counter), 1);
+    vm.set_breakpoints(0, &[fx.done]).unwrap();
+    vm.resume(&[0]).unwrap();
+    assert_eq!(next_breakpoint(&mut vm, LIMIT), (0, fx.done));
+    assert_eq!(read_u64(&vm, fx.counter), 1, "lost update");
+
+    // Serialised: both increments land.
+    let mut vm = launch_program(&fx.program, &opts).unwrap();
+    vm.set_breakpoints(0, &[fx.done]).unwrap();
+    vm.set_breakpoints(1, &[fx.done]).unwrap();
+    vm.resume(&[0]).unwrap();
+    assert_eq!(next_breakpoint(&mut vm, LIMIT), (0, fx.done));
+    vm.resume(&[1]).unwrap();
+    assert_eq!(next_breakpoint(&mut vm, LIMIT), (1, fx.done));
+    assert_eq!(read_u64(&vm, fx.counter), 2);
+}
+
+#[test]
+fn write_phys_opens_a_gate_and_read_virt_walks_page_tables() {
+    let Some(opts) = kvm_or_report("kvm synthetic guests") else {
+        return;
+    };
+    let tour = fixtures::device_tour();
+    let mut vm = launch_program(&tour.program, &opts).unwrap();
+    // Only vCPU 0 runs: it waits on the flag that vCPU 1 would set; the bench sets it instead.
+    vm.resume(&[0]).unwrap();
+    events_until(&mut vm, LIMIT, |e| matches!(e, VmEvent::BadControl { .. }));
+    vm.stop_all().unwrap();
+    let code = &tour.program.segments[0].1;
+    assert_eq!(
+        vm.read_virt(1, fixtures::CODE_BASE, 64).unwrap(),
+        code[..64]
+    );
+    let across_pages = fixtures::CODE_BASE + 4096 - 8;
+    assert_eq!(vm.read_virt(0, across_pages, 16).unwrap(), vec![0; 16]);
+    assert!(matches!(
+        vm.read_virt(0, 1 << 40, 8),
+        Err(BackendError::Memory { .. })
+    ));
+
+    vm.write_phys(tour.flag, &1u64.to_le_bytes()).unwrap();
+    vm.resume(&[0]).unwrap();
+    events_until(&mut vm, LIMIT, |e| matches!(e, VmEvent::Exited(_)));
+    assert_eq!(
+        vm.stop_reason(),
+        Some(StopReason::ExitDevice(DeviceTour::EXIT_CODE))
+    );
+}
+
+#[test]
+fn breakpoint_requests_are_checked() {
+    let Some(opts) = kvm_or_report("kvm synthetic guests") else {
+        return;
+    };
+    let fx = fixtures::counters(2, u64::MAX);
+    let mut vm = launch_program(&fx.program, &opts).unwrap();
+    assert_eq!(vm.max_breakpoints(), 4);
+    assert!(matches!(
+        vm.set_breakpoints(0, &[1, 2, 3, 4, 5]),
+        Err(BackendError::TooManyBreakpoints { wanted: 5, .. })
+    ));
+    assert!(matches!(
+        vm.set_breakpoints(2, &[1]),
+        Err(BackendError::NoSuchVcpu(2, 2))
+    ));
+    vm.resume(&[0]).unwrap();
+    let running = vm.set_breakpoints(0, &[fx.done[0]]).unwrap_err();
+    assert!(running.to_string().contains("running"), "{running}");
+    vm.kill();
+    vm.kill();
+    assert!(matches!(vm.resume(&[0]), Err(BackendError::Exited)));
+}
+
+#[test]
+fn each_vcpu_sees_its_own_normalised_cpuid() {
+    let Some(opts) = kvm_or_report("kvm synthetic guests") else {
+        return;
+    };
+    let fx = fixtures::cpuid_probe(3, 1);
+    let mut vm = launch_program(&fx.program, &opts).unwrap();
+    for cpu in 0..3 {
+        vm.set_breakpoints(cpu, &[fx.done[cpu]]).unwrap();
+    }
+    vm.resume(&[0, 1, 2]).unwrap();
+    let mut parked: Vec<usize> = (0..3).map(|_| next_breakpoint(&mut vm, LIMIT).0).collect();
+    parked.sort();
+    assert_eq!(parked, [0, 1, 2]);
+    for cpu in 0..3 {
+        let ebx = read_u64(&vm, fx.results[cpu] + 8);
+        let ecx = read_u64(&vm, fx.results[cpu] + 16);
+        assert_eq!(ebx >> 24, cpu as u64, "APIC id of vCPU {cpu}");
+        assert_eq!((ebx >> 16) & 0xff, 3, "logical CPUs per package");
+        assert_ne!(ecx & (1 << 31), 0, "hypervisor bit");
+        // PVM keeps the host's leaf-1 ECX whatever KVM_SET_CPUID2 says; hardware KVM honours it.
+        if opts.cpuid.mask_xsave && kvm::probe().boots_linux_fully() {
+            assert_eq!(ecx & (1 << 26), 0, "XSAVE hidden: {ecx:#x}");
+        }
+    }
+}
