@@ -136,8 +136,8 @@ impl<'a> DebugInfo<'a> {
     /// Lowest address of an `is_stmt` row for `line` of the one source file
     /// whose path ends with `file` (whole path components).
     pub fn line_address(&self, file: &str, line: u64, code: &[Range<u64>]) -> Result<u64, SymbolError> {
+        let base = file.rsplit('/').next().unwrap_or(file);
         let mut matched: BTreeSet<PathBuf> = BTreeSet::new();
-        let mut basenames: HashSet<String> = HashSet::new();
         let mut best: Option<u64> = None;
         let mut lines: BTreeSet<u64> = BTreeSet::new();
         self.for_each_unit(|unit| {
@@ -149,16 +149,19 @@ impl<'a> DebugInfo<'a> {
             let first = u64::from(header.version() < 5);
             let mut wanted = Vec::new();
             for (i, f) in header.file_names().iter().enumerate() {
-                let name = unit.attr_string(f.path_name())?.to_string_lossy().into_owned();
+                let name = unit.attr_string(f.path_name())?;
+                // Cheap byte test first: most units do not mention the file.
+                if !name.slice().ends_with(base.as_bytes()) {
+                    continue;
+                }
+                let name = name.to_string_lossy();
                 let path = match f.directory(header) {
-                    Some(dir) => Path::new(&*unit.attr_string(dir)?.to_string_lossy()).join(&name),
-                    None => PathBuf::from(&name),
+                    Some(dir) => Path::new(&*unit.attr_string(dir)?.to_string_lossy()).join(&*name),
+                    None => PathBuf::from(&*name),
                 };
                 if ends_with(&path, file) {
                     wanted.push(first + i as u64);
                     matched.insert(normalize(&path));
-                } else if let Some(base) = Path::new(&name).file_name() {
-                    basenames.insert(base.to_string_lossy().into_owned());
                 }
             }
             if wanted.is_empty() {
@@ -183,10 +186,10 @@ impl<'a> DebugInfo<'a> {
             Ok(None)
         })?;
         if matched.is_empty() {
-            let base = file.rsplit('/').next().unwrap_or(file);
+            let names = self.source_basenames()?;
             return Err(SymbolError::NoSuchFile {
                 file: file.into(),
-                suggestions: suggest::similar(base, basenames.iter().map(String::as_str), 5),
+                suggestions: suggest::similar(base, names.iter().map(String::as_str), 5),
             });
         }
         if matched.len() > 1 {
@@ -206,6 +209,22 @@ impl<'a> DebugInfo<'a> {
                 nearby,
             }
         })
+    }
+
+    /// File names (last component) of every source file in the line tables,
+    /// for "did you mean" after a miss.
+    fn source_basenames(&self) -> Result<HashSet<String>, SymbolError> {
+        let mut names = HashSet::new();
+        self.for_each_unit(|unit| {
+            if let Some(program) = &unit.line_program {
+                for f in program.header().file_names() {
+                    let name = unit.attr_string(f.path_name())?.to_string_lossy().into_owned();
+                    names.insert(name.rsplit('/').next().unwrap_or(&name).to_string());
+                }
+            }
+            Ok(None::<Infallible>)
+        })?;
+        Ok(names)
     }
 }
 

@@ -3,15 +3,17 @@
 //! ranges asked for, so checking a cached index costs a few KiB of I/O rather
 //! than the whole (~60 MiB) file.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
+use object::elf::{self, Sym64};
+use object::read::elf::Sym;
 use object::read::ReadCache;
-use object::{CompressionFormat, Object, ObjectSection, ObjectSymbol, SectionKind, SymbolKind, SymbolSection};
+use object::{CompressionFormat, LittleEndian, Object, ObjectSection, SectionKind};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -106,6 +108,79 @@ impl Opened {
         })
     }
 
+    fn not_elf(&self, reason: impl ToString) -> SymbolError {
+        SymbolError::NotElf {
+            path: self.path.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// A whole section, read with one positional read (not through the
+    /// ReadCache, which would keep a second copy alive).
+    fn read_section<'d>(&self, section: &object::Section<'d, 'd, &'d ReadCache<File>>) -> Result<Vec<u8>, SymbolError> {
+        let range = section.compressed_file_range().map_err(|e| self.not_elf(e))?;
+        if range.format != CompressionFormat::None {
+            return Err(SymbolError::CompressedDebugInfo {
+                path: self.path.clone(),
+                section: section.name().unwrap_or("?").to_string(),
+            });
+        }
+        let mut data = vec![0; range.uncompressed_size as usize];
+        self.file.read_exact_at(&mut data, range.offset).map_err(|e| self.io(e))?;
+        Ok(data)
+    }
+
+    /// The ELF symbol table, parsed by hand from two bulk reads: going
+    /// through `object`'s symbol API would cost a read syscall per name
+    /// (~23k of them) with a ReadCache.
+    fn symbols<'d>(
+        &self,
+        obj: &object::File<'d, &'d ReadCache<File>>,
+        text_sections: &HashSet<usize>,
+    ) -> Result<Vec<ElfSymbol>, SymbolError> {
+        if !obj.is_64() || !obj.is_little_endian() {
+            return Err(self.not_elf("not a 64-bit little-endian (x86-64) kernel"));
+        }
+        let section = |name| {
+            let s = obj
+                .section_by_name(name)
+                .ok_or_else(|| self.not_elf(format!("no {name} section; was it stripped?")))?;
+            self.read_section(&s)
+        };
+        let (symtab, strtab) = (section(".symtab")?, section(".strtab")?);
+        let raw: &[Sym64<LittleEndian>] =
+            object::pod::slice_from_all_bytes(&symtab).map_err(|()| self.not_elf("truncated .symtab"))?;
+        let e = LittleEndian;
+        let symbols = raw
+            .iter()
+            .filter_map(|sym| {
+                let name = strtab.get(sym.st_name(e) as usize..)?;
+                let name = &name[..name.iter().position(|&b| b == 0)?];
+                if name.is_empty() {
+                    return None;
+                }
+                let in_text = match sym.st_shndx(e) {
+                    elf::SHN_UNDEF => return None,
+                    elf::SHN_ABS => false,
+                    idx => text_sections.contains(&usize::from(idx)),
+                };
+                let code = match sym.st_type() {
+                    elf::STT_FUNC | elf::STT_GNU_IFUNC => true,
+                    elf::STT_NOTYPE => in_text,
+                    elf::STT_OBJECT | elf::STT_TLS | elf::STT_COMMON => false,
+                    _ => return None, // sections, file names
+                };
+                Some(ElfSymbol {
+                    name: String::from_utf8_lossy(name).into_owned(),
+                    addr: sym.st_value(e),
+                    code,
+                    global: sym.st_bind() != elf::STB_LOCAL,
+                })
+            })
+            .collect();
+        Ok(symbols)
+    }
+
     fn io(&self, source: std::io::Error) -> SymbolError {
         SymbolError::Io {
             path: self.path.clone(),
@@ -147,31 +222,10 @@ pub(crate) fn read_info(path: &Path) -> Result<ElfInfo, SymbolError> {
     let text_sections: Vec<_> = obj
         .sections()
         .filter(|s| s.kind() == SectionKind::Text)
-        .map(|s| (s.index(), s.address()..s.address() + s.size()))
+        .map(|s| (s.index().0, s.address()..s.address() + s.size()))
         .collect();
-    let symbols = obj
-        .symbols()
-        .filter_map(|sym| {
-            let name = sym.name().ok().filter(|n| !n.is_empty())?;
-            let in_text = match sym.section() {
-                SymbolSection::Section(idx) => text_sections.iter().any(|(i, _)| *i == idx),
-                SymbolSection::Absolute => false,
-                _ => return None,
-            };
-            let code = match sym.kind() {
-                SymbolKind::Text => true,
-                SymbolKind::Unknown | SymbolKind::Label => in_text,
-                SymbolKind::Data | SymbolKind::Tls => false,
-                _ => return None,
-            };
-            Some(ElfSymbol {
-                name: name.to_string(),
-                addr: sym.address(),
-                code,
-                global: sym.is_global(),
-            })
-        })
-        .collect();
+    let text_index: HashSet<usize> = text_sections.iter().map(|(i, _)| *i).collect();
+    let symbols = opened.symbols(&obj, &text_index)?;
     let code_ranges = text_sections
         .into_iter()
         .map(|(_, r)| r)
@@ -196,33 +250,18 @@ pub(crate) fn read_dwarf(path: &Path, expected: &Key) -> Result<DwarfSections, S
     }
     let mut sections = HashMap::new();
     for name in DWARF_SECTIONS {
-        let Some(section) = obj.section_by_name(name) else {
-            if REQUIRED.contains(&name) {
+        match obj.section_by_name(name) {
+            Some(section) => {
+                sections.insert(name, opened.read_section(&section)?);
+            }
+            None if REQUIRED.contains(&name) => {
                 return Err(SymbolError::NoDebugInfo {
                     path: path.to_path_buf(),
                     section: name.to_string(),
-                });
+                })
             }
-            continue;
-        };
-        let range = section.compressed_file_range().map_err(|e| SymbolError::NotElf {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        if range.format != CompressionFormat::None {
-            return Err(SymbolError::CompressedDebugInfo {
-                path: path.to_path_buf(),
-                section: name.to_string(),
-            });
+            None => {}
         }
-        // Read directly rather than through the ReadCache, which would keep a
-        // second copy of tens of MiB alive.
-        let mut data = vec![0; range.uncompressed_size as usize];
-        opened
-            .file
-            .read_exact_at(&mut data, range.offset)
-            .map_err(|e| opened.io(e))?;
-        sections.insert(name, data);
     }
     Ok(DwarfSections { sections })
 }

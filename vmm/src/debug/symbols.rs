@@ -162,10 +162,12 @@ impl Symbols {
             by_name.entry(s.name.clone()).or_default().push(i);
         }
         let mut code_by_addr: Vec<usize> = (0..info.symbols.len()).filter(|&i| info.symbols[i].code).collect();
-        code_by_addr.sort_by_key(|&i| {
-            let s = &info.symbols[i];
-            (s.addr, !s.global, s.name.starts_with("__pfx_"), s.name.clone())
-        });
+        // Preferred name first among aliases: global, then alphabetical.
+        let rank = |i: &usize| {
+            let s = &info.symbols[*i];
+            (s.addr, !s.global, s.name.as_str())
+        };
+        code_by_addr.sort_unstable_by(|a, b| rank(a).cmp(&rank(b)));
         Ok(Symbols {
             path: vmlinux.to_path_buf(),
             key: info.key,
