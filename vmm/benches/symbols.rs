@@ -19,12 +19,17 @@ fn bench(c: &mut Criterion) {
     let index = dir.path().join("vmlinux.memrace-index");
 
     let mut load = c.benchmark_group("load");
-    load.sample_size(10).measurement_time(Duration::from_secs(20));
+    load.sample_size(10)
+        .measurement_time(Duration::from_secs(20));
     load.bench_function("cold (no index)", |b| {
         b.iter(|| Symbols::load_uncached(black_box(&vmlinux)).expect("load"))
     });
     let first = Symbols::load_with_index(&vmlinux, &index).expect("load");
-    assert!(matches!(first.index_source(), IndexSource::Saved(_)), "{:?}", first.index_source());
+    assert!(
+        matches!(first.index_source(), IndexSource::Saved(_)),
+        "{:?}",
+        first.index_source()
+    );
     load.bench_function("cached", |b| {
         b.iter(|| {
             let s = Symbols::load_with_index(black_box(&vmlinux), &index).expect("load");
@@ -39,21 +44,35 @@ fn bench(c: &mut Criterion) {
     let mut q = c.benchmark_group("query");
     q.sample_size(10);
     q.bench_function("resolve func+off", |b| {
-        b.iter(|| syms.resolve(black_box("try_to_unmap_one+0x10")).expect("resolve"))
+        b.iter(|| {
+            syms.resolve(black_box("try_to_unmap_one+0x10"))
+                .expect("resolve")
+        })
     });
     q.bench_function("resolve file:line", |b| {
         b.iter(|| syms.resolve(black_box("mm/rmap.c:1870")).expect("resolve"))
     });
     q.bench_function("field_offset cached (task_struct.pid)", |b| {
-        b.iter(|| syms.field_offset(black_box("task_struct"), "pid").expect("offset"))
+        b.iter(|| {
+            syms.field_offset(black_box("task_struct"), "pid")
+                .expect("offset")
+        })
     });
     q.bench_function("field_offset lazy (mm_struct.pgd)", |b| {
-        b.iter(|| syms.field_offset(black_box("mm_struct"), "pgd").expect("offset"))
+        b.iter(|| {
+            syms.field_offset(black_box("mm_struct"), "pgd")
+                .expect("offset")
+        })
     });
     q.bench_function("function error with suggestions", |b| {
-        b.iter(|| syms.function(black_box("madvise_pageout")).expect_err("inlined"))
+        b.iter(|| {
+            syms.function(black_box("madvise_pageout"))
+                .expect_err("inlined")
+        })
     });
-    q.bench_function("describe", |b| b.iter(|| syms.describe(black_box(0xffff_ffff_8100_1234))));
+    q.bench_function("describe", |b| {
+        b.iter(|| syms.describe(black_box(0xffff_ffff_8100_1234)))
+    });
     q.finish();
 }
 

@@ -17,11 +17,21 @@ fn syms() -> &'static Symbols {
 }
 
 /// `nm -S` of the vmlinux: name -> [(address, size)].
-fn nm() -> &'static HashMap<String, Vec<(u64, Option<u64>)>> {
-    static NM: OnceLock<HashMap<String, Vec<(u64, Option<u64>)>>> = OnceLock::new();
+type Nm = HashMap<String, Vec<(u64, Option<u64>)>>;
+
+fn nm() -> &'static Nm {
+    static NM: OnceLock<Nm> = OnceLock::new();
     NM.get_or_init(|| {
-        let out = Command::new("nm").arg("-S").arg(common::vmlinux()).output().expect("run nm");
-        assert!(out.status.success(), "nm failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("nm")
+            .arg("-S")
+            .arg(common::vmlinux())
+            .output()
+            .expect("run nm");
+        assert!(
+            out.status.success(),
+            "nm failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut map: HashMap<_, Vec<_>> = HashMap::new();
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
@@ -63,7 +73,12 @@ fn gdb(commands: &[&str]) -> Option<Vec<String>> {
         .filter(|l| l.starts_with('$') || l.starts_with("Line "))
         .map(str::to_string)
         .collect();
-    assert_eq!(lines.len(), commands.len(), "gdb output:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        lines.len(),
+        commands.len(),
+        "gdb output:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Some(lines)
 }
 
@@ -77,7 +92,12 @@ fn gdb_hex(line: &str) -> u64 {
 #[test]
 fn functions_match_nm() {
     let s = syms();
-    for name in ["start_kernel", "submit_bio_wait", "try_to_unmap_flush", "__x64_sys_getppid"] {
+    for name in [
+        "start_kernel",
+        "submit_bio_wait",
+        "try_to_unmap_flush",
+        "__x64_sys_getppid",
+    ] {
         let want = nm_addr(name);
         assert_eq!(s.function(name).unwrap(), want, "{name}");
         assert_eq!(s.resolve(name).unwrap(), want, "{name}");
@@ -88,13 +108,19 @@ fn functions_match_nm() {
 #[test]
 fn inlined_function_suggests_out_of_line_callers() {
     let s = syms();
-    assert!(nm().get("madvise_pageout").is_none(), "this build was expected to inline madvise_pageout");
+    assert!(
+        nm().get("madvise_pageout").is_none(),
+        "this build was expected to inline madvise_pageout"
+    );
     let err = s.function("madvise_pageout").unwrap_err();
     let SymbolError::InlinedOnly { suggestions, .. } = &err else {
         panic!("expected InlinedOnly, got {err}");
     };
     assert!(err.to_string().contains("only exists inlined"), "{err}");
-    assert!(!suggestions.is_empty() && suggestions.len() <= 5, "{suggestions:?}");
+    assert!(
+        !suggestions.is_empty() && suggestions.len() <= 5,
+        "{suggestions:?}"
+    );
     // Every suggestion is a usable breakpoint, and the callers come first.
     for sug in suggestions {
         assert_eq!(s.function(sug).unwrap(), nm_addr(sug), "{sug}");
@@ -102,7 +128,10 @@ fn inlined_function_suggests_out_of_line_callers() {
     let callers = s.inlined_callers("madvise_pageout");
     assert!(callers.contains(&"do_madvise".to_string()), "{callers:?}");
     assert_eq!(suggestions[0], callers[0]);
-    assert!(matches!(s.resolve("madvise_pageout+0x4"), Err(SymbolError::InlinedOnly { .. })));
+    assert!(matches!(
+        s.resolve("madvise_pageout+0x4"),
+        Err(SymbolError::InlinedOnly { .. })
+    ));
 }
 
 #[test]
@@ -110,13 +139,18 @@ fn unknown_names_suggest_similar_ones() {
     let s = syms();
     match s.function("try_to_unmap_onee") {
         Err(SymbolError::NotFound { suggestions, .. }) => {
-            assert!(suggestions.contains(&"try_to_unmap_one".to_string()), "{suggestions:?}")
+            assert!(
+                suggestions.contains(&"try_to_unmap_one".to_string()),
+                "{suggestions:?}"
+            )
         }
         other => panic!("expected NotFound, got {other:?}"),
     }
     let err = s.function("zzqx_no_such_function_at_all").unwrap_err();
     assert!(matches!(err, SymbolError::NotFound { .. }), "{err}");
-    assert!(matches!(s.symbol("pcpu_hott"), Err(SymbolError::NotFound { suggestions, .. }) if suggestions.contains(&"pcpu_hot".to_string())));
+    assert!(
+        matches!(s.symbol("pcpu_hott"), Err(SymbolError::NotFound { suggestions, .. }) if suggestions.contains(&"pcpu_hot".to_string()))
+    );
 }
 
 #[test]
@@ -126,7 +160,10 @@ fn data_symbols() {
         assert_eq!(s.symbol(name).unwrap(), nm_addr(name), "{name}");
     }
     // A data symbol is not a breakpoint target.
-    assert!(matches!(s.function("__per_cpu_offset"), Err(SymbolError::NotCode { .. })));
+    assert!(matches!(
+        s.function("__per_cpu_offset"),
+        Err(SymbolError::NotCode { .. })
+    ));
 }
 
 #[test]
@@ -140,14 +177,20 @@ fn field_offsets_match_gdb() {
         ("mm_struct", "pgd"),         // not precomputed: lazy DWARF walk
         ("page", "mapping"),          // inside anonymous unions/structs
     ];
-    let got: Vec<u64> = cases.iter().map(|(t, f)| s.field_offset(t, f).unwrap()).collect();
+    let got: Vec<u64> = cases
+        .iter()
+        .map(|(t, f)| s.field_offset(t, f).unwrap())
+        .collect();
     let pid = got[0];
     assert!(pid > 0 && pid < 0x2000, "task_struct.pid at {pid:#x}?");
     assert_eq!(got[1], pid + 4, "tgid follows pid");
     assert!(got[2] > pid && got[2] < 0x4000, "comm at {:#x}?", got[2]);
     assert_eq!(got[3], 0, "pcpu_hot.current_task is at 0 in 6.12");
 
-    let commands: Vec<String> = cases.iter().map(|(t, f)| format!("print &((struct {t} *)0)->{f}")).collect();
+    let commands: Vec<String> = cases
+        .iter()
+        .map(|(t, f)| format!("print &((struct {t} *)0)->{f}"))
+        .collect();
     let commands: Vec<&str> = commands.iter().map(String::as_str).collect();
     match gdb(&commands) {
         Some(lines) => {
@@ -168,7 +211,10 @@ fn field_offset_errors() {
         }
         other => panic!("expected NoSuchField, got {other:?}"),
     }
-    assert!(matches!(s.field_offset("no_such_struct_xyz", "x"), Err(SymbolError::NoSuchType { .. })));
+    assert!(matches!(
+        s.field_offset("no_such_struct_xyz", "x"),
+        Err(SymbolError::NoSuchType { .. })
+    ));
 }
 
 #[test]
@@ -179,8 +225,15 @@ fn line_inside_try_to_unmap_one() {
     let addr = s.location("mm/rmap.c:1870").unwrap();
     let start = nm_addr("try_to_unmap_one");
     let size = nm()["try_to_unmap_one"][0].1.expect("nm size");
-    assert!((start..start + size).contains(&addr), "{addr:#x} outside try_to_unmap_one");
-    assert!(s.describe(addr).starts_with("try_to_unmap_one+0x"), "{}", s.describe(addr));
+    assert!(
+        (start..start + size).contains(&addr),
+        "{addr:#x} outside try_to_unmap_one"
+    );
+    assert!(
+        s.describe(addr).starts_with("try_to_unmap_one+0x"),
+        "{}",
+        s.describe(addr)
+    );
     assert_eq!(s.location("rmap.c:1870").unwrap(), addr, "basename alone");
     assert_eq!(s.resolve("mm/rmap.c:1870").unwrap(), addr);
     if let Some(lines) = gdb(&["info line mm/rmap.c:1870"]) {
@@ -201,11 +254,21 @@ fn line_errors() {
         }
         other => panic!("expected NoCodeAtLine, got {other:?}"),
     }
-    assert!(matches!(s.location("mm/rmapp.c:10"), Err(SymbolError::NoSuchFile { suggestions, .. }) if suggestions.contains(&"rmap.c".to_string())));
+    assert!(
+        matches!(s.location("mm/rmapp.c:10"), Err(SymbolError::NoSuchFile { suggestions, .. }) if suggestions.contains(&"rmap.c".to_string()))
+    );
     // `mm/map.c` is a string suffix of `mm/rmap.c` but not a path suffix.
-    assert!(matches!(s.location("mm/map.c:10"), Err(SymbolError::NoSuchFile { .. })));
-    assert!(matches!(s.location("core.c:10"), Err(SymbolError::AmbiguousFile { candidates, .. }) if candidates.len() > 1));
-    assert!(matches!(s.location("try_to_unmap_one"), Err(SymbolError::BadSpec { .. })));
+    assert!(matches!(
+        s.location("mm/map.c:10"),
+        Err(SymbolError::NoSuchFile { .. })
+    ));
+    assert!(
+        matches!(s.location("core.c:10"), Err(SymbolError::AmbiguousFile { candidates, .. }) if candidates.len() > 1)
+    );
+    assert!(matches!(
+        s.location("try_to_unmap_one"),
+        Err(SymbolError::BadSpec { .. })
+    ));
 }
 
 #[test]
@@ -218,7 +281,10 @@ fn resolve_and_describe() {
     assert_eq!(s.resolve("start_kernel+18").unwrap(), start + 18);
     assert_eq!(s.resolve(&format!("{start:#x}")).unwrap(), start);
     assert_eq!(s.describe(1), "0x1", "below every function");
-    assert!(matches!(s.resolve("start_kernel+"), Err(SymbolError::BadSpec { .. })));
+    assert!(matches!(
+        s.resolve("start_kernel+"),
+        Err(SymbolError::BadSpec { .. })
+    ));
 }
 
 #[test]
@@ -231,10 +297,22 @@ fn index_is_cached_and_stable() {
     let warm = Symbols::load_with_index(&vmlinux, &index).unwrap();
     assert_eq!(warm.index_source(), &IndexSource::Cached(index.clone()));
     for s in [&cold, &warm] {
-        assert_eq!(s.field_offset("task_struct", "pid").unwrap(), syms().field_offset("task_struct", "pid").unwrap());
-        assert_eq!(s.field_offset("task_struct", "comm").unwrap(), syms().field_offset("task_struct", "comm").unwrap());
-        assert_eq!(s.function("try_to_unmap_one").unwrap(), nm_addr("try_to_unmap_one"));
-        assert_eq!(s.inlined_callers("move_ptes"), syms().inlined_callers("move_ptes"));
+        assert_eq!(
+            s.field_offset("task_struct", "pid").unwrap(),
+            syms().field_offset("task_struct", "pid").unwrap()
+        );
+        assert_eq!(
+            s.field_offset("task_struct", "comm").unwrap(),
+            syms().field_offset("task_struct", "comm").unwrap()
+        );
+        assert_eq!(
+            s.function("try_to_unmap_one").unwrap(),
+            nm_addr("try_to_unmap_one")
+        );
+        assert_eq!(
+            s.inlined_callers("move_ptes"),
+            syms().inlined_callers("move_ptes")
+        );
     }
     // A damaged index is rebuilt, not trusted.
     std::fs::write(&index, b"{not json").unwrap();
@@ -243,7 +321,11 @@ fn index_is_cached_and_stable() {
     // An unwritable index location still loads.
     let unwritable = Path::new("/proc/memrace-no-such-dir/idx");
     let s = Symbols::load_with_index(&vmlinux, unwritable).unwrap();
-    assert!(matches!(s.index_source(), IndexSource::Unsaved(_)), "{:?}", s.index_source());
+    assert!(
+        matches!(s.index_source(), IndexSource::Unsaved(_)),
+        "{:?}",
+        s.index_source()
+    );
 }
 
 #[test]
@@ -253,5 +335,8 @@ fn not_a_vmlinux() {
     std::fs::write(&fake, b"not an ELF file").unwrap();
     let err = Symbols::load(&fake).err().expect("garbage must not load");
     assert!(matches!(err, SymbolError::NotElf { .. }), "{err}");
-    assert!(matches!(Symbols::load(&dir.path().join("missing")), Err(SymbolError::Io { .. })));
+    assert!(matches!(
+        Symbols::load(&dir.path().join("missing")),
+        Err(SymbolError::Io { .. })
+    ));
 }

@@ -2,12 +2,16 @@
 //! in the index), struct member offsets and `file:line` lookups (both lazy:
 //! they touch only a few units and take milliseconds, see `benches/`).
 
+use std::collections::hash_map::Entry as Slot;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::convert::Infallible;
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 
-use gimli::{constants as dw, AttributeValue, DebuggingInformationEntry, EndianSlice, LittleEndian, UnitOffset};
+use gimli::{
+    constants as dw, AttributeValue, DebuggingInformationEntry, EndianSlice, LittleEndian,
+    UnitOffset,
+};
 
 use super::elf::DwarfSections;
 use super::{suggest, SymbolError};
@@ -25,7 +29,9 @@ pub(crate) struct DebugInfo<'a> {
 
 impl<'a> DebugInfo<'a> {
     pub fn new(path: &'a Path, sections: &'a DwarfSections) -> DebugInfo<'a> {
-        let load = |id: gimli::SectionId| Ok::<_, Infallible>(R::new(sections.get(id.name()), LittleEndian));
+        let load = |id: gimli::SectionId| {
+            Ok::<_, Infallible>(R::new(sections.get(id.name()), LittleEndian))
+        };
         let Ok(dwarf) = gimli::Dwarf::load(load);
         DebugInfo { path, dwarf }
     }
@@ -69,9 +75,13 @@ impl<'a> DebugInfo<'a> {
                     outer = None;
                 }
                 match (entry.tag(), outer) {
-                    (dw::DW_TAG_subprogram, None) => outer = entry_pc(unit, entry)?.map(|pc| (depth, pc)),
+                    (dw::DW_TAG_subprogram, None) => {
+                        outer = entry_pc(unit, entry)?.map(|pc| (depth, pc))
+                    }
                     (dw::DW_TAG_inlined_subroutine, Some((_, pc))) => {
-                        if let Some(AttributeValue::UnitRef(origin)) = entry.attr_value(dw::DW_AT_abstract_origin)? {
+                        if let Some(AttributeValue::UnitRef(origin)) =
+                            entry.attr_value(dw::DW_AT_abstract_origin)?
+                        {
                             sites.push((origin, pc));
                         }
                     }
@@ -80,10 +90,11 @@ impl<'a> DebugInfo<'a> {
             }
             let mut names: HashMap<UnitOffset, Option<String>> = HashMap::new();
             for (origin, pc) in sites {
-                if !names.contains_key(&origin) {
-                    names.insert(origin, die_name(unit, origin)?);
-                }
-                if let Some(name) = &names[&origin] {
+                let name = match names.entry(origin) {
+                    Slot::Occupied(e) => e.into_mut(),
+                    Slot::Vacant(e) => e.insert(die_name(unit, origin)?),
+                };
+                if let Some(name) = name {
                     callers.entry(name.clone()).or_default().insert(pc);
                 }
             }
@@ -106,7 +117,10 @@ impl<'a> DebugInfo<'a> {
                 let entry = node.entry();
                 if !matches!(
                     entry.tag(),
-                    dw::DW_TAG_structure_type | dw::DW_TAG_union_type | dw::DW_TAG_class_type | dw::DW_TAG_typedef
+                    dw::DW_TAG_structure_type
+                        | dw::DW_TAG_union_type
+                        | dw::DW_TAG_class_type
+                        | dw::DW_TAG_typedef
                 ) || entry.attr(dw::DW_AT_declaration)?.is_some()
                     || name(unit, entry)?.as_deref() != Some(ty)
                 {
@@ -135,7 +149,12 @@ impl<'a> DebugInfo<'a> {
 
     /// Lowest address of an `is_stmt` row for `line` of the one source file
     /// whose path ends with `file` (whole path components).
-    pub fn line_address(&self, file: &str, line: u64, code: &[Range<u64>]) -> Result<u64, SymbolError> {
+    pub fn line_address(
+        &self,
+        file: &str,
+        line: u64,
+        code: &[Range<u64>],
+    ) -> Result<u64, SymbolError> {
         let base = file.rsplit('/').next().unwrap_or(file);
         let mut matched: BTreeSet<PathBuf> = BTreeSet::new();
         let mut best: Option<u64> = None;
@@ -218,7 +237,10 @@ impl<'a> DebugInfo<'a> {
         self.for_each_unit(|unit| {
             if let Some(program) = &unit.line_program {
                 for f in program.header().file_names() {
-                    let name = unit.attr_string(f.path_name())?.to_string_lossy().into_owned();
+                    let name = unit
+                        .attr_string(f.path_name())?
+                        .to_string_lossy()
+                        .into_owned();
                     names.insert(name.rsplit('/').next().unwrap_or(&name).to_string());
                 }
             }
@@ -298,7 +320,9 @@ fn aggregate(unit: UnitRef<'_, '_>, mut offset: UnitOffset) -> gimli::Result<Opt
     for _ in 0..8 {
         let entry = unit.entry(offset)?;
         match entry.tag() {
-            dw::DW_TAG_structure_type | dw::DW_TAG_union_type | dw::DW_TAG_class_type => return Ok(Some(offset)),
+            dw::DW_TAG_structure_type | dw::DW_TAG_union_type | dw::DW_TAG_class_type => {
+                return Ok(Some(offset))
+            }
             dw::DW_TAG_typedef | dw::DW_TAG_const_type | dw::DW_TAG_volatile_type => {
                 match entry.attr_value(dw::DW_AT_type)? {
                     Some(AttributeValue::UnitRef(next)) => offset = next,
@@ -362,7 +386,10 @@ fn find_member(
 
 /// `DW_AT_data_member_location`: a constant, or (DWARF 2 style) a
 /// `DW_OP_plus_uconst` expression.
-fn member_location<'a>(unit: UnitRef<'a, '_>, entry: &Entry<'a, '_, '_>) -> gimli::Result<Option<u64>> {
+fn member_location<'a>(
+    unit: UnitRef<'a, '_>,
+    entry: &Entry<'a, '_, '_>,
+) -> gimli::Result<Option<u64>> {
     let Some(attr) = entry.attr(dw::DW_AT_data_member_location)? else {
         return Ok(None);
     };

@@ -117,8 +117,13 @@ impl Opened {
 
     /// A whole section, read with one positional read (not through the
     /// ReadCache, which would keep a second copy alive).
-    fn read_section<'d>(&self, section: &object::Section<'d, 'd, &'d ReadCache<File>>) -> Result<Vec<u8>, SymbolError> {
-        let range = section.compressed_file_range().map_err(|e| self.not_elf(e))?;
+    fn read_section<'d>(
+        &self,
+        section: &object::Section<'d, 'd, &'d ReadCache<File>>,
+    ) -> Result<Vec<u8>, SymbolError> {
+        let range = section
+            .compressed_file_range()
+            .map_err(|e| self.not_elf(e))?;
         if range.format != CompressionFormat::None {
             return Err(SymbolError::CompressedDebugInfo {
                 path: self.path.clone(),
@@ -126,7 +131,9 @@ impl Opened {
             });
         }
         let mut data = vec![0; range.uncompressed_size as usize];
-        self.file.read_exact_at(&mut data, range.offset).map_err(|e| self.io(e))?;
+        self.file
+            .read_exact_at(&mut data, range.offset)
+            .map_err(|e| self.io(e))?;
         Ok(data)
     }
 
@@ -148,8 +155,8 @@ impl Opened {
             self.read_section(&s)
         };
         let (symtab, strtab) = (section(".symtab")?, section(".strtab")?);
-        let raw: &[Sym64<LittleEndian>] =
-            object::pod::slice_from_all_bytes(&symtab).map_err(|()| self.not_elf("truncated .symtab"))?;
+        let raw: &[Sym64<LittleEndian>] = object::pod::slice_from_all_bytes(&symtab)
+            .map_err(|()| self.not_elf("truncated .symtab"))?;
         let e = LittleEndian;
         let symbols = raw
             .iter()
@@ -203,7 +210,9 @@ impl Opened {
             None => {
                 let len = meta.len().min(1 << 20) as usize;
                 let mut head = vec![0; len];
-                self.file.read_exact_at(&mut head, 0).map_err(|e| self.io(e))?;
+                self.file
+                    .read_exact_at(&mut head, 0)
+                    .map_err(|e| self.io(e))?;
                 hasher.update(&head);
             }
         }

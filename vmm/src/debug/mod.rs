@@ -46,7 +46,9 @@ pub enum SymbolError {
          CONFIG_DEBUG_INFO_COMPRESSED_NONE=y"
     )]
     CompressedDebugInfo { path: PathBuf, section: String },
-    #[error("malformed DWARF in {path}: {reason}; is the vmlinux complete (not truncated mid-build)?")]
+    #[error(
+        "malformed DWARF in {path}: {reason}; is the vmlinux complete (not truncated mid-build)?"
+    )]
     BadDwarf { path: PathBuf, reason: String },
     #[error("{path} changed on disk after it was loaded; load it again (Symbols::load)")]
     VmlinuxChanged { path: PathBuf },
@@ -108,6 +110,8 @@ pub enum SymbolError {
         field: String,
         suggestions: Vec<String>,
     },
-    #[error("`{ty}.{field}` is a bit-field and has no byte offset; read the containing word instead")]
+    #[error(
+        "`{ty}.{field}` is a bit-field and has no byte offset; read the containing word instead"
+    )]
     BitField { ty: String, field: String },
 }

@@ -44,7 +44,10 @@ impl Spec {
             });
         }
         let (name, offset) = match s.split_once('+') {
-            Some((name, off)) => (name, parse_offset(off).ok_or_else(|| bad("bad offset after `+`"))?),
+            Some((name, off)) => (
+                name,
+                parse_offset(off).ok_or_else(|| bad("bad offset after `+`"))?,
+            ),
             None => (s, 0),
         };
         let is_ident = |n: &str| {
@@ -83,10 +86,22 @@ mod tests {
 
     #[test]
     fn accepted_forms() {
-        assert_eq!(Spec::parse("start_kernel").unwrap(), func("start_kernel", 0));
-        assert_eq!(Spec::parse("try_to_unmap_one+0x12").unwrap(), func("try_to_unmap_one", 0x12));
-        assert_eq!(Spec::parse("do_madvise+18").unwrap(), func("do_madvise", 18));
-        assert_eq!(Spec::parse(" foo.constprop.0 ").unwrap(), func("foo.constprop.0", 0));
+        assert_eq!(
+            Spec::parse("start_kernel").unwrap(),
+            func("start_kernel", 0)
+        );
+        assert_eq!(
+            Spec::parse("try_to_unmap_one+0x12").unwrap(),
+            func("try_to_unmap_one", 0x12)
+        );
+        assert_eq!(
+            Spec::parse("do_madvise+18").unwrap(),
+            func("do_madvise", 18)
+        );
+        assert_eq!(
+            Spec::parse(" foo.constprop.0 ").unwrap(),
+            func("foo.constprop.0", 0)
+        );
         assert_eq!(
             Spec::parse("mm/rmap.c:1870").unwrap(),
             Spec::Line {

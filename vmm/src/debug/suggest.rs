@@ -3,13 +3,19 @@
 /// Up to `n` candidates that look like `query`, best first: compiler clones of
 /// it (`query.constprop.0`), then names containing it (or contained in it),
 /// then names within a small edit distance or sharing a long prefix.
-pub(crate) fn similar<'a>(query: &str, candidates: impl IntoIterator<Item = &'a str>, n: usize) -> Vec<String> {
+pub(crate) fn similar<'a>(
+    query: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+    n: usize,
+) -> Vec<String> {
     let max_dist = (query.len() / 4).max(2);
     let mut scored: Vec<(usize, usize, &str)> = candidates
         .into_iter()
         .filter(|&c| c != query)
         .filter_map(|c| {
-            if c.strip_prefix(query).is_some_and(|rest| rest.starts_with('.')) {
+            if c.strip_prefix(query)
+                .is_some_and(|rest| rest.starts_with('.'))
+            {
                 return Some((0, c.len(), c));
             }
             if query.len() >= 4 && c.contains(query) || c.len() >= 4 && query.contains(c) {
@@ -27,7 +33,11 @@ pub(crate) fn similar<'a>(query: &str, candidates: impl IntoIterator<Item = &'a 
         .collect();
     scored.sort_unstable();
     scored.dedup_by(|a, b| a.2 == b.2);
-    scored.into_iter().take(n).map(|(_, _, c)| c.to_string()).collect()
+    scored
+        .into_iter()
+        .take(n)
+        .map(|(_, _, c)| c.to_string())
+        .collect()
 }
 
 fn common_prefix(a: &str, b: &str) -> usize {
@@ -41,7 +51,9 @@ fn levenshtein(a: &str, b: &str) -> usize {
         let mut diag = row[0];
         row[0] = i + 1;
         for (j, &cb) in b.iter().enumerate() {
-            let next = (row[j + 1] + 1).min(row[j] + 1).min(diag + usize::from(ca != cb));
+            let next = (row[j + 1] + 1)
+                .min(row[j] + 1)
+                .min(diag + usize::from(ca != cb));
             diag = row[j + 1];
             row[j + 1] = next;
         }
@@ -61,12 +73,19 @@ pub(crate) fn instead(s: &[String]) -> String {
     if s.is_empty() {
         "; no out-of-line caller or similarly named function found".to_string()
     } else {
-        format!("; break on an out-of-line neighbour instead: {}", s.join(", "))
+        format!(
+            "; break on an out-of-line neighbour instead: {}",
+            s.join(", ")
+        )
     }
 }
 
 pub(crate) fn hex_list(addrs: &[u64]) -> String {
-    addrs.iter().map(|a| format!("{a:#x}")).collect::<Vec<_>>().join(", ")
+    addrs
+        .iter()
+        .map(|a| format!("{a:#x}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub(crate) fn nearby_lines(lines: &[u64]) -> String {
@@ -100,7 +119,15 @@ mod tests {
             "start_kern",
         ];
         let got = similar("start_kernel", names, 5);
-        assert_eq!(got, ["start_kernel.cold", "start_kern", "restart_kernel_now", "stat_kernel"]);
+        assert_eq!(
+            got,
+            [
+                "start_kernel.cold",
+                "start_kern",
+                "restart_kernel_now",
+                "stat_kernel"
+            ]
+        );
         assert!(similar("zzzzzz", names, 5).is_empty());
     }
 }

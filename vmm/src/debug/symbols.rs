@@ -64,7 +64,10 @@ impl Symbols {
     pub fn load_uncached(vmlinux: &Path) -> Result<Symbols, SymbolError> {
         let mut syms = Self::from_elf(vmlinux)?;
         let built = syms.build_index()?;
-        syms.apply(built, IndexSource::Unsaved("load_uncached does not use an index".into()));
+        syms.apply(
+            built,
+            IndexSource::Unsaved("load_uncached does not use an index".into()),
+        );
         Ok(syms)
     }
 
@@ -79,7 +82,10 @@ impl Symbols {
             return Ok(addr);
         }
         if let Some(addr) = self.lookup(name, false)? {
-            return Err(SymbolError::NotCode { name: name.into(), addr });
+            return Err(SymbolError::NotCode {
+                name: name.into(),
+                addr,
+            });
         }
         if let Some(callers) = self.inlined.get(name) {
             let mut suggestions: Vec<String> = callers.iter().take(SUGGESTIONS).cloned().collect();
@@ -109,10 +115,15 @@ impl Symbols {
     /// Address of any symbol, data included (`pcpu_hot`, `__per_cpu_offset`).
     /// Per-CPU symbols give their offset in the per-CPU area.
     pub fn symbol(&self, name: &str) -> Result<u64, SymbolError> {
-        self.lookup(name, false)?.ok_or_else(|| SymbolError::NotFound {
-            name: name.into(),
-            suggestions: suggest::similar(name, self.by_name.keys().map(String::as_str), SUGGESTIONS),
-        })
+        self.lookup(name, false)?
+            .ok_or_else(|| SymbolError::NotFound {
+                name: name.into(),
+                suggestions: suggest::similar(
+                    name,
+                    self.by_name.keys().map(String::as_str),
+                    SUGGESTIONS,
+                ),
+            })
     }
 
     /// `file:line` (file matched by path suffix, e.g. `mm/rmap.c:1870`) to the
@@ -161,7 +172,9 @@ impl Symbols {
         for (i, s) in info.symbols.iter().enumerate() {
             by_name.entry(s.name.clone()).or_default().push(i);
         }
-        let mut code_by_addr: Vec<usize> = (0..info.symbols.len()).filter(|&i| info.symbols[i].code).collect();
+        let mut code_by_addr: Vec<usize> = (0..info.symbols.len())
+            .filter(|&i| info.symbols[i].code)
+            .collect();
         // Preferred name first among aliases: global, then alphabetical.
         let rank = |i: &usize| {
             let s = &info.symbols[*i];
@@ -188,7 +201,9 @@ impl Symbols {
         let sections = match elf::read_dwarf(&self.path, &self.key) {
             Ok(s) => s,
             // Function breakpoints still work from the ELF symbol table.
-            Err(SymbolError::NoDebugInfo { .. }) => return Ok(Index::new(self.key.clone(), false, vec![], vec![])),
+            Err(SymbolError::NoDebugInfo { .. }) => {
+                return Ok(Index::new(self.key.clone(), false, vec![], vec![]))
+            }
             Err(e) => return Err(e),
         };
         let info = DebugInfo::new(&self.path, &sections);
@@ -221,7 +236,11 @@ impl Symbols {
     fn apply(&mut self, index: Index, source: IndexSource) {
         self.has_dwarf = index.has_dwarf;
         self.inlined = index.inlined.into_iter().collect();
-        self.fields = index.fields.into_iter().map(|(t, f, off)| ((t, f), off)).collect();
+        self.fields = index
+            .fields
+            .into_iter()
+            .map(|(t, f, off)| ((t, f), off))
+            .collect();
         self.source = source;
     }
 
@@ -278,10 +297,14 @@ impl Symbols {
 
     fn nearest_code(&self, addr: u64) -> Option<&ElfSymbol> {
         let sym = |i: usize| &self.symbols[self.code_by_addr[i]];
-        let end = self.code_by_addr.partition_point(|&i| self.symbols[i].addr <= addr);
+        let end = self
+            .code_by_addr
+            .partition_point(|&i| self.symbols[i].addr <= addr);
         let top = sym(end.checked_sub(1)?).addr;
         // The preferred name of the group at `top` is its first entry.
-        let first = self.code_by_addr.partition_point(|&i| self.symbols[i].addr < top);
+        let first = self
+            .code_by_addr
+            .partition_point(|&i| self.symbols[i].addr < top);
         Some(sym(first))
     }
 
