@@ -154,6 +154,30 @@ fn unknown_names_suggest_similar_ones() {
 }
 
 #[test]
+fn duplicate_static_functions_are_ambiguous() {
+    let want: Vec<u64> = nm()["init_once"].iter().map(|(a, _)| *a).collect();
+    assert!(
+        want.len() > 1,
+        "expected several static `init_once` in this build"
+    );
+    match syms().function("init_once") {
+        Err(SymbolError::Ambiguous { mut addresses, .. }) => {
+            let mut want = want;
+            want.sort_unstable();
+            addresses.sort_unstable();
+            assert_eq!(addresses, want);
+        }
+        other => panic!("expected Ambiguous, got {other:?}"),
+    }
+}
+
+#[test]
+fn symbols_can_be_shared_between_vcpu_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Symbols>();
+}
+
+#[test]
 fn data_symbols() {
     let s = syms();
     for name in ["pcpu_hot", "__per_cpu_offset"] {
@@ -281,6 +305,8 @@ fn resolve_and_describe() {
     assert_eq!(s.resolve("start_kernel+18").unwrap(), start + 18);
     assert_eq!(s.resolve(&format!("{start:#x}")).unwrap(), start);
     assert_eq!(s.describe(1), "0x1", "below every function");
+    let data = nm_addr("__per_cpu_offset");
+    assert_eq!(s.describe(data), format!("{data:#x}"), "not code");
     assert!(matches!(
         s.resolve("start_kernel+"),
         Err(SymbolError::BadSpec { .. })

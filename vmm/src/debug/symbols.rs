@@ -157,10 +157,12 @@ impl Symbols {
         DebugInfo::new(&self.path, self.dwarf()?).field_offset(ty, field)
     }
 
-    /// `symbol+0xoff` of the nearest code symbol at or below `addr` (the raw
-    /// address if there is none), for reports.
+    /// `symbol+0xoff` of the nearest code symbol at or below `addr`, for
+    /// reports; the raw address if `addr` is not in kernel code (a data
+    /// address described as `last_function+0x1234567` would mislead).
     pub fn describe(&self, addr: u64) -> String {
-        match self.nearest_code(addr) {
+        let in_code = self.code_ranges.iter().any(|r| r.contains(&addr));
+        match self.nearest_code(addr).filter(|_| in_code) {
             Some(sym) => format!("{}+{:#x}", sym.name, addr - sym.addr),
             None => format!("{addr:#x}"),
         }
@@ -184,6 +186,7 @@ impl Symbols {
         Ok(Symbols {
             path: vmlinux.to_path_buf(),
             key: info.key,
+            // Placeholders until `apply` installs the index.
             source: IndexSource::Unsaved(String::new()),
             has_dwarf: true,
             symbols: info.symbols,
