@@ -37,6 +37,13 @@ fn bench(c: &mut Criterion) {
             s
         })
     });
+    // What a run that uses one `file:line` breakpoint pays in total.
+    load.bench_function("cached + first file:line", |b| {
+        b.iter(|| {
+            let s = Symbols::load_with_index(black_box(&vmlinux), &index).expect("load");
+            s.resolve("mm/rmap.c:1870").expect("resolve")
+        })
+    });
     load.finish();
 
     // Queries on a cached load; the first lazy one pays for reading DWARF.

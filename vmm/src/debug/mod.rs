@@ -3,10 +3,15 @@
 //! and offsets, from the vmlinux the guest boots (nokaslr, so link-time
 //! addresses are run-time addresses).
 //!
-//! Layout: [`symbols`] is the public face; `elf` reads the symbol table and
-//! sections, `dwarf` does every walk over the debug info, `index` caches the
-//! expensive DWARF facts next to the vmlinux, `suggest` ranks "did you mean"
-//! candidates for error messages.
+//! Layout: [`symbols`] is the public face; [`Spec`] parses breakpoint specs;
+//! `elf` reads the symbol table and sections, `dwarf` does every walk over the
+//! debug info, `index` caches the expensive DWARF facts next to the vmlinux,
+//! `suggest` ranks "did you mean" candidates for error messages.
+//!
+//! Costs (6.12 tinyconfig+DWARF5 vmlinux, 65 MB, release build, see
+//! `benches/symbols.rs`): cold load ~0.23 s (3 s in a debug build), cached
+//! load ~16 ms, `func+off` ~0.2 µs, `file:line` ~19 ms (plus ~35 ms once to
+//! read the DWARF), cached field offsets ~60 ns, others ~70 µs.
 
 mod dwarf;
 mod elf;
