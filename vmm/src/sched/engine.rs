@@ -80,6 +80,13 @@ pub struct TrialRun {
     pub trace: Vec<TraceEvent>,
 }
 
+/// The guest task a breakpoint hit in.
+struct Task {
+    tid: u64,
+    tgid: u64,
+    comm: String,
+}
+
 struct Armed {
     cpu: VcpuId,
     addr: u64,
@@ -454,7 +461,7 @@ impl<'a> Engine<'a> {
         let t_us = self.now_us();
         if !holds {
             self.filtered += 1;
-            self.trace.push(TraceEvent::Filtered { t_us, name, cpu, tid: task.as_ref().ok().map(|t| t.0) });
+            self.trace.push(TraceEvent::Filtered { t_us, name, cpu, tid: task.as_ref().ok().map(|t| t.tid) });
             self.vm.resume(&self.running())?;
             return Ok(None);
         }
@@ -465,7 +472,7 @@ impl<'a> Engine<'a> {
             return Ok(Some(Happened::Detector { name }));
         }
         let (tid, comm) = match &task {
-            Ok((tid, comm)) => (Some(*tid), Some(comm.clone())),
+            Ok(t) => (Some(t.tid), Some(t.comm.clone())),
             Err(_) => (None, None),
         };
         self.trace.push(TraceEvent::Hit { t_us, name: name.clone(), cpu, symbol, tid, comm, regs });
@@ -475,8 +482,8 @@ impl<'a> Engine<'a> {
         Ok(Some(Happened::Hit { name }))
     }
 
-    /// The current guest task on `cpu`: (pid, comm).
-    fn task(&mut self, cpu: VcpuId, regs: &Regs) -> Result<(u64, String), String> {
+    /// The current guest task on `cpu`.
+    fn task(&mut self, cpu: VcpuId, regs: &Regs) -> Result<Task, String> {
         let layout = self.intro.task_layout().ok_or("no task layout (kernel symbols without DWARF?)")?;
         // In kernel mode GS holds this CPU's per-CPU base; otherwise use __per_cpu_offset[cpu].
         let base = if regs.gs_base >= 0xffff_8000_0000_0000 {
@@ -485,10 +492,14 @@ impl<'a> Engine<'a> {
             self.read_u64(cpu, layout.per_cpu_offset + 8 * cpu as u64)?
         };
         let current = self.read_u64(cpu, base.wrapping_add(layout.current_task))?;
-        let pid = self.vm.read_virt(cpu, current + layout.pid, 4).map_err(|e| e.to_string())?;
+        let u32_at = |vm: &mut dyn Backend, off: u64| -> Result<u64, String> {
+            let b = vm.read_virt(cpu, current + off, 4).map_err(|e| e.to_string())?;
+            Ok(u32::from_le_bytes(b.try_into().expect("4 bytes")) as u64)
+        };
+        let (tid, tgid) = (u32_at(self.vm, layout.pid)?, u32_at(self.vm, layout.tgid)?);
         let comm = self.vm.read_virt(cpu, current + layout.comm, 16).map_err(|e| e.to_string())?;
         let comm = String::from_utf8_lossy(comm.split(|b| *b == 0).next().unwrap_or(&[])).into_owned();
-        Ok((u32::from_le_bytes(pid.try_into().expect("4 bytes")) as u64, comm))
+        Ok(Task { tid, tgid, comm })
     }
 
     fn read_u64(&mut self, cpu: VcpuId, addr: u64) -> Result<u64, String> {
@@ -496,7 +507,7 @@ impl<'a> Engine<'a> {
         Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
     }
 
-    fn lookup(&self, o: &Operand, r: &Regs, task: &Result<(u64, String), String>, hits: u64) -> Result<Value, CondError> {
+    fn lookup(&self, o: &Operand, r: &Regs, task: &Result<Task, String>, hits: u64) -> Result<Value, CondError> {
         let task_err = |e: &String| CondError::Read { what: "the current task".into(), why: e.clone() };
         Ok(match o {
             Operand::Num(n) => Value::Num(*n),
@@ -518,9 +529,9 @@ impl<'a> Engine<'a> {
                 }
             }
             Operand::Var(v) => match v.as_str() {
-                "tid" => Value::Num(task.as_ref().map_err(task_err)?.0),
-                "comm" => Value::Str(task.as_ref().map_err(task_err)?.1.clone()),
-                "tgid" => return Err(CondError::UnknownVar("tgid (not read yet; use tid)".into())),
+                "tid" => Value::Num(task.as_ref().map_err(task_err)?.tid),
+                "tgid" => Value::Num(task.as_ref().map_err(task_err)?.tgid),
+                "comm" => Value::Str(task.as_ref().map_err(task_err)?.comm.clone()),
                 "hits" => Value::Num(hits),
                 other => Value::Num(register(r, other).ok_or_else(|| CondError::UnknownVar(other.into()))?),
             },

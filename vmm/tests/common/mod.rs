@@ -29,3 +29,16 @@ pub fn kernel_dir(variant: &str) -> PathBuf {
     assert!(out.status.success(), "cannot get kernel {variant}: {stderr}");
     PathBuf::from(stdout.trim())
 }
+
+/// The vmlinux to test against: `$MEMRACE_VMLINUX`, else the base variant's (built if
+/// needed). Fails the test with instructions if neither works.
+pub fn vmlinux() -> PathBuf {
+    if let Some(p) = std::env::var_os("MEMRACE_VMLINUX") {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "MEMRACE_VMLINUX={} is not a file", p.display());
+        return p;
+    }
+    let v = kernel_dir("base").join("vmlinux");
+    assert!(v.is_file(), "{} missing after `memrace kernel path`", v.display());
+    v
+}
