@@ -135,8 +135,17 @@ pub struct RegDesc {
 /// Registers declared in a target-description XML document, in order, continuing the
 /// numbering from `next` (documents split across `xi:include`d annexes share it).
 pub fn parse_regs(xml: &str, next: &mut usize) -> Vec<RegDesc> {
+    // QEMU's descriptions comment registers out (`<!--reg name="cs_base" …/-->`):
+    // those do not exist and must not take a number.
+    let mut live = String::with_capacity(xml.len());
+    let mut rest = xml;
+    while let Some(start) = rest.find("<!--") {
+        live.push_str(&rest[..start]);
+        rest = rest[start..].find("-->").map(|end| &rest[start + end + 3..]).unwrap_or("");
+    }
+    live.push_str(rest);
     let mut regs = Vec::new();
-    for tag in xml.split("<reg ").skip(1) {
+    for tag in live.split("<reg ").skip(1) {
         let tag = tag.split('>').next().unwrap_or("");
         let attr = |key: &str| {
             tag.split(&format!("{key}=\"")).nth(1).and_then(|rest| rest.split('"').next()).map(str::to_string)
@@ -224,7 +233,7 @@ mod tests {
     #[test]
     fn reads_register_numbers_from_the_target_description() {
         let core = r#"<feature name="org.gnu.gdb.i386.core"><reg name="rax" bitsize="64" type="int64"/><reg name="rbx" bitsize="64"/></feature>"#;
-        let sys = r#"<feature><reg name="fs_base" bitsize="64" regnum="57"/><reg name="gs_base" bitsize="64"/></feature>"#;
+        let sys = r#"<feature><!--reg name="cs_base" bitsize="64"/--><reg name="fs_base" bitsize="64" regnum="57"/><!-- x --><reg name="gs_base" bitsize="64"/></feature>"#;
         let mut next = 0;
         let mut regs = parse_regs(core, &mut next);
         regs.extend(parse_regs(sys, &mut next));

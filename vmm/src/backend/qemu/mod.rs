@@ -68,6 +68,8 @@ pub struct QemuVm {
     /// Breakpoint hits that were stepped over because another vCPU owned the address.
     pub foreign_hits: u64,
     pub run_dir: PathBuf,
+    gdb_log: Option<std::fs::File>,
+    started: Instant,
 }
 
 fn sockets_dir() -> Result<tempfile_dir::Dir, QemuError> {
@@ -125,6 +127,8 @@ impl QemuVm {
             exited: false,
             foreign_hits: 0,
             run_dir: cfg.run_dir.clone(),
+            gdb_log: std::env::var_os("MEMRACE_GDB_LOG").and_then(|_| std::fs::File::create(cfg.run_dir.join("gdb.log")).ok()),
+            started: Instant::now(),
         };
         if vm.gdb.is_some() {
             if let Err(e) = vm.attach() {
@@ -135,13 +139,8 @@ impl QemuVm {
         Ok(vm)
     }
 
-    /// Negotiate no-ack mode, learn the vCPU threads and the register layout.
+    /// Learn the vCPU threads and the register layout.
     fn attach(&mut self) -> Result<(), QemuError> {
-        self.send_raw(b"+")?;
-        let ok = self.request("QStartNoAckMode")?;
-        if ok != b"OK" {
-            return Err(QemuError::Protocol(format!("QStartNoAckMode answered {:?}", String::from_utf8_lossy(&ok))));
-        }
         let mut threads = Vec::new();
         let mut reply = self.request("qfThreadInfo")?;
         while let Some(list) = reply.strip_prefix(b"m") {
@@ -192,8 +191,32 @@ impl QemuVm {
     }
 
     fn send_raw(&mut self, bytes: &[u8]) -> Result<(), QemuError> {
+        self.log_gdb(">", bytes);
         let gdb = self.gdb.as_mut().ok_or(QemuError::NotDebugging)?;
         gdb.write_all(bytes).map_err(|e| QemuError::Io(format!("gdb socket: {e}")))
+    }
+
+    /// Receive from the channel, acknowledging gdb packets on the way. QEMU 7.2's stub
+    /// has no no-ack mode, and it treats any byte that arrives while the VM runs as an
+    /// interrupt: the `+` must therefore leave before our next command (which may
+    /// resume the VM), so it is sent here, on the same thread, never from the reader.
+    fn recv(&mut self, timeout: Duration) -> Result<Incoming, RecvTimeoutError> {
+        let got = self.rx.recv_timeout(timeout)?;
+        if let Incoming::GdbPacket(p) = &got {
+            let p = p.clone();
+            self.log_gdb("<", &p);
+            if let Some(g) = self.gdb.as_mut() {
+                let _ = g.write_all(b"+");
+            }
+        }
+        Ok(got)
+    }
+
+    /// With `MEMRACE_GDB_LOG=1`, every gdb exchange goes to `gdb.log` in the run directory.
+    fn log_gdb(&mut self, dir: &str, bytes: &[u8]) {
+        if let Some(log) = self.gdb_log.as_mut() {
+            let _ = writeln!(log, "{:>12.6} {dir} {}", self.started.elapsed().as_secs_f64(), String::from_utf8_lossy(bytes).escape_debug());
+        }
     }
 
     /// Wait for the next gdb packet; VM events arriving meanwhile are queued.
@@ -201,7 +224,7 @@ impl QemuVm {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
+            match self.recv(left) {
                 Ok(Incoming::GdbPacket(p)) => return Ok(p),
                 Ok(Incoming::Event(e)) => {
                     if matches!(e, VmEvent::Exited(_)) {
@@ -220,9 +243,31 @@ impl QemuVm {
         }
     }
 
+    /// Send a command and return its answer. A stop reply is never the answer to a
+    /// command; one arriving here is stale (QEMU stops and reports on *any* byte it
+    /// receives while running) and is dropped: a real breakpoint hit it might stand for
+    /// fires again when that vCPU resumes, because QEMU checks breakpoints before
+    /// executing an instruction.
     fn request(&mut self, payload: &str) -> Result<Vec<u8>, QemuError> {
         self.send_raw(&gdb::frame(payload))?;
-        self.next_packet(payload, REQUEST_TIMEOUT)
+        loop {
+            let p = self.next_packet(payload, REQUEST_TIMEOUT)?;
+            if gdb::parse_stop(&p).is_none() || payload.starts_with('?') {
+                return Ok(p);
+            }
+        }
+    }
+
+    /// Consume stop replies that are already queued or arrive within `grace`.
+    fn drain_stale_stops(&mut self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        loop {
+            match self.recv(deadline.saturating_duration_since(Instant::now())) {
+                Ok(Incoming::GdbPacket(_)) => {}
+                Ok(Incoming::Event(e)) => self.pending.push_back(e),
+                Ok(Incoming::GdbClosed) | Err(_) => return,
+            }
+        }
     }
 
     fn request_ok(&mut self, payload: &str) -> Result<(), QemuError> {
@@ -287,7 +332,14 @@ impl QemuVm {
         }
         let t = self.threads[vcpu].clone();
         self.send_raw(&gdb::frame(&format!("vCont;s:{t}")))?;
-        let stop = self.wait_stop("single-step")?;
+        // The step's own stop reply names the stepped thread; anything else is stale.
+        let stop = loop {
+            let stop = self.wait_stop("single-step")?;
+            match &stop {
+                Stop::Signal { thread: Some(th), .. } if self.vcpu_of_thread(th) != Some(vcpu) => continue,
+                _ => break stop,
+            }
+        };
         if stop == Stop::Exited {
             self.exited = true;
             return Err(BackendError::Exited);
@@ -345,6 +397,46 @@ impl QemuVm {
         self.resume(&set)?;
         Ok(None)
     }
+
+    fn next_event_inner(&mut self, deadline: Instant) -> Result<Option<VmEvent>, BackendError> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return Ok(Some(e));
+            }
+            if self.exited {
+                return Ok(Some(VmEvent::Exited(VmExit::GuestStopped)));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.recv(left) {
+                Ok(Incoming::Event(VmEvent::Exited(exit))) => {
+                    self.exited = true;
+                    let exit = match self.process.exit_status() {
+                        Some(s) if !s.success() => {
+                            let why = std::fs::read_to_string(self.run_dir.join("qemu.stderr")).unwrap_or_default();
+                            VmExit::VmmFailed(format!("QEMU exited with {s}: {}", why.trim()))
+                        }
+                        _ => exit,
+                    };
+                    return Ok(Some(VmEvent::Exited(exit)));
+                }
+                Ok(Incoming::Event(e)) => return Ok(Some(e)),
+                Ok(Incoming::GdbPacket(p)) => {
+                    if let Some(stop) = gdb::parse_stop(&p) {
+                        if let Some(e) = self.on_stop(stop)? {
+                            return Ok(Some(e));
+                        }
+                    }
+                }
+                Ok(Incoming::GdbClosed) => self.gdb = None,
+                Err(RecvTimeoutError::Timeout) => return Ok(None),
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.exited = true;
+                    return Ok(Some(VmEvent::Exited(VmExit::VmmFailed("QEMU's reader threads ended".into()))));
+                }
+            }
+        }
+    }
+
 }
 
 impl Backend for QemuVm {
@@ -414,57 +506,27 @@ impl Backend for QemuVm {
     }
 
     fn next_event(&mut self, deadline: Instant) -> Result<Option<VmEvent>, BackendError> {
-        loop {
-            if let Some(e) = self.pending.pop_front() {
-                return Ok(Some(e));
-            }
-            if self.exited {
-                return Ok(Some(VmEvent::Exited(VmExit::GuestStopped)));
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(Incoming::Event(VmEvent::Exited(exit))) => {
-                    self.exited = true;
-                    let exit = match self.process.exit_status() {
-                        Some(s) if !s.success() => {
-                            let why = std::fs::read_to_string(self.run_dir.join("qemu.stderr")).unwrap_or_default();
-                            VmExit::VmmFailed(format!("QEMU exited with {s}: {}", why.trim()))
-                        }
-                        _ => exit,
-                    };
-                    return Ok(Some(VmEvent::Exited(exit)));
-                }
-                Ok(Incoming::Event(e)) => return Ok(Some(e)),
-                Ok(Incoming::GdbPacket(p)) => {
-                    if let Some(stop) = gdb::parse_stop(&p) {
-                        if let Some(e) = self.on_stop(stop)? {
-                            return Ok(Some(e));
-                        }
-                    }
-                }
-                Ok(Incoming::GdbClosed) => self.gdb = None,
-                Err(RecvTimeoutError::Timeout) => return Ok(None),
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.exited = true;
-                    return Ok(Some(VmEvent::Exited(VmExit::VmmFailed("QEMU's reader threads ended".into()))));
-                }
-            }
+        let event = self.next_event_inner(deadline);
+        if let Ok(Some(e @ (VmEvent::Breakpoint { .. } | VmEvent::Exited(_)))) = &event {
+            let text = format!("event {e:?}");
+            self.log_gdb("=", text.as_bytes());
         }
+        event
     }
-
     fn stop_all(&mut self) -> Result<(), BackendError> {
-        let Some(set) = self.running.take() else { return Ok(()) };
+        if self.running.take().is_none() {
+            return Ok(());
+        }
         self.send_raw(&[0x03])?;
+        // A vCPU stopped here at a breakpoint address, by the interrupt or by a hit that
+        // raced with it, is *not* marked for stepping: on resume QEMU's breakpoint check
+        // fires again before the instruction runs, and the hit is reported then.
         let stop = self.wait_stop("interrupt")?;
-        // The interrupt may race with a real breakpoint hit: keep that hit as an event.
-        let Stop::Signal { thread: Some(t), .. } = &stop else { return Ok(()) };
-        if let Some(vcpu) = self.vcpu_of_thread(t) {
-            let rip = self.rip(vcpu)?;
-            if self.inserted.contains(&rip) && set.contains(&vcpu) {
-                self.on_breakpoint[vcpu] = Some(rip);
-                if self.wanted[vcpu].contains(&rip) {
-                    self.pending.push_back(VmEvent::Breakpoint { vcpu, addr: rip });
-                }
+        if let Stop::Signal { signal, .. } = stop {
+            if signal != 2 {
+                // The hit won the race; QEMU dropped our interrupt byte, but be sure no
+                // second stop reply is left to be mistaken for a later one.
+                self.drain_stale_stops(Duration::from_millis(50));
             }
         }
         Ok(())

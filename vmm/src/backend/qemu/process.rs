@@ -167,6 +167,7 @@ fn reader(mut stream: UnixStream, log_path: PathBuf, tx: Sender<Incoming>, contr
     })
 }
 
+/// Reads gdb packets. Acknowledging them is the consumer's job (see `QemuVm::recv`).
 fn gdb_reader(stream: UnixStream, tx: Sender<Incoming>) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let mut decoder = super::gdb::PacketDecoder::default();
