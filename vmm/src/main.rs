@@ -20,6 +20,8 @@ enum Command {
     Boot(cli::boot::BootArgs),
     /// Run a race scenario on its kernels (default: madv-free-dio) and report verdicts.
     Run(cli::run::RunArgs),
+    /// Re-run a recorded scenario and check the breakpoint hits occur in the same order.
+    Replay(cli::replay::ReplayArgs),
 }
 
 fn main() {
@@ -28,6 +30,7 @@ fn main() {
         Command::Kernel(k) => cli::kernel::run(k),
         Command::Boot(b) => cli::boot::run(b),
         Command::Run(r) => cli::run::run(r),
+        Command::Replay(r) => cli::replay::run(r),
     };
     match result {
         Ok(code) => std::process::exit(code),

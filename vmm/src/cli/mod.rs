@@ -1,3 +1,4 @@
 pub mod boot;
 pub mod kernel;
+pub mod replay;
 pub mod run;

@@ -7,6 +7,7 @@ use memrace::debug::Symbols;
 use memrace::report;
 use memrace::scenario::file::{self, Expect, Scenario};
 use memrace::scenario::run::{run_kernel, KernelPlan, KernelRun, RunContext, ScenarioResult};
+use memrace::sched::engine::Introspect;
 use memrace::sched::schedule::Schedule;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -20,7 +21,7 @@ const MAX_BREAKPOINTS: usize = 4;
 pub struct RunArgs {
     /// Scenario name (a file in scenarios/) or path.
     pub scenario: Option<String>,
-    /// Trials per kernel (default: the scenario's).
+    /// Trials per kernel (default: the scenario's). Controls keep their own counts.
     #[arg(long)]
     pub trials: Option<u32>,
     /// Run only these kernel variants of the scenario.
@@ -42,11 +43,24 @@ pub struct RunArgs {
     pub verbose: bool,
 }
 
-struct Loaded {
+/// One kernel (or control) to run.
+pub struct Planned<'a> {
+    pub control: bool,
+    pub label: String,
+    pub variant: String,
+    pub expect: Expect,
+    pub note: String,
+    pub schedule: &'a Schedule,
+    pub schedule_name: String,
+    pub params: BTreeMap<String, String>,
+    pub trials: u32,
+}
+
+pub struct Loaded {
     symbols: Symbols,
 }
 
-fn load_kernel(variant: &str, cache: &mut BTreeMap<String, (PathBuf, std::rc::Rc<Loaded>)>) -> Result<(PathBuf, std::rc::Rc<Loaded>)> {
+pub fn load_kernel(variant: &str, cache: &mut BTreeMap<String, (PathBuf, std::rc::Rc<Loaded>)>) -> Result<(PathBuf, std::rc::Rc<Loaded>)> {
     if let Some(v) = cache.get(variant) {
         return Ok(v.clone());
     }
@@ -70,6 +84,39 @@ fn out_dir(args: &RunArgs, name: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
+pub type KernelCache = BTreeMap<String, (PathBuf, std::rc::Rc<Loaded>)>;
+
+/// Run one kernel's trials with a progress bar; `snapshot` sees every partial result.
+pub fn run_planned(
+    scenario: &Scenario,
+    p: Planned,
+    accel: QemuAccel,
+    dir: &std::path::Path,
+    verbose: bool,
+    cache: &mut KernelCache,
+    snapshot: &mut dyn FnMut(&KernelRun),
+) -> Result<KernelRun> {
+    let Planned { label, variant, expect, note, schedule, schedule_name, params, trials, .. } = p;
+    let (vmlinux, loaded) = load_kernel(&variant, cache)?;
+    let intro = memrace::debug::KernelIntrospect::new(&loaded.symbols);
+    let ctx = RunContext { scenario, accel, intro: &intro, out_dir: dir, verbose };
+    let plan = KernelPlan { label: label.clone(), variant, vmlinux, expect, note, schedule, schedule_name, params, trials };
+    let bar = indicatif::ProgressBar::new(trials as u64);
+    bar.set_style(indicatif::ProgressStyle::with_template("{prefix:<40} [{elapsed_precise}] {bar:25} {pos}/{len} {msg}").expect("static template"));
+    bar.set_prefix(label.clone());
+    let run = run_kernel(&ctx, &plan, &mut |partial| {
+        let c = partial.counts;
+        bar.set_position(c.trials as u64);
+        bar.set_message(format!("reproduced {} passed {} infeasible {} errors {}", c.reproduced, c.passed, c.infeasible, c.errors));
+        if bar.is_hidden() {
+            eprintln!("memrace: {label}: trial {} — reproduced {} passed {} infeasible {} errors {}", c.trials, c.reproduced, c.passed, c.infeasible, c.errors);
+        }
+        snapshot(partial);
+    })?;
+    bar.finish_and_clear();
+    Ok(run)
+}
+
 /// Run one scenario; returns its result (also written to disk after every trial).
 pub fn run_scenario(scenario: &Scenario, args: &RunArgs, accel: QemuAccel) -> Result<ScenarioResult> {
     let dir = out_dir(args, &scenario.name)?;
@@ -85,6 +132,7 @@ pub fn run_scenario(scenario: &Scenario, args: &RunArgs, accel: QemuAccel) -> Re
         scenario: scenario.name.clone(),
         description: scenario.description.clone(),
         scenario_file: scenario.path.display().to_string(),
+        scenario_text: scenario.text.clone(),
         backend: format!("qemu ({})", if accel == QemuAccel::Kvm { "kvm" } else { "tcg" }),
         started_unix: started,
         kernels: Vec::new(),
@@ -95,42 +143,57 @@ pub fn run_scenario(scenario: &Scenario, args: &RunArgs, accel: QemuAccel) -> Re
     let mut cache = BTreeMap::new();
     let baseline = scenario.schedule.without_breakpoints();
     let trials = args.trials.unwrap_or(scenario.workload.trials);
-    let mut plans: Vec<(bool, String, String, Expect, String, &Schedule, String, BTreeMap<String, String>, u32)> = Vec::new();
+    let mut plans: Vec<Planned> = Vec::new();
     for k in scenario.kernels.iter().filter(|k| args.kernels.is_empty() || args.kernels.contains(&k.variant)) {
-        plans.push((false, k.variant.clone(), k.variant.clone(), k.expect, k.note.clone(), &scenario.schedule, "scenario".into(), scenario.workload.params.clone(), trials));
+        plans.push(Planned {
+            control: false,
+            label: k.variant.clone(),
+            variant: k.variant.clone(),
+            expect: k.expect,
+            note: k.note.clone(),
+            schedule: &scenario.schedule,
+            schedule_name: "scenario".into(),
+            params: scenario.workload.params.clone(),
+            trials,
+        });
     }
     if args.controls {
         for c in &scenario.controls {
             let mut params = scenario.workload.params.clone();
             params.extend(c.params.clone());
-            let (sched, sname) = if c.schedule == "none" { (&baseline, "none (gates opened back to back)") } else { (&scenario.schedule, "scenario") };
-            let n = args.trials.map(|t| c.trials.unwrap_or(t).max(t)).or(c.trials).unwrap_or(trials);
-            plans.push((true, format!("{} [{}]", c.kernel, c.name), c.kernel.clone(), c.expect, c.description.clone(), sched, sname.into(), params, n));
+            let (schedule, schedule_name) =
+                if c.schedule == "none" { (&baseline, "none (gates opened back to back)") } else { (&scenario.schedule, "scenario") };
+            plans.push(Planned {
+                control: true,
+                label: format!("{} [{}]", c.kernel, c.name),
+                variant: c.kernel.clone(),
+                expect: c.expect,
+                note: c.description.clone(),
+                schedule,
+                schedule_name: schedule_name.into(),
+                params,
+                trials: c.trials.unwrap_or(trials),
+            });
         }
     }
-    for (is_control, label, variant, expect, note, schedule, schedule_name, params, trials) in plans {
-        let (vmlinux, loaded) = load_kernel(&variant, &mut cache)?;
+    // Build every kernel and resolve every breakpoint before the first boot: an unknown
+    // or inlined symbol is an error up front, with suggestions, not a failed trial.
+    for p in &plans {
+        let (_, loaded) = load_kernel(&p.variant, &mut cache)?;
         let intro = memrace::debug::KernelIntrospect::new(&loaded.symbols);
-        let ctx = RunContext { scenario, accel, intro: &intro, out_dir: &dir, verbose: args.verbose };
-        let plan = KernelPlan { label: label.clone(), variant, vmlinux, expect, note, schedule, schedule_name, params, trials };
-        let bar = indicatif::ProgressBar::new(trials as u64);
-        bar.set_style(indicatif::ProgressStyle::with_template("{prefix:<40} [{elapsed_precise}] {bar:25} {pos}/{len} {msg}").expect("static template"));
-        bar.set_prefix(label.clone());
-        let snapshot = |partial: &KernelRun, result: &ScenarioResult| {
+        for (line, spec) in p.schedule.breakpoint_specs() {
+            if let Err(why) = intro.resolve(spec) {
+                bail!("{}:{line}: breakpoint {spec:?} on kernel {}: {why}", scenario.path.display(), p.variant);
+            }
+        }
+    }
+    for p in plans {
+        let is_control = p.control;
+        let run = run_planned(scenario, p, accel, &dir, args.verbose, &mut cache, &mut |partial| {
             let mut r = result.clone();
             if is_control { r.controls.push(partial.clone()) } else { r.kernels.push(partial.clone()) }
             let _ = r.write(&dir);
-        };
-        let run = run_kernel(&ctx, &plan, &mut |partial| {
-            let c = partial.counts;
-            bar.set_position(c.trials as u64);
-            bar.set_message(format!("reproduced {} passed {} infeasible {} errors {}", c.reproduced, c.passed, c.infeasible, c.errors));
-            if bar.is_hidden() {
-                eprintln!("memrace: {label}: trial {} — reproduced {} passed {} infeasible {} errors {}", c.trials, c.reproduced, c.passed, c.infeasible, c.errors);
-            }
-            snapshot(partial, &result);
         })?;
-        bar.finish_and_clear();
         if is_control { result.controls.push(run) } else { result.kernels.push(run) }
         result.write(&dir)?;
     }

@@ -218,6 +218,8 @@ pub struct ScenarioResult {
     pub scenario: String,
     pub description: String,
     pub scenario_file: String,
+    /// The scenario file as it was, so `memrace replay` needs nothing else.
+    pub scenario_text: String,
     pub backend: String,
     pub started_unix: u64,
     pub kernels: Vec<KernelRun>,

@@ -220,6 +220,17 @@ impl Schedule {
         Schedule { steps, fallback: Vec::new() }
     }
 
+    /// Every breakpoint spec with its line, to resolve against a kernel before booting it.
+    pub fn breakpoint_specs(&self) -> Vec<(usize, &str)> {
+        self.steps
+            .iter()
+            .filter_map(|s| match &s.action {
+                Action::Break { at, .. } => Some((s.line, at.as_str())),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Names of the breakpoints that must be hit, in schedule order.
     pub fn expected_hits(&self) -> Vec<String> {
         self.steps
