@@ -46,7 +46,11 @@ pub enum Message {
     /// Workload progress marker.
     Phase { name: String },
     /// Oracle verdict for one trial, with a free-text detail.
-    Result { trial: u32, outcome: Outcome, detail: String },
+    Result {
+        trial: u32,
+        outcome: Outcome,
+        detail: String,
+    },
     /// A measured fact, e.g. `cpus 2`.
     Fact { key: String, value: String },
     /// The guest command exited with `code`; power-off follows.
@@ -59,7 +63,11 @@ pub enum ParseError {
     TooLong(usize),
     Empty,
     UnknownVerb(String),
-    WrongFieldCount { verb: &'static str, expected: usize, got: usize },
+    WrongFieldCount {
+        verb: &'static str,
+        expected: usize,
+        got: usize,
+    },
     BadNumber(String),
     BadName(String),
     BadEscape(String),
@@ -72,7 +80,11 @@ impl fmt::Display for ParseError {
             ParseError::TooLong(n) => write!(f, "line of {n} bytes exceeds {MAX_LINE}"),
             ParseError::Empty => write!(f, "empty line"),
             ParseError::UnknownVerb(v) => write!(f, "unknown verb {v:?}"),
-            ParseError::WrongFieldCount { verb, expected, got } => {
+            ParseError::WrongFieldCount {
+                verb,
+                expected,
+                got,
+            } => {
                 write!(f, "{verb} takes {expected} fields, got {got}")
             }
             ParseError::BadNumber(s) => write!(f, "not a number: {s:?}"),
@@ -158,7 +170,8 @@ pub fn parse_line(line: &[u8]) -> Result<Message, ParseError> {
     }
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     // Non-UTF-8 can only be garbage: every valid field is ASCII.
-    let line = std::str::from_utf8(line).map_err(|_| ParseError::BadEscape("non-UTF-8 line".into()))?;
+    let line =
+        std::str::from_utf8(line).map_err(|_| ParseError::BadEscape("non-UTF-8 line".into()))?;
     let fields: Vec<&str> = line.split(' ').collect();
     let verb = fields[0];
     if verb.is_empty() {
@@ -169,13 +182,19 @@ pub fn parse_line(line: &[u8]) -> Result<Message, ParseError> {
         if args.len() == n {
             Ok(())
         } else {
-            Err(ParseError::WrongFieldCount { verb, expected: n, got: args.len() })
+            Err(ParseError::WrongFieldCount {
+                verb,
+                expected: n,
+                got: args.len(),
+            })
         }
     };
     match verb {
         "HELLO" => {
             want("HELLO", 1)?;
-            Ok(Message::Hello { version: number(args[0])? })
+            Ok(Message::Hello {
+                version: number(args[0])?,
+            })
         }
         "OUT" => {
             want("OUT", 2)?;
@@ -184,21 +203,33 @@ pub fn parse_line(line: &[u8]) -> Result<Message, ParseError> {
                 "stderr" => Stream::Stderr,
                 other => return Err(ParseError::BadKeyword(other.chars().take(16).collect())),
             };
-            Ok(Message::Output { stream, data: unescape(args[1])? })
+            Ok(Message::Output {
+                stream,
+                data: unescape(args[1])?,
+            })
         }
         "READY" => {
             want("READY", 3)?;
-            Ok(Message::Ready { name: name(args[0])?, cpu: number(args[1])?, tid: number(args[2])? })
+            Ok(Message::Ready {
+                name: name(args[0])?,
+                cpu: number(args[1])?,
+                tid: number(args[2])?,
+            })
         }
         "GATE" => {
             want("GATE", 2)?;
             let gpa = u64::from_str_radix(args[1].trim_start_matches("0x"), 16)
                 .map_err(|_| ParseError::BadNumber(args[1].chars().take(32).collect()))?;
-            Ok(Message::Gate { name: name(args[0])?, gpa })
+            Ok(Message::Gate {
+                name: name(args[0])?,
+                gpa,
+            })
         }
         "PHASE" => {
             want("PHASE", 1)?;
-            Ok(Message::Phase { name: name(args[0])? })
+            Ok(Message::Phase {
+                name: name(args[0])?,
+            })
         }
         "RESULT" => {
             want("RESULT", 3)?;
@@ -208,15 +239,24 @@ pub fn parse_line(line: &[u8]) -> Result<Message, ParseError> {
                 "error" => Outcome::Error,
                 other => return Err(ParseError::BadKeyword(other.chars().take(16).collect())),
             };
-            Ok(Message::Result { trial: number(args[0])?, outcome, detail: text(args[2])? })
+            Ok(Message::Result {
+                trial: number(args[0])?,
+                outcome,
+                detail: text(args[2])?,
+            })
         }
         "FACT" => {
             want("FACT", 2)?;
-            Ok(Message::Fact { key: name(args[0])?, value: text(args[1])? })
+            Ok(Message::Fact {
+                key: name(args[0])?,
+                value: text(args[1])?,
+            })
         }
         "EXIT" => {
             want("EXIT", 1)?;
-            Ok(Message::Exit { code: number(args[0])? })
+            Ok(Message::Exit {
+                code: number(args[0])?,
+            })
         }
         other => Err(ParseError::UnknownVerb(other.chars().take(16).collect())),
     }
@@ -248,7 +288,11 @@ impl fmt::Display for Message {
             Message::Ready { name, cpu, tid } => write!(f, "READY {name} {cpu} {tid}"),
             Message::Gate { name, gpa } => write!(f, "GATE {name} {gpa:x}"),
             Message::Phase { name } => write!(f, "PHASE {name}"),
-            Message::Result { trial, outcome, detail } => {
+            Message::Result {
+                trial,
+                outcome,
+                detail,
+            } => {
                 write!(f, "RESULT {trial} {outcome} {}", escape(detail.as_bytes()))
             }
             Message::Fact { key, value } => write!(f, "FACT {key} {}", escape(value.as_bytes())),
@@ -297,13 +341,35 @@ mod tests {
     fn every_message_round_trips() {
         let msgs = vec![
             Message::Hello { version: 1 },
-            Message::Output { stream: Stream::Stdout, data: b"hello world\n%\x00\xff".to_vec() },
-            Message::Output { stream: Stream::Stderr, data: vec![] },
-            Message::Ready { name: "reader".into(), cpu: 1, tid: 77 },
-            Message::Gate { name: "g1".into(), gpa: 0x1234_5000 },
-            Message::Phase { name: "setup-done".into() },
-            Message::Result { trial: 3, outcome: Outcome::Reproduced, detail: "buf[0]=00 want 5a".into() },
-            Message::Fact { key: "cpus".into(), value: "2".into() },
+            Message::Output {
+                stream: Stream::Stdout,
+                data: b"hello world\n%\x00\xff".to_vec(),
+            },
+            Message::Output {
+                stream: Stream::Stderr,
+                data: vec![],
+            },
+            Message::Ready {
+                name: "reader".into(),
+                cpu: 1,
+                tid: 77,
+            },
+            Message::Gate {
+                name: "g1".into(),
+                gpa: 0x1234_5000,
+            },
+            Message::Phase {
+                name: "setup-done".into(),
+            },
+            Message::Result {
+                trial: 3,
+                outcome: Outcome::Reproduced,
+                detail: "buf[0]=00 want 5a".into(),
+            },
+            Message::Fact {
+                key: "cpus".into(),
+                value: "2".into(),
+            },
             Message::Exit { code: -7 },
         ];
         for m in msgs {
@@ -316,13 +382,34 @@ mod tests {
     #[test]
     fn rejects_malformed_lines_with_reasons() {
         assert_eq!(parse_line(b""), Err(ParseError::Empty));
-        assert!(matches!(parse_line(b"EXIT"), Err(ParseError::WrongFieldCount { .. })));
-        assert!(matches!(parse_line(b"EXIT x"), Err(ParseError::BadNumber(_))));
-        assert!(matches!(parse_line(b"RM -rf"), Err(ParseError::UnknownVerb(_))));
-        assert!(matches!(parse_line(b"READY a;b 1 2"), Err(ParseError::BadName(_))));
-        assert!(matches!(parse_line(b"OUT stdout %4"), Err(ParseError::BadEscape(_))));
-        assert!(matches!(parse_line(b"OUT stdin x"), Err(ParseError::BadKeyword(_))));
-        assert!(matches!(parse_line(&[b'A'; MAX_LINE + 1]), Err(ParseError::TooLong(_))));
+        assert!(matches!(
+            parse_line(b"EXIT"),
+            Err(ParseError::WrongFieldCount { .. })
+        ));
+        assert!(matches!(
+            parse_line(b"EXIT x"),
+            Err(ParseError::BadNumber(_))
+        ));
+        assert!(matches!(
+            parse_line(b"RM -rf"),
+            Err(ParseError::UnknownVerb(_))
+        ));
+        assert!(matches!(
+            parse_line(b"READY a;b 1 2"),
+            Err(ParseError::BadName(_))
+        ));
+        assert!(matches!(
+            parse_line(b"OUT stdout %4"),
+            Err(ParseError::BadEscape(_))
+        ));
+        assert!(matches!(
+            parse_line(b"OUT stdin x"),
+            Err(ParseError::BadKeyword(_))
+        ));
+        assert!(matches!(
+            parse_line(&[b'A'; MAX_LINE + 1]),
+            Err(ParseError::TooLong(_))
+        ));
         assert_eq!(parse_line(b"EXIT 0\r"), Ok(Message::Exit { code: 0 }));
     }
 

@@ -84,8 +84,15 @@ pub fn run(
             Ok(Some(e)) => e,
             Ok(None) => {
                 vm.kill();
-                let (stage, bound) = if hello.is_none() { ("boot", limits.boot) } else { ("run", limits.run) };
-                break Verdict::Timeout { stage: stage.into(), seconds: bound.as_secs() };
+                let (stage, bound) = if hello.is_none() {
+                    ("boot", limits.boot)
+                } else {
+                    ("run", limits.run)
+                };
+                break Verdict::Timeout {
+                    stage: stage.into(),
+                    seconds: bound.as_secs(),
+                };
             }
             Err(e) => {
                 vm.kill();
@@ -108,12 +115,14 @@ pub fn run(
             VmEvent::BadControl { .. } => bad += 1,
             VmEvent::Exited(exit) => {
                 break match (watch.report(), code, exit) {
-                    (Some(report), _, _) => Verdict::KernelPanic { report: report.clone() },
+                    (Some(report), _, _) => Verdict::KernelPanic {
+                        report: report.clone(),
+                    },
                     (None, Some(code), _) => Verdict::Exited { code },
                     (None, None, VmExit::VmmFailed(why)) => Verdict::NoStatus { why },
-                    (None, None, VmExit::GuestStopped) => {
-                        Verdict::NoStatus { why: "the guest stopped without reporting an exit status".into() }
-                    }
+                    (None, None, VmExit::GuestStopped) => Verdict::NoStatus {
+                        why: "the guest stopped without reporting an exit status".into(),
+                    },
                 };
             }
         }

@@ -40,7 +40,11 @@ const MAX_LINE_CHARS: usize = 512;
 
 impl ConsoleWatch {
     pub fn new(keep: usize) -> ConsoleWatch {
-        ConsoleWatch { tail: VecDeque::new(), keep, report: None }
+        ConsoleWatch {
+            tail: VecDeque::new(),
+            keep,
+            report: None,
+        }
     }
 
     /// Strip the `[    1.234567] ` timestamp, if any.
@@ -56,8 +60,15 @@ impl ConsoleWatch {
         let body = Self::body(&line);
         match &mut self.report {
             None => {
-                if let Some(start) = REPORT_STARTS.iter().find(|s| body.starts_with(*s) || body.contains(*s)) {
-                    let headline = if *start == REPORT_STARTS[0] { String::new() } else { body.to_string() };
+                if let Some(start) = REPORT_STARTS
+                    .iter()
+                    .find(|s| body.starts_with(*s) || body.contains(*s))
+                {
+                    let headline = if *start == REPORT_STARTS[0] {
+                        String::new()
+                    } else {
+                        body.to_string()
+                    };
                     self.report = Some(KernelReport {
                         headline,
                         panicked: body.contains("Kernel panic - not syncing"),

@@ -16,7 +16,10 @@ pub enum GuestError {
     #[error(transparent)]
     Initramfs(#[from] initramfs::InitramfsError),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// What the harness does once it is up.
@@ -25,7 +28,11 @@ pub enum Job {
     /// Run a command and report its output and exit status.
     Command(Vec<String>),
     /// Run a named workload for `trials` trials with parameters.
-    Workload { name: String, trials: u32, params: Vec<(String, String)> },
+    Workload {
+        name: String,
+        trials: u32,
+        params: Vec<(String, String)>,
+    },
 }
 
 impl Job {
@@ -40,7 +47,11 @@ impl Job {
                 }
                 out
             }
-            Job::Workload { name, trials, params } => {
+            Job::Workload {
+                name,
+                trials,
+                params,
+            } => {
                 let mut out = format!("mode workload\nworkload {}\ntrials {trials}\n", e(name));
                 for (k, v) in params {
                     out.push_str(&format!("param {} {}\n", e(k), e(v)));
@@ -62,13 +73,27 @@ const HARNESS_TARGET: &str = "x86_64-unknown-linux-gnu";
 pub fn harness() -> Result<PathBuf, GuestError> {
     if let Some(p) = std::env::var_os("MEMRACE_HARNESS") {
         let p = PathBuf::from(p);
-        return if p.is_file() { check_static(p) } else { Err(GuestError::MissingHarness(p)) };
+        return if p.is_file() {
+            check_static(p)
+        } else {
+            Err(GuestError::MissingHarness(p))
+        };
     }
     let root = workspace_root();
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = Command::new(cargo)
-        .args(["build", "--quiet", "--release", "-p", "guest-harness", "--target", HARNESS_TARGET])
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "guest-harness",
+            "--target",
+            HARNESS_TARGET,
+        ])
         .arg("--manifest-path")
         .arg(root.join("Cargo.toml"))
         .env("CARGO_TARGET_DIR", &target_dir)
@@ -77,13 +102,23 @@ pub fn harness() -> Result<PathBuf, GuestError> {
         .output()
         .map_err(|e| GuestError::Build(e.to_string()))?;
     if !out.status.success() {
-        return Err(GuestError::Build(String::from_utf8_lossy(&out.stderr).into_owned()));
+        return Err(GuestError::Build(
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
     }
-    check_static(target_dir.join(HARNESS_TARGET).join("release").join("guest-harness"))
+    check_static(
+        target_dir
+            .join(HARNESS_TARGET)
+            .join("release")
+            .join("guest-harness"),
+    )
 }
 
 fn check_static(path: PathBuf) -> Result<PathBuf, GuestError> {
-    let data = std::fs::read(&path).map_err(|source| GuestError::Io { path: path.clone(), source })?;
+    let data = std::fs::read(&path).map_err(|source| GuestError::Io {
+        path: path.clone(),
+        source,
+    })?;
     let file = object::File::parse(&*data).map_err(|_| GuestError::NotStatic(path.clone()))?;
     use object::Object;
     let has_interp = file.sections().any(|s| {
@@ -97,10 +132,18 @@ fn check_static(path: PathBuf) -> Result<PathBuf, GuestError> {
 }
 
 /// Write an initramfs with the harness as `/init`, the job, and extra `(host, guest)` files.
-pub fn build_initramfs(out: &Path, job: &Job, extra: &[(PathBuf, String)]) -> Result<(), GuestError> {
+pub fn build_initramfs(
+    out: &Path,
+    job: &Job,
+    extra: &[(PathBuf, String)],
+) -> Result<(), GuestError> {
     let mut files = vec![
         GuestFile::from_host(&harness()?, "/init")?,
-        GuestFile { guest_path: "/memrace/job".into(), contents: job.render().into_bytes(), mode: 0o644 },
+        GuestFile {
+            guest_path: "/memrace/job".into(),
+            contents: job.render().into_bytes(),
+            mode: 0o644,
+        },
     ];
     for (host, guest) in extra {
         files.push(GuestFile::from_host(host, guest)?);
@@ -115,8 +158,18 @@ mod tests {
     #[test]
     fn renders_job_files() {
         let j = Job::Command(vec!["/bin/sh".into(), "-c".into(), "exit 7".into()]);
-        assert_eq!(j.render(), "mode command\narg /bin/sh\narg -c\narg exit%207\n");
-        let w = Job::Workload { name: "madv-free-dio".into(), trials: 3, params: vec![("pages".into(), "1".into())] };
-        assert_eq!(w.render(), "mode workload\nworkload madv-free-dio\ntrials 3\nparam pages 1\n");
+        assert_eq!(
+            j.render(),
+            "mode command\narg /bin/sh\narg -c\narg exit%207\n"
+        );
+        let w = Job::Workload {
+            name: "madv-free-dio".into(),
+            trials: 3,
+            params: vec![("pages".into(), "1".into())],
+        };
+        assert_eq!(
+            w.render(),
+            "mode workload\nworkload madv-free-dio\ntrials 3\nparam pages 1\n"
+        );
     }
 }

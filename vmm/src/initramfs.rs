@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum InitramfsError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("guest path {0:?} must be absolute and must not contain `..`")]
     BadGuestPath(String),
     #[error("{0} is larger than 4 GiB, the newc format's limit")]
@@ -26,7 +29,10 @@ pub struct GuestFile {
 impl GuestFile {
     pub fn from_host(host: &Path, guest_path: &str) -> Result<GuestFile, InitramfsError> {
         use std::os::unix::fs::PermissionsExt;
-        let io = |source| InitramfsError::Io { path: host.to_path_buf(), source };
+        let io = |source| InitramfsError::Io {
+            path: host.to_path_buf(),
+            source,
+        };
         let meta = std::fs::metadata(host).map_err(io)?;
         if meta.len() > u32::MAX as u64 {
             return Err(InitramfsError::TooLarge(host.to_path_buf()));
@@ -44,8 +50,14 @@ const S_IFREG: u32 = 0o100000;
 const S_IFCHR: u32 = 0o020000;
 
 fn check(guest_path: &str) -> Result<&str, InitramfsError> {
-    let rel = guest_path.strip_prefix('/').ok_or_else(|| InitramfsError::BadGuestPath(guest_path.into()))?;
-    if rel.is_empty() || rel.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+    let rel = guest_path
+        .strip_prefix('/')
+        .ok_or_else(|| InitramfsError::BadGuestPath(guest_path.into()))?;
+    if rel.is_empty()
+        || rel
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
         return Err(InitramfsError::BadGuestPath(guest_path.into()));
     }
     Ok(rel)
@@ -53,9 +65,14 @@ fn check(guest_path: &str) -> Result<&str, InitramfsError> {
 
 /// Write the archive to `out` (atomically: a temp file renamed into place).
 pub fn write(out: &Path, files: &[GuestFile]) -> Result<(), InitramfsError> {
-    let io = |source| InitramfsError::Io { path: out.to_path_buf(), source };
+    let io = |source| InitramfsError::Io {
+        path: out.to_path_buf(),
+        source,
+    };
     // Directories the harness mounts on, plus every parent of every file.
-    let mut dirs: Vec<String> = ["dev", "proc", "sys", "tmp", "memrace"].map(String::from).to_vec();
+    let mut dirs: Vec<String> = ["dev", "proc", "sys", "tmp", "memrace"]
+        .map(String::from)
+        .to_vec();
     for f in files {
         let rel = check(&f.guest_path)?;
         let mut parts: Vec<&str> = rel.split('/').collect();
@@ -72,22 +89,39 @@ pub fn write(out: &Path, files: &[GuestFile]) -> Result<(), InitramfsError> {
     let mut ino = 1;
     let mut entry = |name: &str, mode: u32| {
         ino += 1;
-        cpio::newc::Builder::new(name).ino(ino).mode(mode).uid(0).gid(0).nlink(1)
+        cpio::newc::Builder::new(name)
+            .ino(ino)
+            .mode(mode)
+            .uid(0)
+            .gid(0)
+            .nlink(1)
     };
     for d in &dirs {
-        entry(d, S_IFDIR | 0o755).write(&mut w, 0).finish().map_err(io)?;
+        entry(d, S_IFDIR | 0o755)
+            .write(&mut w, 0)
+            .finish()
+            .map_err(io)?;
     }
     // The kernel opens /dev/console for init's stdio before devtmpfs is mounted.
-    entry("dev/console", S_IFCHR | 0o600).rdev_major(5).rdev_minor(1).write(&mut w, 0).finish().map_err(io)?;
+    entry("dev/console", S_IFCHR | 0o600)
+        .rdev_major(5)
+        .rdev_minor(1)
+        .write(&mut w, 0)
+        .finish()
+        .map_err(io)?;
     for f in files {
         let name = check(&f.guest_path)?;
-        let size = u32::try_from(f.contents.len()).map_err(|_| InitramfsError::TooLarge(f.guest_path.clone().into()))?;
+        let size = u32::try_from(f.contents.len())
+            .map_err(|_| InitramfsError::TooLarge(f.guest_path.clone().into()))?;
         let mut fw = entry(name, S_IFREG | f.mode).write(&mut w, size);
         fw.write_all(&f.contents).map_err(io)?;
         fw.finish().map_err(io)?;
     }
     let w = cpio::newc::trailer(w).map_err(io)?;
-    w.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)?;
+    w.into_inner()
+        .map_err(|e| io(e.into_error()))?
+        .sync_all()
+        .map_err(io)?;
     std::fs::rename(&tmp, out).map_err(io)
 }
 
@@ -101,19 +135,58 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let archive = dir.path().join("initrd.cpio");
         let files = vec![
-            GuestFile { guest_path: "/init".into(), contents: b"#!/bin/true\n".to_vec(), mode: 0o755 },
-            GuestFile { guest_path: "/memrace/job".into(), contents: b"mode command\n".to_vec(), mode: 0o644 },
-            GuestFile { guest_path: "/a/b/c.txt".into(), contents: vec![7u8; 5000], mode: 0o600 },
+            GuestFile {
+                guest_path: "/init".into(),
+                contents: b"#!/bin/true\n".to_vec(),
+                mode: 0o755,
+            },
+            GuestFile {
+                guest_path: "/memrace/job".into(),
+                contents: b"mode command\n".to_vec(),
+                mode: 0o644,
+            },
+            GuestFile {
+                guest_path: "/a/b/c.txt".into(),
+                contents: vec![7u8; 5000],
+                mode: 0o600,
+            },
         ];
         write(&archive, &files).unwrap();
-        let listing = Command::new("cpio").args(["-t", "-v", "-F"]).arg(&archive).output().expect("cpio tool installed");
-        assert!(listing.status.success(), "{}", String::from_utf8_lossy(&listing.stderr));
+        let listing = Command::new("cpio")
+            .args(["-t", "-v", "-F"])
+            .arg(&archive)
+            .output()
+            .expect("cpio tool installed");
+        assert!(
+            listing.status.success(),
+            "{}",
+            String::from_utf8_lossy(&listing.stderr)
+        );
         let text = String::from_utf8_lossy(&listing.stdout);
-        for name in ["init", "memrace/job", "a/b/c.txt", "a/b", "dev/console", "proc", "sys"] {
-            assert!(text.lines().any(|l| l.ends_with(&format!(" {name}"))), "{name} missing in\n{text}");
+        for name in [
+            "init",
+            "memrace/job",
+            "a/b/c.txt",
+            "a/b",
+            "dev/console",
+            "proc",
+            "sys",
+        ] {
+            assert!(
+                text.lines().any(|l| l.ends_with(&format!(" {name}"))),
+                "{name} missing in\n{text}"
+            );
         }
-        assert!(text.lines().any(|l| l.starts_with("-rwxr-xr-x") && l.ends_with(" init")), "{text}");
-        assert!(text.lines().any(|l| l.starts_with("crw-------") && l.ends_with("dev/console")), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("-rwxr-xr-x") && l.ends_with(" init")),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("crw-------") && l.ends_with("dev/console")),
+            "{text}"
+        );
         let out = dir.path().join("x");
         std::fs::create_dir(&out).unwrap();
         let st = Command::new("sh")
@@ -123,16 +196,32 @@ mod tests {
             .status()
             .unwrap();
         assert!(st.success());
-        assert_eq!(std::fs::read(out.join("a/b/c.txt")).unwrap(), vec![7u8; 5000]);
-        assert_eq!(std::fs::read(out.join("memrace/job")).unwrap(), b"mode command\n");
+        assert_eq!(
+            std::fs::read(out.join("a/b/c.txt")).unwrap(),
+            vec![7u8; 5000]
+        );
+        assert_eq!(
+            std::fs::read(out.join("memrace/job")).unwrap(),
+            b"mode command\n"
+        );
     }
 
     #[test]
     fn rejects_escaping_guest_paths() {
         let dir = tempfile::tempdir().unwrap();
         for bad in ["init", "/../etc/x", "/a//b", "/", "/a/./b"] {
-            let f = GuestFile { guest_path: bad.into(), contents: vec![], mode: 0o644 };
-            assert!(matches!(write(&dir.path().join("x"), &[f]), Err(InitramfsError::BadGuestPath(_))), "{bad}");
+            let f = GuestFile {
+                guest_path: bad.into(),
+                contents: vec![],
+                mode: 0o644,
+            };
+            assert!(
+                matches!(
+                    write(&dir.path().join("x"), &[f]),
+                    Err(InitramfsError::BadGuestPath(_))
+                ),
+                "{bad}"
+            );
         }
     }
 }

@@ -18,10 +18,23 @@ fn guest_exit_status_is_returned() {
 #[test]
 fn guest_sees_the_requested_cpus_and_memory() {
     kernel_dir("base");
-    let (out, _) = run(&["boot", "--cpus", "3", "--mem", "384M", "--", "/bin/sh", "-c", "cat /proc/cpuinfo /proc/meminfo"]);
+    let (out, _) = run(&[
+        "boot",
+        "--cpus",
+        "3",
+        "--mem",
+        "384M",
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /proc/cpuinfo /proc/meminfo",
+    ]);
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    let cpus = stdout.lines().filter(|l| l.starts_with("processor")).count();
+    let cpus = stdout
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
     assert_eq!(cpus, 3, "guest /proc/cpuinfo:\n{stdout}");
     let mem_kb: u64 = stdout
         .lines()
@@ -29,27 +42,53 @@ fn guest_sees_the_requested_cpus_and_memory() {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("no MemTotal in guest output:\n{stdout}"));
     // MemTotal is RAM minus what the kernel reserves for itself.
-    assert!((300 * 1024..=384 * 1024).contains(&mem_kb), "MemTotal {mem_kb} kB for 384M");
+    assert!(
+        (300 * 1024..=384 * 1024).contains(&mem_kb),
+        "MemTotal {mem_kb} kB for 384M"
+    );
 }
 
 #[test]
 fn a_panicking_guest_gives_the_panic_verdict() {
     kernel_dir("base");
     // No /init and no root device: the kernel panics in mount_root.
-    let (out, _) = run(&["boot", "--append", "rdinit=/no-such-init", "--", "/bin/true"]);
+    let (out, _) = run(&[
+        "boot",
+        "--append",
+        "rdinit=/no-such-init",
+        "--",
+        "/bin/true",
+    ]);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(240), "{stderr}");
-    assert!(stderr.contains("verdict: kernel-panic") && stderr.contains("Kernel panic - not syncing"), "{stderr}");
+    assert!(
+        stderr.contains("verdict: kernel-panic") && stderr.contains("Kernel panic - not syncing"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn a_guest_that_never_reaches_init_times_out_within_the_bound() {
     kernel_dir("base");
     // rootwait waits forever for a root device that never appears: /init is never run.
-    let args = ["boot", "--boot-timeout", "8", "--append", "rdinit=/no-such-init root=/dev/vda rootwait", "--", "/bin/true"];
+    let args = [
+        "boot",
+        "--boot-timeout",
+        "8",
+        "--append",
+        "rdinit=/no-such-init root=/dev/vda rootwait",
+        "--",
+        "/bin/true",
+    ];
     let (out, took) = run(&args);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(241), "{stderr}");
-    assert!(stderr.contains("verdict: timeout") && stderr.contains("Waiting for root device"), "{stderr}");
-    assert!(took < Duration::from_secs(8 + 30), "took {took:?} for an 8 s bound");
+    assert!(
+        stderr.contains("verdict: timeout") && stderr.contains("Waiting for root device"),
+        "{stderr}"
+    );
+    assert!(
+        took < Duration::from_secs(8 + 30),
+        "took {took:?} for an 8 s bound"
+    );
 }

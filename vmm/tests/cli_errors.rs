@@ -14,7 +14,10 @@ fn fails_with(args: &[&str], needles: &[&str]) {
 
 #[test]
 fn missing_kernel_path() {
-    fails_with(&["boot", "--kernel", "/nonexistent/vmlinux", "--", "true"], &["does not exist"]);
+    fails_with(
+        &["boot", "--kernel", "/nonexistent/vmlinux", "--", "true"],
+        &["does not exist"],
+    );
 }
 
 #[test]
@@ -22,7 +25,10 @@ fn a_file_that_is_not_a_kernel() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("notes.txt");
     std::fs::write(&f, "not a kernel").unwrap();
-    fails_with(&["boot", "--kernel", f.to_str().unwrap(), "--", "true"], &["is not a kernel", "bzImage"]);
+    fails_with(
+        &["boot", "--kernel", f.to_str().unwrap(), "--", "true"],
+        &["is not a kernel", "bzImage"],
+    );
 }
 
 #[test]
@@ -30,23 +36,39 @@ fn a_truncated_elf_kernel() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("vmlinux");
     std::fs::write(&f, b"\x7fELF\x02\x01\x01\x00").unwrap();
-    fails_with(&["boot", "--kernel", f.to_str().unwrap(), "--", "true"], &["malformed ELF"]);
+    fails_with(
+        &["boot", "--kernel", f.to_str().unwrap(), "--", "true"],
+        &["malformed ELF"],
+    );
 }
 
 #[test]
 fn unknown_variant() {
-    fails_with(&["boot", "--kernel", "no-such-variant", "--", "true"], &["unknown kernel variant", "base"]);
-    fails_with(&["kernel", "build", "no-such-variant"], &["unknown kernel variant"]);
+    fails_with(
+        &["boot", "--kernel", "no-such-variant", "--", "true"],
+        &["unknown kernel variant", "base"],
+    );
+    fails_with(
+        &["kernel", "build", "no-such-variant"],
+        &["unknown kernel variant"],
+    );
 }
 
 #[test]
 fn malformed_recipe() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("recipe.toml"), "[source]\npackage = 3\n").unwrap();
-    let out = memrace().args(["kernel", "list"]).env("MEMRACE_IMAGES", dir.path()).output().unwrap();
+    let out = memrace()
+        .args(["kernel", "list"])
+        .env("MEMRACE_IMAGES", dir.path())
+        .output()
+        .unwrap();
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("malformed") && stderr.contains("recipe.toml"), "{stderr}");
+    assert!(
+        stderr.contains("malformed") && stderr.contains("recipe.toml"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -63,12 +85,21 @@ fn missing_qemu_binary_names_the_package() {
         .unwrap();
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("apt-get install qemu-system-x86"), "{stderr}");
+    assert!(
+        stderr.contains("apt-get install qemu-system-x86"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn bad_cpu_and_memory_arguments() {
-    fails_with(&["boot", "--cpus", "0", "--", "true"], &["at least one vCPU"]);
+    fails_with(
+        &["boot", "--cpus", "0", "--", "true"],
+        &["at least one vCPU"],
+    );
     fails_with(&["boot", "--mem", "lots", "--", "true"], &["--mem", "512M"]);
-    fails_with(&["boot", "--mem", "1M", "--", "true"], &["between 64M and 64G"]);
+    fails_with(
+        &["boot", "--mem", "1M", "--", "true"],
+        &["between 64M and 64G"],
+    );
 }

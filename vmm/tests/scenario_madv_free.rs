@@ -7,7 +7,9 @@ use common::{kernel_dir, memrace, text};
 use serde_json::Value;
 
 fn row<'a>(rows: &'a [Value], label: &str) -> &'a Value {
-    rows.iter().find(|r| r["label"] == label).unwrap_or_else(|| panic!("no row {label}"))
+    rows.iter()
+        .find(|r| r["label"] == label)
+        .unwrap_or_else(|| panic!("no row {label}"))
 }
 
 #[test]
@@ -16,37 +18,80 @@ fn unpatched_reproduces_on_every_trial_patched_passes_and_controls_hold() {
         kernel_dir(k);
     }
     let out = tempfile::tempdir().unwrap();
-    let output = memrace().args(["run", "madv-free-dio", "--trials", "20", "--controls", "--out"]).arg(out.path()).output().unwrap();
+    let output = memrace()
+        .args([
+            "run",
+            "madv-free-dio",
+            "--trials",
+            "20",
+            "--controls",
+            "--out",
+        ])
+        .arg(out.path())
+        .output()
+        .unwrap();
     let (stdout, stderr) = text(&output);
     println!("{stdout}");
     assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
-    let result: Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("result.json")).unwrap()).unwrap();
+    let result: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("result.json")).unwrap())
+            .unwrap();
     assert_eq!(result["complete"], true);
     let kernels = result["kernels"].as_array().unwrap();
 
     let unpatched = row(kernels, "madv-free-unpatched");
     assert_eq!(unpatched["counts"]["trials"], 20);
-    assert_eq!(unpatched["counts"]["reproduced"], 20, "{}", unpatched["counts"]);
+    assert_eq!(
+        unpatched["counts"]["reproduced"], 20,
+        "{}",
+        unpatched["counts"]
+    );
     for t in unpatched["trials"].as_array().unwrap() {
-        assert_eq!(t["hits"], serde_json::json!(["dio-pinned", "reclaim-done"]), "every scheduled breakpoint hit in order");
-        assert!(t["oracle"][1].as_str().unwrap().contains("value=0x00"), "the read returned zeros: {}", t["oracle"]);
+        assert_eq!(
+            t["hits"],
+            serde_json::json!(["dio-pinned", "reclaim-done"]),
+            "every scheduled breakpoint hit in order"
+        );
+        assert!(
+            t["oracle"][1].as_str().unwrap().contains("value=0x00"),
+            "the read returned zeros: {}",
+            t["oracle"]
+        );
     }
     let patched = row(kernels, "base");
     assert_eq!(patched["counts"]["trials"], 20);
     assert_eq!(patched["counts"]["passed"], 20, "{}", patched["counts"]);
     for t in patched["trials"].as_array().unwrap() {
-        assert_eq!(t["hits"], serde_json::json!(["dio-pinned", "reclaim-done"]), "same schedule on the patched kernel");
+        assert_eq!(
+            t["hits"],
+            serde_json::json!(["dio-pinned", "reclaim-done"]),
+            "same schedule on the patched kernel"
+        );
     }
 
     let controls = result["controls"].as_array().unwrap();
     let baseline = row(controls, "madv-free-unpatched [no-schedule]");
     assert!(baseline["counts"]["trials"].as_u64().unwrap() >= 100);
-    println!("natural reproduction rate without a schedule: {}/{}", baseline["counts"]["reproduced"], baseline["counts"]["trials"]);
-    for label in ["madv-free-unpatched [async-dio]", "madv-free-unpatched [not-lazyfree]", "madv-free-barrier-only [barrier-only]"] {
+    println!(
+        "natural reproduction rate without a schedule: {}/{}",
+        baseline["counts"]["reproduced"], baseline["counts"]["trials"]
+    );
+    for label in [
+        "madv-free-unpatched [async-dio]",
+        "madv-free-unpatched [not-lazyfree]",
+        "madv-free-barrier-only [barrier-only]",
+    ] {
         let c = row(controls, label);
-        assert_eq!(c["counts"]["reproduced"], 0, "{label} must never reproduce: {}", c["counts"]);
+        assert_eq!(
+            c["counts"]["reproduced"], 0,
+            "{label} must never reproduce: {}",
+            c["counts"]
+        );
         assert_eq!(c["held"], true, "{label}: {}", c["counts"]);
     }
     let report = std::fs::read_to_string(out.path().join("report.md")).unwrap();
-    assert!(report.contains("HIT dio-pinned") && report.contains("Console excerpt"), "the report shows a reproducing trace");
+    assert!(
+        report.contains("HIT dio-pinned") && report.contains("Console excerpt"),
+        "the report shows a reproducing trace"
+    );
 }

@@ -18,7 +18,10 @@ fn run_scenario(scenario: &str, out: &Path, extra: &[&str]) -> (std::process::Ou
 }
 
 fn trials(result: &Value, row: usize) -> Vec<Value> {
-    result["kernels"][row]["trials"].as_array().cloned().unwrap_or_default()
+    result["kernels"][row]["trials"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 #[test]
@@ -31,15 +34,32 @@ fn syscall_order_hits_follow_the_schedule_on_20_of_20_runs_and_the_tid_condition
     assert_eq!(trials.len(), 20);
     let mut filtered = 0;
     for t in &trials {
-        assert_eq!(t["hits"], serde_json::json!(["a-in-getppid", "b-in-getpid"]), "trial {}", t["trial"]);
+        assert_eq!(
+            t["hits"],
+            serde_json::json!(["a-in-getppid", "b-in-getpid"]),
+            "trial {}",
+            t["trial"]
+        );
         filtered += t["filtered_hits"].as_u64().unwrap();
         // Each hit was taken by the thread the condition names, never by the noise thread.
-        for e in t["trace"].as_array().unwrap().iter().filter(|e| e["kind"] == "hit") {
-            let want = if e["name"] == "a-in-getppid" { "a" } else { "b" };
+        for e in t["trace"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "hit")
+        {
+            let want = if e["name"] == "a-in-getppid" {
+                "a"
+            } else {
+                "b"
+            };
             assert_eq!(e["comm"], want, "{e}");
         }
     }
-    assert!(filtered > 0, "the noise thread's getppid calls must have been filtered out");
+    assert!(
+        filtered > 0,
+        "the noise thread's getppid calls must have been filtered out"
+    );
 }
 
 #[test]
@@ -48,10 +68,17 @@ fn replay_reproduces_the_recorded_hit_order() {
     let out = tempfile::tempdir().unwrap();
     let (output, _) = run_scenario("syscall-order", out.path(), &["--trials", "3"]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output).1);
-    let replay = memrace().arg("replay").arg(out.path().join("result.json")).output().unwrap();
+    let replay = memrace()
+        .arg("replay")
+        .arg(out.path().join("result.json"))
+        .output()
+        .unwrap();
     let (stdout, stderr) = text(&replay);
     assert_eq!(replay.status.code(), Some(0), "{stdout}{stderr}");
-    assert!(stdout.contains("hit order identical in 3/3 trials"), "{stdout}");
+    assert!(
+        stdout.contains("hit order identical in 3/3 trials"),
+        "{stdout}"
+    );
 }
 
 fn scenario_file(dir: &Path, steps: &str, step_timeout_ms: u64) -> String {
@@ -76,15 +103,33 @@ fn a_breakpoint_that_is_never_reached_is_infeasible_within_its_bound() {
     let file = scenario_file(dir.path(), steps, 3000);
     let started = Instant::now();
     let (output, result) = run_scenario(&file, &dir.path().join("out"), &[]);
-    assert!(started.elapsed() < Duration::from_secs(90), "took {:?}", started.elapsed());
-    assert_eq!(output.status.code(), Some(3), "expectations must fail: {}", text(&output).1);
+    assert!(
+        started.elapsed() < Duration::from_secs(90),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "expectations must fail: {}",
+        text(&output).1
+    );
     let t = &trials(&result, 0)[0];
     assert_eq!(t["verdict"], "infeasible", "{t}");
     assert_eq!(t["schedule"]["status"], "infeasible");
-    assert!(t["schedule"]["reason"].as_str().unwrap().contains("\"never\" was not hit"), "{t}");
+    assert!(
+        t["schedule"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("\"never\" was not hit"),
+        "{t}"
+    );
     let vcpus = t["schedule"]["vcpus"].as_array().unwrap();
     assert_eq!(vcpus.len(), 3);
-    assert!(vcpus.iter().all(|v| v.as_str().unwrap().contains("vCPU")), "{vcpus:?}");
+    assert!(
+        vcpus.iter().all(|v| v.as_str().unwrap().contains("vCPU")),
+        "{vcpus:?}"
+    );
     let report = std::fs::read_to_string(dir.path().join("out/report.md")).unwrap();
     assert!(report.contains("INFEASIBLE at line"), "{report}");
 }
@@ -100,27 +145,40 @@ fn refused_before_boot(steps: &str, needles: &[&str]) {
     for n in needles {
         assert!(stderr.contains(n), "expected {n:?} in:\n{stderr}");
     }
-    let booted = std::fs::read_dir(&out).map(|d| d.flatten().any(|e| e.path().join("console.log").exists())).unwrap_or(false);
+    let booted = std::fs::read_dir(&out)
+        .map(|d| d.flatten().any(|e| e.path().join("console.log").exists()))
+        .unwrap_or(false);
     assert!(!booted, "nothing may boot when the schedule is wrong");
 }
 
 #[test]
 fn an_unknown_symbol_is_refused_before_boot() {
-    refused_before_boot("{ break = \"no_such_function_xyz\", cpu = 1, name = \"x\" },\n", &["t.toml:", "no_such_function_xyz"]);
+    refused_before_boot(
+        "{ break = \"no_such_function_xyz\", cpu = 1, name = \"x\" },\n",
+        &["t.toml:", "no_such_function_xyz"],
+    );
 }
 
 #[test]
 fn an_inlined_function_is_refused_with_out_of_line_neighbours() {
-    refused_before_boot("{ break = \"madvise_pageout\", cpu = 1, name = \"x\" },\n", &["inlined", "do_madvise"]);
+    refused_before_boot(
+        "{ break = \"madvise_pageout\", cpu = 1, name = \"x\" },\n",
+        &["inlined", "do_madvise"],
+    );
 }
 
 #[test]
 fn a_fifth_breakpoint_on_one_vcpu_is_refused_before_boot() {
-    let steps: String = (0..5).map(|i| format!("{{ break = \"__x64_sys_getppid+{i}\", cpu = 1, name = \"b{i}\" }},\n")).collect();
+    let steps: String = (0..5)
+        .map(|i| format!("{{ break = \"__x64_sys_getppid+{i}\", cpu = 1, name = \"b{i}\" }},\n"))
+        .collect();
     refused_before_boot(&steps, &["t.toml:20:", "5 breakpoints", "DR0-DR3"]);
 }
 
 #[test]
 fn a_malformed_schedule_names_the_line() {
-    refused_before_boot("{ wait = \"READY a\" },\n{ wait = \"SLEEP 3\" },\n", &["t.toml:17:", "expected one of"]);
+    refused_before_boot(
+        "{ wait = \"READY a\" },\n{ wait = \"SLEEP 3\" },\n",
+        &["t.toml:17:", "expected one of"],
+    );
 }

@@ -43,7 +43,11 @@ impl Workload for SyscallPair {
     }
 
     fn trial(&self, trial: &Trial) -> Res<()> {
-        let gate = if self.start.gated { Some(Gate::new()?) } else { None };
+        let gate = if self.start.gated {
+            Some(Gate::new()?)
+        } else {
+            None
+        };
         let stop = AtomicBool::new(false);
         let noise_calls = AtomicU64::new(0);
         let (ppid, pid) = (AtomicU64::new(0), AtomicU64::new(0));

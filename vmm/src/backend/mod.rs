@@ -133,7 +133,11 @@ pub trait Backend {
     /// delivered first (where the guest has IF=1), then the breakpoint fires again and
     /// is reported as a new hit at the same address. Returns false if the backend
     /// cannot do this (the parked vCPUs then simply stay stopped).
-    fn service_parked(&mut self, running: &[VcpuId], parked: &[VcpuId]) -> Result<bool, BackendError> {
+    fn service_parked(
+        &mut self,
+        running: &[VcpuId],
+        parked: &[VcpuId],
+    ) -> Result<bool, BackendError> {
         let _ = parked;
         self.resume(running)?;
         Ok(false)

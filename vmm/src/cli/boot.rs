@@ -59,7 +59,9 @@ pub fn parse_mem(text: &str) -> Result<u64> {
         Some((i, 'M' | 'm')) => (&t[..i], 1),
         _ => (t, 1),
     };
-    let n: u64 = num.parse().with_context(|| format!("--mem {text:?}: expected e.g. 512M or 1G"))?;
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("--mem {text:?}: expected e.g. 512M or 1G"))?;
     let mib = n * mult;
     if !(64..=65536).contains(&mib) {
         bail!("--mem {text}: guest memory must be between 64M and 64G");
@@ -85,24 +87,48 @@ pub fn resolve_kernel(spec: &str) -> Result<PathBuf> {
 /// The accelerator for `--backend`, printed with the reason.
 pub fn choose_accel(kind: BackendKind) -> QemuAccel {
     let hw = std::fs::read_to_string("/proc/cpuinfo")
-        .map(|c| c.lines().any(|l| l.starts_with("flags") && (l.contains(" vmx") || l.contains(" svm"))))
+        .map(|c| {
+            c.lines()
+                .any(|l| l.starts_with("flags") && (l.contains(" vmx") || l.contains(" svm")))
+        })
         .unwrap_or(false);
-    let kvm_ok = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
-    let accel = if hw && kvm_ok { QemuAccel::Kvm } else { QemuAccel::Tcg };
+    let kvm_ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    let accel = if hw && kvm_ok {
+        QemuAccel::Kvm
+    } else {
+        QemuAccel::Tcg
+    };
     let why = match (hw, kvm_ok) {
         (true, true) => "host has hardware virtualization and /dev/kvm",
-        (false, _) => "no VMX/SVM on this host (a software /dev/kvm cannot run Linux in useful time)",
+        (false, _) => {
+            "no VMX/SVM on this host (a software /dev/kvm cannot run Linux in useful time)"
+        }
         (true, false) => "/dev/kvm is missing or not accessible",
     };
     if kind == BackendKind::Auto {
-        eprintln!("memrace: backend qemu ({}) — {why}", if accel == QemuAccel::Kvm { "kvm" } else { "tcg" });
+        eprintln!(
+            "memrace: backend qemu ({}) — {why}",
+            if accel == QemuAccel::Kvm {
+                "kvm"
+            } else {
+                "tcg"
+            }
+        );
     }
     accel
 }
 
 fn run_dir(label: &str) -> Result<PathBuf> {
-    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
-    let dir = memrace::kernel::cache_root().join("runs").join(format!("{label}-{stamp}-{}", std::process::id()));
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    let dir = memrace::kernel::cache_root()
+        .join("runs")
+        .join(format!("{label}-{stamp}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
 }
@@ -118,7 +144,9 @@ pub fn run(args: BootArgs) -> Result<i32> {
         .files
         .iter()
         .map(|f| {
-            let (host, guest) = f.split_once(':').with_context(|| format!("--file {f:?}: expected HOST_PATH:GUEST_PATH"))?;
+            let (host, guest) = f
+                .split_once(':')
+                .with_context(|| format!("--file {f:?}: expected HOST_PATH:GUEST_PATH"))?;
             Ok((PathBuf::from(host), guest.to_string()))
         })
         .collect::<Result<Vec<_>>>()?;
@@ -136,7 +164,10 @@ pub fn run(args: BootArgs) -> Result<i32> {
     };
     let accel = choose_accel(args.backend);
     let mut vm: Box<dyn Backend> = Box::new(QemuVm::launch(&cfg, accel)?);
-    let limits = Limits { boot: Duration::from_secs(args.boot_timeout), run: Duration::from_secs(args.timeout) };
+    let limits = Limits {
+        boot: Duration::from_secs(args.boot_timeout),
+        run: Duration::from_secs(args.timeout),
+    };
     let verbose = args.verbose;
     let report = boot::run(
         vm.as_mut(),
@@ -155,9 +186,16 @@ pub fn run(args: BootArgs) -> Result<i32> {
     );
     vm.kill();
     let _ = std::io::stdout().flush();
-    let _ = std::fs::write(dir.join("boot-report.json"), serde_json::to_vec_pretty(&report)?);
+    let _ = std::fs::write(
+        dir.join("boot-report.json"),
+        serde_json::to_vec_pretty(&report)?,
+    );
     if let Some(t) = report.time_to_init {
-        eprintln!("memrace: /init after {:.2} s, total {:.2} s", t.as_secs_f64(), report.total.as_secs_f64());
+        eprintln!(
+            "memrace: /init after {:.2} s, total {:.2} s",
+            t.as_secs_f64(),
+            report.total.as_secs_f64()
+        );
     }
     match &report.verdict {
         Verdict::Exited { .. } => {}
@@ -168,7 +206,10 @@ pub fn run(args: BootArgs) -> Result<i32> {
             }
         }
         Verdict::Timeout { stage, seconds } => {
-            eprintln!("memrace: verdict: timeout: no {} within {seconds} s; last console lines:", if stage == "boot" { "/init" } else { "exit" });
+            eprintln!(
+                "memrace: verdict: timeout: no {} within {seconds} s; last console lines:",
+                if stage == "boot" { "/init" } else { "exit" }
+            );
             for l in &report.console_tail {
                 eprintln!("  {l}");
             }
@@ -181,7 +222,10 @@ pub fn run(args: BootArgs) -> Result<i32> {
         }
     }
     if !matches!(report.verdict, Verdict::Exited { .. }) {
-        eprintln!("memrace: console log: {}", dir.join("console.log").display());
+        eprintln!(
+            "memrace: console log: {}",
+            dir.join("console.log").display()
+        );
     }
     Ok(report.verdict.exit_code())
 }

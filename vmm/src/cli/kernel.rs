@@ -27,28 +27,51 @@ pub fn ensure(variant: &str) -> Result<Kernel> {
 pub fn run(cmd: KernelCommand) -> Result<i32> {
     match cmd {
         KernelCommand::Build { variants } => {
-            let variants = if variants.is_empty() { vec![DEFAULT_VARIANT.to_string()] } else { variants };
+            let variants = if variants.is_empty() {
+                vec![DEFAULT_VARIANT.to_string()]
+            } else {
+                variants
+            };
             for v in variants {
                 let k = ensure(&v)?;
-                println!("{:<28} {}  ({:.0} s to build)", v, k.dir.display(), k.manifest.build_seconds);
+                println!(
+                    "{:<28} {}  ({:.0} s to build)",
+                    v,
+                    k.dir.display(),
+                    k.manifest.build_seconds
+                );
             }
         }
         KernelCommand::List => {
             let images = Images::open(&kernel::default_images_dir())?;
             let built = kernel::list();
-            println!("{:<28} {:<18} {:<9} {}", "VARIANT", "HASH", "BUILT", "DESCRIPTION");
+            println!(
+                "{:<28} {:<18} {:<9} DESCRIPTION",
+                "VARIANT", "HASH", "BUILT"
+            );
             for name in images.variant_names() {
                 let v = images.variant(&name)?;
                 let current = kernel::find(&images, DEFAULT_ARCH, &v)?;
-                let hash = current.as_ref().map(|k| k.manifest.hash.clone()).unwrap_or_else(|| "-".into());
+                let hash = current
+                    .as_ref()
+                    .map(|k| k.manifest.hash.clone())
+                    .unwrap_or_else(|| "-".into());
                 let state = if current.is_some() { "yes" } else { "no" };
                 println!("{:<28} {:<18} {:<9} {}", name, hash, state, v.description);
             }
             let stale = built.iter().filter(|k| {
-                images.variant(&k.manifest.variant).ok().and_then(|v| kernel::find(&images, DEFAULT_ARCH, &v).ok().flatten()).map(|c| c.dir != k.dir).unwrap_or(true)
+                images
+                    .variant(&k.manifest.variant)
+                    .ok()
+                    .and_then(|v| kernel::find(&images, DEFAULT_ARCH, &v).ok().flatten())
+                    .map(|c| c.dir != k.dir)
+                    .unwrap_or(true)
             });
             for k in stale {
-                println!("{:<28} {:<18} {:<9} {}", k.manifest.variant, k.manifest.hash, "stale", "older recipe or patch version");
+                println!(
+                    "{:<28} {:<18} stale     older recipe or patch version",
+                    k.manifest.variant, k.manifest.hash
+                );
             }
         }
         KernelCommand::Path { variant } => println!("{}", ensure(&variant)?.dir.display()),

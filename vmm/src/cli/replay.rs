@@ -44,7 +44,8 @@ struct RecordedResult {
 }
 
 pub fn run(args: ReplayArgs) -> Result<i32> {
-    let text = std::fs::read_to_string(&args.result).with_context(|| format!("reading {}", args.result.display()))?;
+    let text = std::fs::read_to_string(&args.result)
+        .with_context(|| format!("reading {}", args.result.display()))?;
     let rec: RecordedResult = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a memrace result.json", args.result.display()))?;
     let scenario = Scenario::parse(Path::new(&rec.scenario_file), &rec.scenario_text, 4)?;
@@ -59,12 +60,20 @@ pub fn run(args: ReplayArgs) -> Result<i32> {
         .filter(|r| args.kernel.as_ref().is_none_or(|k| &r.label == k))
         .collect();
     if rows.is_empty() {
-        bail!("{} has no kernel row {:?}", args.result.display(), args.kernel.unwrap_or_default());
+        bail!(
+            "{} has no kernel row {:?}",
+            args.result.display(),
+            args.kernel.unwrap_or_default()
+        );
     }
     let mut cache = super::run::KernelCache::new();
     let mut all_same = true;
     for r in rows {
-        let schedule = if r.schedule_name == "scenario" { &scenario.schedule } else { &baseline };
+        let schedule = if r.schedule_name == "scenario" {
+            &scenario.schedule
+        } else {
+            &baseline
+        };
         let planned = super::run::Planned {
             control: false,
             label: r.label.clone(),
@@ -76,13 +85,32 @@ pub fn run(args: ReplayArgs) -> Result<i32> {
             params: r.params.clone(),
             trials: r.trials.len() as u32,
         };
-        let again = super::run::run_planned(&scenario, planned, accel, &dir, false, &mut cache, &mut |_| {})?;
-        let same_hits = r.trials.iter().zip(&again.trials).filter(|(a, b)| a.hits == b.run.hits).count();
+        let again = super::run::run_planned(
+            &scenario,
+            planned,
+            accel,
+            &dir,
+            false,
+            &mut cache,
+            &mut |_| {},
+        )?;
+        let same_hits = r
+            .trials
+            .iter()
+            .zip(&again.trials)
+            .filter(|(a, b)| a.hits == b.run.hits)
+            .count();
         let same_verdicts = r
             .trials
             .iter()
             .zip(&again.trials)
-            .filter(|(a, b)| serde_json::to_value(b.verdict).ok().and_then(|v| v.as_str().map(str::to_string)).as_deref() == Some(&a.verdict))
+            .filter(|(a, b)| {
+                serde_json::to_value(b.verdict)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .as_deref()
+                    == Some(&a.verdict)
+            })
             .count();
         let n = r.trials.len();
         println!("{:<40} hit order identical in {same_hits}/{n} trials, verdict identical in {same_verdicts}/{n}", r.label);

@@ -60,12 +60,16 @@ pub struct Loaded {
     symbols: Symbols,
 }
 
-pub fn load_kernel(variant: &str, cache: &mut BTreeMap<String, (PathBuf, std::rc::Rc<Loaded>)>) -> Result<(PathBuf, std::rc::Rc<Loaded>)> {
+pub fn load_kernel(
+    variant: &str,
+    cache: &mut BTreeMap<String, (PathBuf, std::rc::Rc<Loaded>)>,
+) -> Result<(PathBuf, std::rc::Rc<Loaded>)> {
     if let Some(v) = cache.get(variant) {
         return Ok(v.clone());
     }
     let k = super::kernel::ensure(variant)?;
-    let symbols = Symbols::load(&k.vmlinux()).with_context(|| format!("loading symbols of {}", k.vmlinux().display()))?;
+    let symbols = Symbols::load(&k.vmlinux())
+        .with_context(|| format!("loading symbols of {}", k.vmlinux().display()))?;
     let v = (k.vmlinux(), std::rc::Rc::new(Loaded { symbols }));
     cache.insert(variant.to_string(), v.clone());
     Ok(v)
@@ -76,7 +80,9 @@ fn out_dir(args: &RunArgs, name: &str) -> Result<PathBuf> {
         Some(d) if !args.all => d.clone(),
         Some(d) => d.join(name),
         None => {
-            let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs();
             PathBuf::from("runs").join(format!("{name}-{stamp}"))
         }
     };
@@ -96,20 +102,57 @@ pub fn run_planned(
     cache: &mut KernelCache,
     snapshot: &mut dyn FnMut(&KernelRun),
 ) -> Result<KernelRun> {
-    let Planned { label, variant, expect, note, schedule, schedule_name, params, trials, .. } = p;
+    let Planned {
+        label,
+        variant,
+        expect,
+        note,
+        schedule,
+        schedule_name,
+        params,
+        trials,
+        ..
+    } = p;
     let (vmlinux, loaded) = load_kernel(&variant, cache)?;
     let intro = memrace::debug::KernelIntrospect::new(&loaded.symbols);
-    let ctx = RunContext { scenario, accel, intro: &intro, out_dir: dir, verbose };
-    let plan = KernelPlan { label: label.clone(), variant, vmlinux, expect, note, schedule, schedule_name, params, trials };
+    let ctx = RunContext {
+        scenario,
+        accel,
+        intro: &intro,
+        out_dir: dir,
+        verbose,
+    };
+    let plan = KernelPlan {
+        label: label.clone(),
+        variant,
+        vmlinux,
+        expect,
+        note,
+        schedule,
+        schedule_name,
+        params,
+        trials,
+    };
     let bar = indicatif::ProgressBar::new(trials as u64);
-    bar.set_style(indicatif::ProgressStyle::with_template("{prefix:<40} [{elapsed_precise}] {bar:25} {pos}/{len} {msg}").expect("static template"));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix:<40} [{elapsed_precise}] {bar:25} {pos}/{len} {msg}",
+        )
+        .expect("static template"),
+    );
     bar.set_prefix(label.clone());
     let run = run_kernel(&ctx, &plan, &mut |partial| {
         let c = partial.counts;
         bar.set_position(c.trials as u64);
-        bar.set_message(format!("reproduced {} passed {} infeasible {} errors {}", c.reproduced, c.passed, c.infeasible, c.errors));
+        bar.set_message(format!(
+            "reproduced {} passed {} infeasible {} errors {}",
+            c.reproduced, c.passed, c.infeasible, c.errors
+        ));
         if bar.is_hidden() {
-            eprintln!("memrace: {label}: trial {} — reproduced {} passed {} infeasible {} errors {}", c.trials, c.reproduced, c.passed, c.infeasible, c.errors);
+            eprintln!(
+                "memrace: {label}: trial {} — reproduced {} passed {} infeasible {} errors {}",
+                c.trials, c.reproduced, c.passed, c.infeasible, c.errors
+            );
         }
         snapshot(partial);
     })?;
@@ -118,22 +161,47 @@ pub fn run_planned(
 }
 
 /// Run one scenario; returns its result (also written to disk after every trial).
-pub fn run_scenario(scenario: &Scenario, args: &RunArgs, accel: QemuAccel) -> Result<ScenarioResult> {
+pub fn run_scenario(
+    scenario: &Scenario,
+    args: &RunArgs,
+    accel: QemuAccel,
+) -> Result<ScenarioResult> {
     let dir = out_dir(args, &scenario.name)?;
-    eprintln!("memrace: scenario {} — results in {}", scenario.name, dir.display());
+    eprintln!(
+        "memrace: scenario {} — results in {}",
+        scenario.name,
+        dir.display()
+    );
     for k in &args.kernels {
         if !scenario.kernels.iter().any(|e| &e.variant == k) {
-            let known: Vec<&str> = scenario.kernels.iter().map(|e| e.variant.as_str()).collect();
-            bail!("scenario {} has no kernel {k:?}; it declares {}", scenario.name, known.join(", "));
+            let known: Vec<&str> = scenario
+                .kernels
+                .iter()
+                .map(|e| e.variant.as_str())
+                .collect();
+            bail!(
+                "scenario {} has no kernel {k:?}; it declares {}",
+                scenario.name,
+                known.join(", ")
+            );
         }
     }
-    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
     let mut result = ScenarioResult {
         scenario: scenario.name.clone(),
         description: scenario.description.clone(),
         scenario_file: scenario.path.display().to_string(),
         scenario_text: scenario.text.clone(),
-        backend: format!("qemu ({})", if accel == QemuAccel::Kvm { "kvm" } else { "tcg" }),
+        backend: format!(
+            "qemu ({})",
+            if accel == QemuAccel::Kvm {
+                "kvm"
+            } else {
+                "tcg"
+            }
+        ),
         started_unix: started,
         kernels: Vec::new(),
         controls: Vec::new(),
@@ -144,7 +212,11 @@ pub fn run_scenario(scenario: &Scenario, args: &RunArgs, accel: QemuAccel) -> Re
     let baseline = scenario.schedule.without_breakpoints();
     let trials = args.trials.unwrap_or(scenario.workload.trials);
     let mut plans: Vec<Planned> = Vec::new();
-    for k in scenario.kernels.iter().filter(|k| args.kernels.is_empty() || args.kernels.contains(&k.variant)) {
+    for k in scenario
+        .kernels
+        .iter()
+        .filter(|k| args.kernels.is_empty() || args.kernels.contains(&k.variant))
+    {
         plans.push(Planned {
             control: false,
             label: k.variant.clone(),
@@ -161,8 +233,11 @@ pub fn run_scenario(scenario: &Scenario, args: &RunArgs, accel: QemuAccel) -> Re
         for c in &scenario.controls {
             let mut params = scenario.workload.params.clone();
             params.extend(c.params.clone());
-            let (schedule, schedule_name) =
-                if c.schedule == "none" { (&baseline, "none (gates opened back to back)") } else { (&scenario.schedule, "scenario") };
+            let (schedule, schedule_name) = if c.schedule == "none" {
+                (&baseline, "none (gates opened back to back)")
+            } else {
+                (&scenario.schedule, "scenario")
+            };
             plans.push(Planned {
                 control: true,
                 label: format!("{} [{}]", c.kernel, c.name),
@@ -183,27 +258,66 @@ pub fn run_scenario(scenario: &Scenario, args: &RunArgs, accel: QemuAccel) -> Re
         let intro = memrace::debug::KernelIntrospect::new(&loaded.symbols);
         for (line, spec) in p.schedule.breakpoint_specs() {
             if let Err(why) = intro.resolve(spec) {
-                bail!("{}:{line}: breakpoint {spec:?} on kernel {}: {why}", scenario.path.display(), p.variant);
+                bail!(
+                    "{}:{line}: breakpoint {spec:?} on kernel {}: {why}",
+                    scenario.path.display(),
+                    p.variant
+                );
             }
         }
     }
     for p in plans {
         let is_control = p.control;
-        let run = run_planned(scenario, p, accel, &dir, args.verbose, &mut cache, &mut |partial| {
-            let mut r = result.clone();
-            if is_control { r.controls.push(partial.clone()) } else { r.kernels.push(partial.clone()) }
-            let _ = r.write(&dir);
-        })?;
-        if is_control { result.controls.push(run) } else { result.kernels.push(run) }
+        let run = run_planned(
+            scenario,
+            p,
+            accel,
+            &dir,
+            args.verbose,
+            &mut cache,
+            &mut |partial| {
+                let mut r = result.clone();
+                if is_control {
+                    r.controls.push(partial.clone())
+                } else {
+                    r.kernels.push(partial.clone())
+                }
+                let _ = r.write(&dir);
+            },
+        )?;
+        if is_control {
+            result.controls.push(run)
+        } else {
+            result.kernels.push(run)
+        }
         result.write(&dir)?;
     }
-    result.held = result.kernels.iter().chain(&result.controls).all(|k| k.held);
+    result.held = result
+        .kernels
+        .iter()
+        .chain(&result.controls)
+        .all(|k| k.held);
     result.complete = true;
     result.write(&dir)?;
     let md = dir.join("report.md");
-    std::fs::write(&md, report::markdown(&result)).with_context(|| format!("writing {}", md.display()))?;
-    println!("{}", report::table(&result.kernels.iter().chain(&result.controls).cloned().collect::<Vec<_>>()));
-    println!("report: {}\nresults: {}", md.display(), dir.join("result.json").display());
+    std::fs::write(&md, report::markdown(&result))
+        .with_context(|| format!("writing {}", md.display()))?;
+    println!(
+        "{}",
+        report::table(
+            &result
+                .kernels
+                .iter()
+                .chain(&result.controls)
+                .cloned()
+                .collect::<Vec<_>>()
+        )
+    );
+    println!(
+        "report: {}\nresults: {}",
+        md.display(),
+        dir.join("result.json").display()
+    );
     Ok(result)
 }
 
@@ -213,10 +327,16 @@ pub fn run(args: RunArgs) -> Result<i32> {
     let names: Vec<String> = if args.all {
         file::names(&dir)
     } else {
-        vec![args.scenario.clone().unwrap_or_else(|| DEFAULT_SCENARIO.to_string())]
+        vec![args
+            .scenario
+            .clone()
+            .unwrap_or_else(|| DEFAULT_SCENARIO.to_string())]
     };
     // Validate every scenario before booting anything.
-    let scenarios = names.iter().map(|n| file::find(&dir, n, MAX_BREAKPOINTS)).collect::<Result<Vec<_>, _>>()?;
+    let scenarios = names
+        .iter()
+        .map(|n| file::find(&dir, n, MAX_BREAKPOINTS))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut summary = Vec::new();
     for s in &scenarios {
         let r = run_scenario(s, &args, accel)?;
@@ -224,7 +344,11 @@ pub fn run(args: RunArgs) -> Result<i32> {
     }
     if args.all {
         println!("\nSUMMARY");
-        println!("{:<26} {}", "SCENARIO", report::table(&[]).lines().next().unwrap_or(""));
+        println!(
+            "{:<26} {}",
+            "SCENARIO",
+            report::table(&[]).lines().next().unwrap_or("")
+        );
         for r in &summary {
             for k in r.kernels.iter().chain(&r.controls) {
                 let row = report::table(std::slice::from_ref(k));

@@ -14,7 +14,8 @@ impl<'a> KernelIntrospect<'a> {
         // Without DWARF there is no task layout: task conditions then fail loudly.
         let task = (|| {
             Some(TaskLayout {
-                current_task: symbols.symbol("pcpu_hot").ok()? + symbols.field_offset("pcpu_hot", "current_task").ok()?,
+                current_task: symbols.symbol("pcpu_hot").ok()?
+                    + symbols.field_offset("pcpu_hot", "current_task").ok()?,
                 per_cpu_offset: symbols.symbol("__per_cpu_offset").ok()?,
                 pid: symbols.field_offset("task_struct", "pid").ok()?,
                 tgid: symbols.field_offset("task_struct", "tgid").ok()?,

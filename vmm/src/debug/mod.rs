@@ -16,14 +16,14 @@
 mod dwarf;
 mod elf;
 mod index;
+mod introspect;
 mod spec;
 mod suggest;
-mod introspect;
 pub mod symbols;
 
 pub use index::IndexSource;
-pub use spec::Spec;
 pub use introspect::KernelIntrospect;
+pub use spec::Spec;
 pub use symbols::Symbols;
 
 use std::path::PathBuf;

@@ -10,19 +10,32 @@ use std::time::{Duration, Instant};
 /// Build `targets` in `build` (an O= directory) from `tree`.
 /// `expected_steps` sizes the progress bar (kbuild prints one line per step).
 /// Returns the number of steps make printed, to size the next bar.
-pub fn make(tree: &Path, build: &Path, targets: &[&str], expected_steps: u64, label: &str) -> Result<u64, KernelError> {
+pub fn make(
+    tree: &Path,
+    build: &Path,
+    targets: &[&str],
+    expected_steps: u64,
+    label: &str,
+) -> Result<u64, KernelError> {
     let log_path = build.join("make.log");
     let mut log = std::fs::File::create(&log_path).map_err(|e| KernelError::io(&log_path, e))?;
-    let jobs = std::thread::available_parallelism().map(|n| n.get() + 1).unwrap_or(2);
+    let jobs = std::thread::available_parallelism()
+        .map(|n| n.get() + 1)
+        .unwrap_or(2);
     let mut cmd = Command::new("make");
-    cmd.arg("-C").arg(tree).arg(format!("O={}", build.display())).arg(format!("-j{jobs}"));
+    cmd.arg("-C")
+        .arg(tree)
+        .arg(format!("O={}", build.display()))
+        .arg(format!("-j{jobs}"));
     if which("ccache") {
         cmd.arg("CC=ccache gcc");
         // The build dir is inside the tree, so kbuild uses relative paths; without the cwd
         // in the hash, every variant's objects hit the same ccache entries.
         cmd.env("CCACHE_NOHASHDIR", "1");
     } else {
-        eprintln!("memrace: ccache not found; building without it (install: apt-get install ccache)");
+        eprintln!(
+            "memrace: ccache not found; building without it (install: apt-get install ccache)"
+        );
     }
     // Fixed build metadata keeps rebuilds and ccache hits reproducible.
     cmd.env("KBUILD_BUILD_TIMESTAMP", "memrace")
@@ -31,18 +44,26 @@ pub fn make(tree: &Path, build: &Path, targets: &[&str], expected_steps: u64, la
         .args(targets)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| KernelError::Spawn { what: "make".into(), why: e.to_string() })?;
+    let mut child = cmd.spawn().map_err(|e| KernelError::Spawn {
+        what: "make".into(),
+        why: e.to_string(),
+    })?;
 
     let bar = ProgressBar::new(expected_steps.max(1));
     bar.set_style(
-        ProgressStyle::with_template("{prefix} [{elapsed_precise}] {bar:30} {pos}/{len} {wide_msg}")
-            .expect("static template"),
+        ProgressStyle::with_template(
+            "{prefix} [{elapsed_precise}] {bar:30} {pos}/{len} {wide_msg}",
+        )
+        .expect("static template"),
     );
     bar.set_prefix(format!("building {label}"));
     // stderr is drained on its own thread so a chatty compiler can never block make.
     let stderr = child.stderr.take().expect("piped");
     let err_thread = std::thread::spawn(move || {
-        BufReader::new(stderr).lines().map_while(Result::ok).collect::<Vec<_>>()
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
     });
     let stdout = child.stdout.take().expect("piped");
     let (mut steps, started, mut last_note) = (0u64, Instant::now(), Instant::now());
@@ -55,7 +76,11 @@ pub fn make(tree: &Path, build: &Path, targets: &[&str], expected_steps: u64, la
         }
         // Without a terminal the bar is hidden: leave a plain trace for CI logs.
         if bar.is_hidden() && last_note.elapsed() > Duration::from_secs(30) {
-            eprintln!("memrace: building {label}: {steps} steps, {}s: {}", started.elapsed().as_secs(), line.trim());
+            eprintln!(
+                "memrace: building {label}: {steps} steps, {}s: {}",
+                started.elapsed().as_secs(),
+                line.trim()
+            );
             last_note = Instant::now();
         }
     }
@@ -63,11 +88,17 @@ pub fn make(tree: &Path, build: &Path, targets: &[&str], expected_steps: u64, la
     for line in &errors {
         let _ = writeln!(log, "{line}");
     }
-    let status = child.wait().map_err(|e| KernelError::Spawn { what: "make".into(), why: e.to_string() })?;
+    let status = child.wait().map_err(|e| KernelError::Spawn {
+        what: "make".into(),
+        why: e.to_string(),
+    })?;
     bar.finish_and_clear();
     if !status.success() {
         let tail: Vec<String> = errors.iter().rev().take(25).rev().cloned().collect();
-        return Err(KernelError::BuildFailed { log: log_path, tail: tail.join("\n") });
+        return Err(KernelError::BuildFailed {
+            log: log_path,
+            tail: tail.join("\n"),
+        });
     }
     Ok(steps)
 }

@@ -18,11 +18,20 @@ pub fn requested(fragment: &str) -> Vec<Requested> {
         .lines()
         .map(str::trim)
         .filter_map(|line| {
-            if let Some(rest) = line.strip_prefix("# ").and_then(|l| l.strip_suffix(" is not set")) {
-                return rest.starts_with("CONFIG_").then(|| Requested { name: rest.to_string(), value: None });
+            if let Some(rest) = line
+                .strip_prefix("# ")
+                .and_then(|l| l.strip_suffix(" is not set"))
+            {
+                return rest.starts_with("CONFIG_").then(|| Requested {
+                    name: rest.to_string(),
+                    value: None,
+                });
             }
             let (name, value) = line.split_once('=')?;
-            name.starts_with("CONFIG_").then(|| Requested { name: name.to_string(), value: Some(value.to_string()) })
+            name.starts_with("CONFIG_").then(|| Requested {
+                name: name.to_string(),
+                value: Some(value.to_string()),
+            })
         })
         .collect()
 }
@@ -36,11 +45,18 @@ pub fn missing(requests: &[Requested], config: &str) -> Vec<String> {
     }
     last.into_iter()
         .filter_map(|r| {
-            let set = config.lines().find_map(|l| l.strip_prefix(&format!("{}=", r.name)));
+            let set = config
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{}=", r.name)));
             match (&r.value, set) {
                 (Some(want), Some(got)) if want == got => None,
                 (None, None) => None,
-                (Some(want), got) => Some(format!("{}={} (got {})", r.name, want, got.unwrap_or("not set"))),
+                (Some(want), got) => Some(format!(
+                    "{}={} (got {})",
+                    r.name,
+                    want,
+                    got.unwrap_or("not set")
+                )),
                 (None, Some(got)) => Some(format!("{} should be unset (got {})", r.name, got)),
             }
         })
@@ -48,15 +64,29 @@ pub fn missing(requests: &[Requested], config: &str) -> Vec<String> {
 }
 
 /// Write `<build>/.config` for `tree` from `base` plus `fragments`, and verify it.
-pub fn configure(tree: &Path, build: &Path, base: &str, fragments: &[PathBuf]) -> Result<(), KernelError> {
+pub fn configure(
+    tree: &Path,
+    build: &Path,
+    base: &str,
+    fragments: &[PathBuf],
+) -> Result<(), KernelError> {
     let make = |target: &str| {
         let mut cmd = Command::new("make");
-        cmd.arg("-C").arg(tree).arg(format!("O={}", build.display())).arg(target);
+        cmd.arg("-C")
+            .arg(tree)
+            .arg(format!("O={}", build.display()))
+            .arg(target);
         cmd
     };
     run_checked(&mut make(base), &format!("make {base}"))?;
     let mut merge = Command::new(tree.join("scripts/kconfig/merge_config.sh"));
-    merge.arg("-m").arg("-O").arg(build).arg(build.join(".config")).args(fragments).current_dir(tree);
+    merge
+        .arg("-m")
+        .arg("-O")
+        .arg(build)
+        .arg(build.join(".config"))
+        .args(fragments)
+        .current_dir(tree);
     run_checked(&mut merge, "merge_config.sh")?;
     run_checked(&mut make("olddefconfig"), "make olddefconfig")?;
 
@@ -66,7 +96,8 @@ pub fn configure(tree: &Path, build: &Path, base: &str, fragments: &[PathBuf]) -
         requests.extend(requested(&text));
     }
     let config_path = build.join(".config");
-    let config = std::fs::read_to_string(&config_path).map_err(|e| KernelError::io(&config_path, e))?;
+    let config =
+        std::fs::read_to_string(&config_path).map_err(|e| KernelError::io(&config_path, e))?;
     let missing = missing(&requests, &config);
     if missing.is_empty() {
         Ok(())
@@ -81,22 +112,39 @@ mod tests {
 
     #[test]
     fn parses_fragments() {
-        let r = requested("# comment\nCONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=\"x y\"\nnoise\n");
+        let r =
+            requested("# comment\nCONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=\"x y\"\nnoise\n");
         assert_eq!(
             r,
             vec![
-                Requested { name: "CONFIG_A".into(), value: Some("y".into()) },
-                Requested { name: "CONFIG_B".into(), value: None },
-                Requested { name: "CONFIG_C".into(), value: Some("\"x y\"".into()) },
+                Requested {
+                    name: "CONFIG_A".into(),
+                    value: Some("y".into())
+                },
+                Requested {
+                    name: "CONFIG_B".into(),
+                    value: None
+                },
+                Requested {
+                    name: "CONFIG_C".into(),
+                    value: Some("\"x y\"".into())
+                },
             ]
         );
     }
 
     #[test]
     fn reports_dropped_options_by_name() {
-        let req = requested("CONFIG_A=y\nCONFIG_B=y\n# CONFIG_C is not set\nCONFIG_D=4\nCONFIG_D=8\n");
+        let req =
+            requested("CONFIG_A=y\nCONFIG_B=y\n# CONFIG_C is not set\nCONFIG_D=4\nCONFIG_D=8\n");
         let config = "CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=y\nCONFIG_D=8\n";
         let m = missing(&req, config);
-        assert_eq!(m, vec!["CONFIG_B=y (got not set)".to_string(), "CONFIG_C should be unset (got y)".to_string()]);
+        assert_eq!(
+            m,
+            vec![
+                "CONFIG_B=y (got not set)".to_string(),
+                "CONFIG_C should be unset (got y)".to_string()
+            ]
+        );
     }
 }

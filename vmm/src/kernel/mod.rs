@@ -6,8 +6,8 @@
 //! atomically, so an interrupted build resumes where it stopped.
 
 pub mod build;
-pub mod image;
 pub mod config;
+pub mod image;
 pub mod recipe;
 pub mod source;
 
@@ -25,7 +25,10 @@ pub enum KernelError {
     #[error(transparent)]
     Recipe(#[from] recipe::RecipeError),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot run {what}: {why}")]
     Spawn { what: String, why: String },
     #[error("{what} failed: {why}")]
@@ -33,7 +36,11 @@ pub enum KernelError {
     #[error("cannot fetch {spec}: {why}")]
     Fetch { spec: String, why: String },
     #[error("{file} has SHA-256 {got}, the recipe expects {want}; refusing to build from it")]
-    HashMismatch { file: PathBuf, want: String, got: String },
+    HashMismatch {
+        file: PathBuf,
+        want: String,
+        got: String,
+    },
     #[error("patch {patch} does not apply: {why}\n  the patch must apply with `patch -p1` to the recipe's source version")]
     Patch { patch: String, why: String },
     #[error("Kconfig dropped requested options (unmet dependencies?):\n  {}", .0.join("\n  "))]
@@ -44,19 +51,35 @@ pub enum KernelError {
 
 impl KernelError {
     pub fn io(path: &Path, source: std::io::Error) -> KernelError {
-        KernelError::Io { path: path.to_path_buf(), source }
+        KernelError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
 /// Run a command; on failure return its stderr tail in the error.
 pub fn run_checked(cmd: &mut Command, what: &str) -> Result<(), KernelError> {
-    let out = cmd.output().map_err(|e| KernelError::Spawn { what: what.to_string(), why: e.to_string() })?;
+    let out = cmd.output().map_err(|e| KernelError::Spawn {
+        what: what.to_string(),
+        why: e.to_string(),
+    })?;
     if out.status.success() {
         return Ok(());
     }
     let text = String::from_utf8_lossy(&out.stderr);
-    let tail: Vec<&str> = text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
-    Err(KernelError::Command { what: what.to_string(), why: format!("{}\n{}", out.status, tail.join("\n")) })
+    let tail: Vec<&str> = text
+        .lines()
+        .rev()
+        .take(15)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    Err(KernelError::Command {
+        what: what.to_string(),
+        why: format!("{}\n{}", out.status, tail.join("\n")),
+    })
 }
 
 /// memrace's cache: `$MEMRACE_CACHE`, else `$XDG_CACHE_HOME/memrace`, else `~/.cache/memrace`.
@@ -66,7 +89,9 @@ pub fn cache_root() -> PathBuf {
     }
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache")
+        });
     base.join("memrace")
 }
 
@@ -119,11 +144,23 @@ fn toolchain() -> String {
 }
 
 /// Content address of a variant: source, base config, every fragment and patch byte, toolchain.
-pub fn variant_hash(images: &Images, arch: &str, variant: &Variant, toolchain: &str) -> Result<String, KernelError> {
+pub fn variant_hash(
+    images: &Images,
+    arch: &str,
+    variant: &Variant,
+    toolchain: &str,
+) -> Result<String, KernelError> {
     let a = images.arch(arch)?;
     let mut h = Sha256::new();
     let src = &images.recipe.source;
-    for part in [&src.package, &src.version, &src.sha256, &arch.to_string(), &a.base, &toolchain.to_string()] {
+    for part in [
+        &src.package,
+        &src.version,
+        &src.sha256,
+        &arch.to_string(),
+        &a.base,
+        &toolchain.to_string(),
+    ] {
         h.update(part.as_bytes());
         h.update([0]);
     }
@@ -174,22 +211,37 @@ pub fn build(images: &Images, arch: &str, variant: &Variant) -> Result<Kernel, K
     let started = std::time::Instant::now();
     let pristine = source::unpack(&images.recipe.source, &cache)?;
     let tree = dir.join("src");
-    let patches: Vec<(String, PathBuf)> =
-        variant.patches.iter().map(|p| (p.clone(), images.patch_path(p))).collect();
+    let patches: Vec<(String, PathBuf)> = variant
+        .patches
+        .iter()
+        .map(|p| (p.clone(), images.patch_path(p)))
+        .collect();
     source::patched_tree(&pristine, &tree, &patches)?;
     // The O= directory sits directly inside the tree so that kbuild uses `..` as srctree:
     // relative paths make ccache entries shared by every variant.
     let build_dir = tree.join("memrace-build");
     std::fs::create_dir_all(&build_dir).map_err(|e| KernelError::io(&build_dir, e))?;
-    config::configure(&tree, &build_dir, &a.base, &images.fragment_paths(a, variant))?;
+    config::configure(
+        &tree,
+        &build_dir,
+        &a.base,
+        &images.fragment_paths(a, variant),
+    )?;
     let hint_path = cache.join("kernels").join("steps-hint");
-    let hint = std::fs::read_to_string(&hint_path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1400);
+    let hint = std::fs::read_to_string(&hint_path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1400);
     let label = format!("{} ({hash})", variant.name);
     let steps = build::make(&tree, &build_dir, &["vmlinux", "bzImage"], hint, &label)?;
     if steps > 100 {
         let _ = std::fs::write(&hint_path, steps.to_string());
     }
-    for (from, to) in [("vmlinux", "vmlinux"), (a.image.as_str(), "bzImage"), (".config", "config")] {
+    for (from, to) in [
+        ("vmlinux", "vmlinux"),
+        (a.image.as_str(), "bzImage"),
+        (".config", "config"),
+    ] {
         let (src, dst) = (build_dir.join(from), dir.join(to));
         let _ = std::fs::remove_file(&dst);
         std::fs::hard_link(&src, &dst)
@@ -203,7 +255,11 @@ pub fn build(images: &Images, arch: &str, variant: &Variant) -> Result<Kernel, K
         hash,
         source_version: images.recipe.source.version.clone(),
         patches: variant.patches.clone(),
-        fragments: images.fragment_paths(a, variant).iter().map(|p| p.display().to_string()).collect(),
+        fragments: images
+            .fragment_paths(a, variant)
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
         toolchain,
         build_seconds: started.elapsed().as_secs_f64(),
         build_steps: steps,
@@ -240,7 +296,12 @@ pub fn list() -> Vec<Kernel> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| read_manifest(&e.path()).map(|manifest| Kernel { dir: e.path(), manifest }))
+        .filter_map(|e| {
+            read_manifest(&e.path()).map(|manifest| Kernel {
+                dir: e.path(),
+                manifest,
+            })
+        })
         .collect();
     kernels.sort_by(|a, b| a.manifest.variant.cmp(&b.manifest.variant));
     kernels

@@ -7,15 +7,25 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum RecipeError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("malformed {path}: {message}\n  fix the file; the format is documented in images/README.md")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "malformed {path}: {message}\n  fix the file; the format is documented in images/README.md"
+    )]
     Malformed { path: PathBuf, message: String },
     #[error("unknown kernel variant {name:?}; known variants: {known}\n  add images/variants/{name}.toml or pick a known one (`memrace kernel list`)")]
     UnknownVariant { name: String, known: String },
     #[error("the recipe has no configuration for architecture {0:?}")]
     NoArch(String),
     #[error("{path} names {what} {name:?}, which does not exist at {missing}")]
-    MissingFile { path: PathBuf, what: &'static str, name: String, missing: PathBuf },
+    MissingFile {
+        path: PathBuf,
+        what: &'static str,
+        name: String,
+        missing: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -63,23 +73,37 @@ pub struct Images {
 }
 
 fn read(path: &Path) -> Result<String, RecipeError> {
-    std::fs::read_to_string(path).map_err(|source| RecipeError::Read { path: path.to_path_buf(), source })
+    std::fs::read_to_string(path).map_err(|source| RecipeError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn parse<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, RecipeError> {
-    toml::from_str(text).map_err(|e| RecipeError::Malformed { path: path.to_path_buf(), message: e.to_string() })
+    toml::from_str(text).map_err(|e| RecipeError::Malformed {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
 }
 
 impl Recipe {
     pub fn parse(path: &Path, text: &str) -> Result<Recipe, RecipeError> {
         let recipe: Recipe = parse(path, text)?;
-        let malformed = |message: String| RecipeError::Malformed { path: path.to_path_buf(), message };
+        let malformed = |message: String| RecipeError::Malformed {
+            path: path.to_path_buf(),
+            message,
+        };
         let s = &recipe.source;
         if s.sha256.len() != 64 || !s.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(malformed(format!("source.sha256 must be 64 hex digits, got {:?}", s.sha256)));
+            return Err(malformed(format!(
+                "source.sha256 must be 64 hex digits, got {:?}",
+                s.sha256
+            )));
         }
         if s.package.is_empty() || s.version.is_empty() {
-            return Err(malformed("source.package and source.version must not be empty".into()));
+            return Err(malformed(
+                "source.package and source.version must not be empty".into(),
+            ));
         }
         if recipe.arch.is_empty() {
             return Err(malformed("no [arch.<name>] table".into()));
@@ -101,11 +125,17 @@ impl Images {
     pub fn open(dir: &Path) -> Result<Images, RecipeError> {
         let path = dir.join("recipe.toml");
         let recipe = Recipe::parse(&path, &read(&path)?)?;
-        Ok(Images { dir: dir.to_path_buf(), recipe })
+        Ok(Images {
+            dir: dir.to_path_buf(),
+            recipe,
+        })
     }
 
     pub fn arch(&self, arch: &str) -> Result<&ArchRecipe, RecipeError> {
-        self.recipe.arch.get(arch).ok_or_else(|| RecipeError::NoArch(arch.to_string()))
+        self.recipe
+            .arch
+            .get(arch)
+            .ok_or_else(|| RecipeError::NoArch(arch.to_string()))
     }
 
     /// Names of all declared variants, sorted.
@@ -125,10 +155,16 @@ impl Images {
 
     /// Load a variant by name and check that the files it names exist.
     pub fn variant(&self, name: &str) -> Result<Variant, RecipeError> {
-        let valid_name = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let valid_name = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         let path = self.dir.join("variants").join(format!("{name}.toml"));
         if !valid_name || !path.is_file() {
-            return Err(RecipeError::UnknownVariant { name: name.to_string(), known: self.variant_names().join(", ") });
+            return Err(RecipeError::UnknownVariant {
+                name: name.to_string(),
+                known: self.variant_names().join(", "),
+            });
         }
         let variant = Variant::parse(name, &path, &read(&path)?)?;
         for patch in &variant.patches {
@@ -140,11 +176,22 @@ impl Images {
         Ok(variant)
     }
 
-    fn existing(&self, path: &Path, what: &'static str, name: &str, file: PathBuf) -> Result<(), RecipeError> {
+    fn existing(
+        &self,
+        path: &Path,
+        what: &'static str,
+        name: &str,
+        file: PathBuf,
+    ) -> Result<(), RecipeError> {
         if file.is_file() {
             Ok(())
         } else {
-            Err(RecipeError::MissingFile { path: path.to_path_buf(), what, name: name.to_string(), missing: file })
+            Err(RecipeError::MissingFile {
+                path: path.to_path_buf(),
+                what,
+                name: name.to_string(),
+                missing: file,
+            })
         }
     }
 
@@ -154,7 +201,10 @@ impl Images {
 
     /// The fragments merged for `variant`, in order: the arch base fragment, then the variant's.
     pub fn fragment_paths(&self, arch: &ArchRecipe, variant: &Variant) -> Vec<PathBuf> {
-        std::iter::once(&arch.fragment).chain(&variant.fragments).map(|f| self.dir.join(f)).collect()
+        std::iter::once(&arch.fragment)
+            .chain(&variant.fragments)
+            .map(|f| self.dir.join(f))
+            .collect()
     }
 }
 
@@ -188,11 +238,20 @@ image = "arch/x86/boot/bzImage"
     #[test]
     fn rejects_malformed_recipes_with_the_reason() {
         let cases = [
-            (GOOD.replace("sha256 = \"e8", "sha256 = \"zz"), "64 hex digits"),
-            (GOOD.replace("[arch.x86_64]", "[arch.x86_64]\nbogus = 1"), "unknown field"),
+            (
+                GOOD.replace("sha256 = \"e8", "sha256 = \"zz"),
+                "64 hex digits",
+            ),
+            (
+                GOOD.replace("[arch.x86_64]", "[arch.x86_64]\nbogus = 1"),
+                "unknown field",
+            ),
             (GOOD.replace("package = ", "pkg = "), "unknown field"),
             ("[source\n".to_string(), "malformed"),
-            (GOOD.split("[arch").next().unwrap().to_string(), "missing field `arch`"),
+            (
+                GOOD.split("[arch").next().unwrap().to_string(),
+                "missing field `arch`",
+            ),
         ];
         for (text, want) in cases {
             let err = Recipe::parse(p(), &text).unwrap_err().to_string();
@@ -206,12 +265,16 @@ image = "arch/x86/boot/bzImage"
         let v = Variant::parse("x", p(), "description = \"d\"\n").unwrap();
         assert!(v.patches.is_empty() && v.fragments.is_empty());
         assert!(Variant::parse("x", p(), "description = \"d\"\npatch = []\n").is_err());
-        assert!(Variant::parse("x", p(), "patches = []\n").is_err(), "description is required");
+        assert!(
+            Variant::parse("x", p(), "patches = []\n").is_err(),
+            "description is required"
+        );
     }
 
     #[test]
     fn repository_images_are_valid() {
-        let images = Images::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../images")).unwrap();
+        let images =
+            Images::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../images")).unwrap();
         images.arch("x86_64").unwrap();
         let names = images.variant_names();
         assert!(names.contains(&"base".to_string()));
@@ -219,7 +282,10 @@ image = "arch/x86/boot/bzImage"
             images.variant(&name).unwrap_or_else(|e| panic!("{e}"));
         }
         let err = images.variant("no-such-kernel").unwrap_err().to_string();
-        assert!(err.contains("unknown kernel variant") && err.contains("base"), "{err}");
+        assert!(
+            err.contains("unknown kernel variant") && err.contains("base"),
+            "{err}"
+        );
         assert!(images.variant("../recipe").is_err());
     }
 }

@@ -8,7 +8,11 @@ use std::process::Command;
 
 /// File name `apt-get download` gives the package (epoch colons are escaped as `%3a`).
 fn deb_name(source: &Source) -> String {
-    format!("{}_{}_all.deb", source.package, source.version.replace(':', "%3a"))
+    format!(
+        "{}_{}_all.deb",
+        source.package,
+        source.version.replace(':', "%3a")
+    )
 }
 
 fn sha256_file(path: &Path) -> Result<String, KernelError> {
@@ -42,7 +46,11 @@ pub fn fetch(source: &Source, cache: &Path) -> Result<PathBuf, KernelError> {
     let sum = sha256_file(&got)?;
     if sum != source.sha256 {
         let _ = std::fs::remove_dir_all(&tmp);
-        return Err(KernelError::HashMismatch { file: got, want: source.sha256.clone(), got: sum });
+        return Err(KernelError::HashMismatch {
+            file: got,
+            want: source.sha256.clone(),
+            got: sum,
+        });
     }
     std::fs::rename(&got, &deb).map_err(|e| KernelError::io(&deb, e))?;
     let _ = std::fs::remove_dir_all(&tmp);
@@ -51,7 +59,9 @@ pub fn fetch(source: &Source, cache: &Path) -> Result<PathBuf, KernelError> {
 
 /// The pristine source tree for `source`, unpacked once under `<cache>/src/<version>/`.
 pub fn unpack(source: &Source, cache: &Path) -> Result<PathBuf, KernelError> {
-    let root = cache.join("src").join(source.version.replace(['~', ':'], "_"));
+    let root = cache
+        .join("src")
+        .join(source.version.replace(['~', ':'], "_"));
     let done = root.join(".memrace-complete");
     let tree = root.join("linux");
     if done.is_file() {
@@ -61,7 +71,11 @@ pub fn unpack(source: &Source, cache: &Path) -> Result<PathBuf, KernelError> {
     let tmp = root.join(".unpack");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| KernelError::io(&tmp, e))?;
-    eprintln!("memrace: unpacking {} into {}", deb.display(), root.display());
+    eprintln!(
+        "memrace: unpacking {} into {}",
+        deb.display(),
+        root.display()
+    );
     // dpkg-deb streams the package's data tarball; the kernel tarball inside it is
     // extracted straight from the stream, without a 150 MB intermediate file.
     let mut cmd = Command::new("sh");
@@ -101,7 +115,11 @@ pub fn patched_files(patch: &str) -> Vec<String> {
 /// A private copy of `pristine` at `dest`, made of hard links (cheap), with `patches`
 /// applied in order. Every file a patch touches is first replaced by a real copy, so
 /// the pristine tree shared by all variants is never written through a link.
-pub fn patched_tree(pristine: &Path, dest: &Path, patches: &[(String, PathBuf)]) -> Result<(), KernelError> {
+pub fn patched_tree(
+    pristine: &Path,
+    dest: &Path,
+    patches: &[(String, PathBuf)],
+) -> Result<(), KernelError> {
     let done = dest.join(".memrace-tree-complete");
     if done.is_file() {
         return Ok(());
@@ -124,8 +142,20 @@ pub fn patched_tree(pristine: &Path, dest: &Path, patches: &[(String, PathBuf)])
             }
         }
         let mut patch = Command::new("patch");
-        patch.args(["-p1", "--batch", "--forward", "--no-backup-if-mismatch", "-i"]).arg(path).current_dir(dest);
-        run_checked(&mut patch, "patch").map_err(|e| KernelError::Patch { patch: name.clone(), why: e.to_string() })?;
+        patch
+            .args([
+                "-p1",
+                "--batch",
+                "--forward",
+                "--no-backup-if-mismatch",
+                "-i",
+            ])
+            .arg(path)
+            .current_dir(dest);
+        run_checked(&mut patch, "patch").map_err(|e| KernelError::Patch {
+            patch: name.clone(),
+            why: e.to_string(),
+        })?;
     }
     std::fs::write(&done, "").map_err(|e| KernelError::io(&done, e))?;
     Ok(())
@@ -138,12 +168,20 @@ mod tests {
     #[test]
     fn finds_the_files_a_patch_touches() {
         let p = "header text\n--- a/mm/rmap.c\t2024\n+++ b/mm/rmap.c\t2024\n@@ -1 +1 @@\n--- a/x/y.h\n+++ b/x/y.h\n--- a/gone.c\n+++ /dev/null\n";
-        assert_eq!(patched_files(p), vec!["mm/rmap.c".to_string(), "x/y.h".to_string()]);
+        assert_eq!(
+            patched_files(p),
+            vec!["mm/rmap.c".to_string(), "x/y.h".to_string()]
+        );
     }
 
     #[test]
     fn deb_names_escape_epochs() {
-        let s = Source { package: "p".into(), version: "1:2.3".into(), sha256: String::new(), tarball: String::new() };
+        let s = Source {
+            package: "p".into(),
+            version: "1:2.3".into(),
+            sha256: String::new(),
+            tarball: String::new(),
+        };
         assert_eq!(deb_name(&s), "p_1%3a2.3_all.deb");
     }
 }

@@ -6,7 +6,10 @@ use crate::sched::trace::TraceEvent;
 use std::fmt::Write;
 
 fn expect_text(k: &KernelRun) -> String {
-    serde_json::to_value(k.expect).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+    serde_json::to_value(k.expect)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 /// The per-kernel table: trials, reproduced, passed, infeasible, errors, time per trial.
@@ -14,8 +17,16 @@ pub fn table(rows: &[KernelRun]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<34} {:<22} {:>6} {:>10} {:>6} {:>10} {:>6} {:>9} {:>7}  {}",
-        "KERNEL", "EXPECT", "TRIALS", "REPRODUCED", "PASSED", "INFEASIBLE", "ERRORS", "S/TRIAL", "BOOT S", "HELD"
+        "{:<34} {:<22} {:>6} {:>10} {:>6} {:>10} {:>6} {:>9} {:>7}  HELD",
+        "KERNEL",
+        "EXPECT",
+        "TRIALS",
+        "REPRODUCED",
+        "PASSED",
+        "INFEASIBLE",
+        "ERRORS",
+        "S/TRIAL",
+        "BOOT S",
     );
     for k in rows {
         let c = k.counts;
@@ -88,9 +99,17 @@ fn kernel_section(s: &mut String, k: &KernelRun) {
         if k.held { "yes" } else { "no" }
     );
     if !k.params.is_empty() {
-        let _ = writeln!(s, "Workload parameters: {:?}; schedule: {}\n", k.params, k.schedule_name);
+        let _ = writeln!(
+            s,
+            "Workload parameters: {:?}; schedule: {}\n",
+            k.params, k.schedule_name
+        );
     }
-    let mut whys: Vec<(TrialVerdict, &str)> = k.trials.iter().map(|t| (t.verdict, t.why.as_str())).collect();
+    let mut whys: Vec<(TrialVerdict, &str)> = k
+        .trials
+        .iter()
+        .map(|t| (t.verdict, t.why.as_str()))
+        .collect();
     whys.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
     let _ = writeln!(s, "| verdict | why (first of each kind) |\n|---|---|");
     let mut seen = std::collections::BTreeSet::new();
@@ -100,9 +119,17 @@ fn kernel_section(s: &mut String, k: &KernelRun) {
         }
     }
     let _ = writeln!(s);
-    let shown = k.trials.iter().find(|t| t.verdict == TrialVerdict::Reproduced).or_else(|| k.trials.last());
+    let shown = k
+        .trials
+        .iter()
+        .find(|t| t.verdict == TrialVerdict::Reproduced)
+        .or_else(|| k.trials.last());
     if let Some(t) = shown {
-        let _ = writeln!(s, "Schedule trace of trial {} ({:?}):\n\n```", t.run.trial, t.verdict);
+        let _ = writeln!(
+            s,
+            "Schedule trace of trial {} ({:?}):\n\n```",
+            t.run.trial, t.verdict
+        );
         for l in trace_lines(&t.run.trace) {
             let _ = writeln!(s, "{l}");
         }
@@ -128,8 +155,29 @@ fn kernel_section(s: &mut String, k: &KernelRun) {
 pub fn markdown(r: &ScenarioResult) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# memrace: {}\n\n{}\n", r.scenario, r.description);
-    let _ = writeln!(s, "Scenario file: `{}`; backend: {}. Overall: **{}**{}.\n", r.scenario_file, r.backend, if r.held { "expectations held" } else { "EXPECTATIONS NOT MET" }, if r.complete { "" } else { " (run incomplete)" });
-    let _ = writeln!(s, "```\n{}```\n", table(&r.kernels.iter().chain(&r.controls).cloned().collect::<Vec<_>>()));
+    let _ = writeln!(
+        s,
+        "Scenario file: `{}`; backend: {}. Overall: **{}**{}.\n",
+        r.scenario_file,
+        r.backend,
+        if r.held {
+            "expectations held"
+        } else {
+            "EXPECTATIONS NOT MET"
+        },
+        if r.complete { "" } else { " (run incomplete)" }
+    );
+    let _ = writeln!(
+        s,
+        "```\n{}```\n",
+        table(
+            &r.kernels
+                .iter()
+                .chain(&r.controls)
+                .cloned()
+                .collect::<Vec<_>>()
+        )
+    );
     let _ = writeln!(s, "## Kernels\n");
     for k in &r.kernels {
         kernel_section(&mut s, k);

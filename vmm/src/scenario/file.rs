@@ -9,13 +9,20 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
     #[error("cannot read scenario {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Malformed { path: PathBuf, message: String },
     #[error(transparent)]
     Schedule(#[from] ScheduleError),
     #[error("unknown scenario {name:?}; known: {known}\n  scenarios are files in {dir}")]
-    Unknown { name: String, known: String, dir: PathBuf },
+    Unknown {
+        name: String,
+        known: String,
+        dir: PathBuf,
+    },
 }
 
 /// What a kernel is expected to show over all its trials.
@@ -152,26 +159,37 @@ pub struct Scenario {
 
 impl Scenario {
     pub fn parse(path: &Path, text: &str, max_bp: usize) -> Result<Scenario, ScenarioError> {
-        let malformed = |message: String| ScenarioError::Malformed { path: path.to_path_buf(), message };
+        let malformed = |message: String| ScenarioError::Malformed {
+            path: path.to_path_buf(),
+            message,
+        };
         let raw: RawScenario = toml::from_str(text).map_err(|e| malformed(e.to_string()))?;
         if raw.vm.cpus == 0 {
             return Err(malformed("vm.cpus must be at least 1".into()));
         }
         if raw.workload.trials == 0 || raw.workload.trials_per_boot == 0 {
-            return Err(malformed("workload.trials and workload.trials_per_boot must be at least 1".into()));
+            return Err(malformed(
+                "workload.trials and workload.trials_per_boot must be at least 1".into(),
+            ));
         }
         if raw.kernel.is_empty() {
             return Err(malformed("at least one [[kernel]] is needed".into()));
         }
         for c in &raw.control {
             if c.schedule != "scenario" && c.schedule != "none" {
-                return Err(malformed(format!("control {:?}: schedule must be \"scenario\" or \"none\"", c.name)));
+                return Err(malformed(format!(
+                    "control {:?}: schedule must be \"scenario\" or \"none\"",
+                    c.name
+                )));
             }
         }
         let file = path.display().to_string();
         let schedule = match raw.schedule {
             Some(s) => Schedule::from_raw(&file, text, s, raw.vm.cpus, max_bp)?,
-            None => Schedule { steps: Vec::new(), fallback: Vec::new() },
+            None => Schedule {
+                steps: Vec::new(),
+                fallback: Vec::new(),
+            },
         };
         Ok(Scenario {
             path: path.to_path_buf(),
@@ -189,7 +207,10 @@ impl Scenario {
     }
 
     pub fn load(path: &Path, max_bp: usize) -> Result<Scenario, ScenarioError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Scenario::parse(path, &text, max_bp)
     }
 }
@@ -207,7 +228,13 @@ pub fn names(dir: &Path) -> Vec<String> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| e.file_name().into_string().ok()?.strip_suffix(".toml").map(str::to_string))
+        .filter_map(|e| {
+            e.file_name()
+                .into_string()
+                .ok()?
+                .strip_suffix(".toml")
+                .map(str::to_string)
+        })
         .collect();
     v.sort();
     v
@@ -221,7 +248,11 @@ pub fn find(dir: &Path, name_or_path: &str, max_bp: usize) -> Result<Scenario, S
     }
     let file = dir.join(format!("{name_or_path}.toml"));
     if name_or_path.contains('/') || !file.is_file() {
-        return Err(ScenarioError::Unknown { name: name_or_path.into(), known: names(dir).join(", "), dir: dir.to_path_buf() });
+        return Err(ScenarioError::Unknown {
+            name: name_or_path.into(),
+            known: names(dir).join(", "),
+            dir: dir.to_path_buf(),
+        });
     }
     Scenario::load(&file, max_bp)
 }
@@ -246,10 +277,21 @@ mod tests {
         assert!(e.starts_with("x.toml:"), "{e}");
         let ok = "name = \"n\"\ndescription = \"d\"\n[vm]\n[workload]\nname = \"w\"\n[[kernel]]\nvariant = \"base\"\nexpect = \"intact\"\n";
         Scenario::parse(p, ok, 4).unwrap();
-        let e = Scenario::parse(p, &ok.replace("intact", "maybe"), 4).unwrap_err().to_string();
+        let e = Scenario::parse(p, &ok.replace("intact", "maybe"), 4)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown variant") || e.contains("maybe"), "{e}");
-        let e = Scenario::parse(p, &format!("{ok}[schedule]\nsteps = [\n  {{ hit = \"x\" }},\n]\n"), 4).unwrap_err().to_string();
+        let e = Scenario::parse(
+            p,
+            &format!("{ok}[schedule]\nsteps = [\n  {{ hit = \"x\" }},\n]\n"),
+            4,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.starts_with("x.toml:12:"), "{e}");
-        assert!(matches!(find(Path::new("/nonexistent"), "nope", 4), Err(ScenarioError::Unknown { .. })));
+        assert!(matches!(
+            find(Path::new("/nonexistent"), "nope", 4),
+            Err(ScenarioError::Unknown { .. })
+        ));
     }
 }

@@ -25,7 +25,10 @@ pub enum RunError {
     #[error(transparent)]
     Qemu(#[from] crate::backend::qemu::QemuError),
     #[error("writing results to {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// One trial as recorded in the results.
@@ -81,21 +84,35 @@ pub struct RunContext<'a> {
     pub verbose: bool,
 }
 
-fn boot_vm(ctx: &RunContext, plan: &KernelPlan, trials: u32, boot: u32) -> Result<QemuVm, RunError> {
+fn boot_vm(
+    ctx: &RunContext,
+    plan: &KernelPlan,
+    trials: u32,
+    boot: u32,
+) -> Result<QemuVm, RunError> {
     let dir = ctx.out_dir.join(format!("{}-boot{boot}", plan.label));
-    std::fs::create_dir_all(&dir).map_err(|source| RunError::Write { path: dir.clone(), source })?;
+    std::fs::create_dir_all(&dir).map_err(|source| RunError::Write {
+        path: dir.clone(),
+        source,
+    })?;
     let initramfs = dir.join("initramfs.cpio");
     let job = Job::Workload {
         name: ctx.scenario.workload.name.clone(),
         trials,
-        params: plan.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        params: plan
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     };
     guest::build_initramfs(&initramfs, &job, &[])?;
     let mem_mib = parse_mib(&ctx.scenario.vm.mem);
     let cfg = VmConfig {
         kernel: plan.vmlinux.clone(),
         initramfs,
-        cmdline: format!("{BASE_CMDLINE} {}", ctx.scenario.vm.cmdline).trim().to_string(),
+        cmdline: format!("{BASE_CMDLINE} {}", ctx.scenario.vm.cmdline)
+            .trim()
+            .to_string(),
         cpus: ctx.scenario.vm.cpus,
         mem_mib,
         run_dir: dir,
@@ -107,13 +124,21 @@ fn boot_vm(ctx: &RunContext, plan: &KernelPlan, trials: u32, boot: u32) -> Resul
 /// `512M`/`1G`/plain MiB; scenario files are validated by the CLI before this runs.
 pub fn parse_mib(text: &str) -> u64 {
     let t = text.trim();
-    let (n, mult) = if let Some(g) = t.strip_suffix(['G', 'g']) { (g, 1024) } else { (t.trim_end_matches(['M', 'm']), 1) };
+    let (n, mult) = if let Some(g) = t.strip_suffix(['G', 'g']) {
+        (g, 1024)
+    } else {
+        (t.trim_end_matches(['M', 'm']), 1)
+    };
     n.parse::<u64>().map(|n| n * mult).unwrap_or(512)
 }
 
 /// Run `plan.trials` trials, rebooting when a trial takes the kernel down.
 /// `progress` is told about every finished trial.
-pub fn run_kernel(ctx: &RunContext, plan: &KernelPlan, progress: &mut dyn FnMut(&KernelRun)) -> Result<KernelRun, RunError> {
+pub fn run_kernel(
+    ctx: &RunContext,
+    plan: &KernelPlan,
+    progress: &mut dyn FnMut(&KernelRun),
+) -> Result<KernelRun, RunError> {
     let started = Instant::now();
     let expected_hits = plan.schedule.expected_hits();
     let per_boot = ctx.scenario.workload.trials_per_boot.max(1);
@@ -153,7 +178,14 @@ pub fn run_kernel(ctx: &RunContext, plan: &KernelPlan, progress: &mut dyn FnMut(
         }
         if engine.await_control("HELLO", BOOT_TIMEOUT).is_none() {
             let tail = engine.console_tail();
-            record_error(&mut out, format!("the guest did not reach /init within {} s; last console: {:?}", BOOT_TIMEOUT.as_secs(), tail.last()));
+            record_error(
+                &mut out,
+                format!(
+                    "the guest did not reach /init within {} s; last console: {:?}",
+                    BOOT_TIMEOUT.as_secs(),
+                    tail.last()
+                ),
+            );
             out.console_excerpt = tail;
             progress(&out);
             continue;
@@ -172,7 +204,12 @@ pub fn run_kernel(ctx: &RunContext, plan: &KernelPlan, progress: &mut dyn FnMut(
                 out.console_excerpt = engine.console_tail();
             }
             out.counts.add(verdict);
-            out.trials.push(TrialRecord { verdict, why, boot: out.boots, run });
+            out.trials.push(TrialRecord {
+                verdict,
+                why,
+                boot: out.boots,
+                run,
+            });
             progress(&out);
             if engine.is_gone() {
                 break;

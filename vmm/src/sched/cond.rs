@@ -42,7 +42,9 @@ pub struct Condition(pub Vec<Cmp>);
 pub enum CondError {
     #[error("condition {text:?}: {why}")]
     Parse { text: String, why: String },
-    #[error("unknown variable {0:?} (registers rax..r15, rip, rsp, arg1..arg6, tid, tgid, comm, hits)")]
+    #[error(
+        "unknown variable {0:?} (registers rax..r15, rip, rsp, arg1..arg6, tid, tgid, comm, hits)"
+    )]
     UnknownVar(String),
     #[error("{0:?} is not known yet: no READY/FACT message gave it in this trial")]
     UnboundRef(String),
@@ -53,14 +55,20 @@ pub enum CondError {
 }
 
 pub const VARIABLES: [&str; 26] = [
-    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
-    "rip", "arg1", "arg2", "arg3", "arg4", "arg5", "arg6", "tid", "tgid", "hits",
+    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13",
+    "r14", "r15", "rip", "arg1", "arg2", "arg3", "arg4", "arg5", "arg6", "tid", "tgid", "hits",
 ];
 
 fn operand(tok: &str, text: &str) -> Result<Operand, CondError> {
-    let err = |why: &str| CondError::Parse { text: text.to_string(), why: why.to_string() };
+    let err = |why: &str| CondError::Parse {
+        text: text.to_string(),
+        why: why.to_string(),
+    };
     if let Some(s) = tok.strip_prefix('"') {
-        return s.strip_suffix('"').map(|s| Operand::Str(s.to_string())).ok_or_else(|| err("unterminated string"));
+        return s
+            .strip_suffix('"')
+            .map(|s| Operand::Str(s.to_string()))
+            .ok_or_else(|| err("unterminated string"));
     }
     if let Some(r) = tok.strip_prefix('$') {
         return if r.contains('.') && !r.starts_with('.') && !r.ends_with('.') {
@@ -70,10 +78,15 @@ fn operand(tok: &str, text: &str) -> Result<Operand, CondError> {
         };
     }
     if let Some(h) = tok.strip_prefix("0x") {
-        return u64::from_str_radix(h, 16).map(Operand::Num).map_err(|_| err("bad hex number"));
+        return u64::from_str_radix(h, 16)
+            .map(Operand::Num)
+            .map_err(|_| err("bad hex number"));
     }
     if tok.bytes().all(|b| b.is_ascii_digit()) && !tok.is_empty() {
-        return tok.parse().map(Operand::Num).map_err(|_| err("number too large"));
+        return tok
+            .parse()
+            .map(Operand::Num)
+            .map_err(|_| err("number too large"));
     }
     if VARIABLES.contains(&tok) || tok == "comm" {
         return Ok(Operand::Var(tok.to_string()));
@@ -100,10 +113,17 @@ impl Condition {
                 ">" => Op::Gt,
                 ">=" => Op::Ge,
                 other => {
-                    return Err(CondError::Parse { text: text.to_string(), why: format!("unknown operator {other:?}") })
+                    return Err(CondError::Parse {
+                        text: text.to_string(),
+                        why: format!("unknown operator {other:?}"),
+                    })
                 }
             };
-            cmps.push(Cmp { lhs: operand(lhs, text)?, op, rhs: operand(rhs, text)? });
+            cmps.push(Cmp {
+                lhs: operand(lhs, text)?,
+                op,
+                rhs: operand(rhs, text)?,
+            });
         }
         Ok(Condition(cmps))
     }
@@ -111,12 +131,17 @@ impl Condition {
     /// Does the condition read the current task (needs guest memory reads)?
     pub fn needs_task(&self) -> bool {
         self.0.iter().any(|c| {
-            [&c.lhs, &c.rhs].iter().any(|o| matches!(o, Operand::Var(v) if v == "tid" || v == "tgid" || v == "comm"))
+            [&c.lhs, &c.rhs]
+                .iter()
+                .any(|o| matches!(o, Operand::Var(v) if v == "tid" || v == "tgid" || v == "comm"))
         })
     }
 
     /// Evaluate with `lookup` giving variables and references.
-    pub fn eval(&self, lookup: &mut dyn FnMut(&Operand) -> Result<Value, CondError>) -> Result<bool, CondError> {
+    pub fn eval(
+        &self,
+        lookup: &mut dyn FnMut(&Operand) -> Result<Value, CondError>,
+    ) -> Result<bool, CondError> {
         for c in &self.0 {
             let (l, r) = (lookup(&c.lhs)?, lookup(&c.rhs)?);
             let holds = match (&l, &r) {
@@ -128,7 +153,9 @@ impl Condition {
                     Op::Gt => a > b,
                     Op::Ge => a >= b,
                 },
-                (Value::Str(a), Value::Str(b)) if matches!(c.op, Op::Eq | Op::Ne) => (a == b) == (c.op == Op::Eq),
+                (Value::Str(a), Value::Str(b)) if matches!(c.op, Op::Eq | Op::Ne) => {
+                    (a == b) == (c.op == Op::Eq)
+                }
                 _ => return Err(CondError::TypeMismatch(l.to_string(), r.to_string())),
             };
             if !holds {
@@ -211,19 +238,47 @@ mod tests {
 
     #[test]
     fn reports_bad_conditions() {
-        assert!(matches!(Condition::parse("tid ="), Err(CondError::Parse { .. })));
-        assert!(matches!(Condition::parse("tid =~ 3"), Err(CondError::Parse { .. })));
-        assert!(matches!(Condition::parse("pidd == 3"), Err(CondError::UnknownVar(_))));
-        assert!(matches!(Condition::parse("tid == $reader"), Err(CondError::Parse { .. })));
-        assert!(matches!(eval("tid == $writer.tid", 1, 1), Err(CondError::UnboundRef(_))));
-        assert!(matches!(eval("comm == 3", 1, 1), Err(CondError::TypeMismatch(..))));
-        assert!(matches!(eval("comm < \"a\"", 1, 1), Err(CondError::TypeMismatch(..))));
+        assert!(matches!(
+            Condition::parse("tid ="),
+            Err(CondError::Parse { .. })
+        ));
+        assert!(matches!(
+            Condition::parse("tid =~ 3"),
+            Err(CondError::Parse { .. })
+        ));
+        assert!(matches!(
+            Condition::parse("pidd == 3"),
+            Err(CondError::UnknownVar(_))
+        ));
+        assert!(matches!(
+            Condition::parse("tid == $reader"),
+            Err(CondError::Parse { .. })
+        ));
+        assert!(matches!(
+            eval("tid == $writer.tid", 1, 1),
+            Err(CondError::UnboundRef(_))
+        ));
+        assert!(matches!(
+            eval("comm == 3", 1, 1),
+            Err(CondError::TypeMismatch(..))
+        ));
+        assert!(matches!(
+            eval("comm < \"a\"", 1, 1),
+            Err(CondError::TypeMismatch(..))
+        ));
     }
 
     #[test]
     fn needs_task_only_for_task_variables() {
         assert!(Condition::parse("tid == 1").unwrap().needs_task());
-        assert!(!Condition::parse("rdx == 1 && hits > 2").unwrap().needs_task());
-        assert_eq!(Condition::parse("rdx == 0x10 && comm != \"x\"").unwrap().to_string(), "rdx == 0x10 && comm != \"x\"");
+        assert!(!Condition::parse("rdx == 1 && hits > 2")
+            .unwrap()
+            .needs_task());
+        assert_eq!(
+            Condition::parse("rdx == 0x10 && comm != \"x\"")
+                .unwrap()
+                .to_string(),
+            "rdx == 0x10 && comm != \"x\""
+        );
     }
 }

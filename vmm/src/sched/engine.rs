@@ -13,7 +13,9 @@
 use super::cond::{CondError, Operand, Value};
 use super::schedule::{Action, Schedule, Step};
 use super::trace::TraceEvent;
-use crate::backend::{Backend, BackendError, ControlMessage, Regs, VcpuId, VmEvent, VmExit, RFLAGS_IF};
+use crate::backend::{
+    Backend, BackendError, ControlMessage, Regs, VcpuId, VmEvent, VmExit, RFLAGS_IF,
+};
 use crate::console::{ConsoleWatch, KernelReport};
 use control_proto::Outcome;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -57,7 +59,11 @@ pub enum ScheduleStatus {
     /// Every step completed in order.
     Completed,
     /// A step did not complete within its bound.
-    Infeasible { line: usize, reason: String, vcpus: Vec<String> },
+    Infeasible {
+        line: usize,
+        reason: String,
+        vcpus: Vec<String>,
+    },
     /// A detector fired: the schedule would deadlock on this kernel.
     Detected { detector: String, line: usize },
     /// The schedule itself is wrong for this guest (e.g. parking with IRQs off).
@@ -108,6 +114,9 @@ enum Happened {
     Gone(String),
 }
 
+/// Where the engine copies console lines (e.g. `--verbose`).
+pub type ConsoleSink<'a> = Box<dyn FnMut(&str) + 'a>;
+
 pub struct Engine<'a> {
     vm: &'a mut dyn Backend,
     intro: &'a dyn Introspect,
@@ -128,12 +137,15 @@ pub struct Engine<'a> {
     t0: Instant,
     gone: Option<String>,
     /// Every console line, for the caller's log.
-    pub on_console: Option<Box<dyn FnMut(&str) + 'a>>,
+    pub on_console: Option<ConsoleSink<'a>>,
 }
 
 impl<'a> Engine<'a> {
     /// Take over a VM that was started in debug mode (all vCPUs stopped) and start it.
-    pub fn start(vm: &'a mut dyn Backend, intro: &'a dyn Introspect) -> Result<Engine<'a>, EngineError> {
+    pub fn start(
+        vm: &'a mut dyn Backend,
+        intro: &'a dyn Introspect,
+    ) -> Result<Engine<'a>, EngineError> {
         let all: Vec<VcpuId> = (0..vm.vcpu_count()).collect();
         vm.resume(&all)?;
         Ok(Engine {
@@ -163,7 +175,9 @@ impl<'a> Engine<'a> {
     }
 
     fn running(&self) -> Vec<VcpuId> {
-        (0..self.vm.vcpu_count()).filter(|v| !self.parked.contains_key(v)).collect()
+        (0..self.vm.vcpu_count())
+            .filter(|v| !self.parked.contains_key(v))
+            .collect()
     }
 
     pub fn console_tail(&self) -> Vec<String> {
@@ -213,7 +227,10 @@ impl<'a> Engine<'a> {
         TrialRun {
             trial,
             schedule: status,
-            oracle: self.oracle.as_ref().map(|(o, d)| (o.to_string(), d.clone())),
+            oracle: self
+                .oracle
+                .as_ref()
+                .map(|(o, d)| (o.to_string(), d.clone())),
             hits: self.hits.clone(),
             filtered_hits: self.filtered - f0,
             serviced: self.serviced - s0,
@@ -226,7 +243,11 @@ impl<'a> Engine<'a> {
     fn steps(&mut self, schedule: &Schedule) -> Result<ScheduleStatus, EngineError> {
         for step in &schedule.steps {
             let t_us = self.now_us();
-            self.trace.push(TraceEvent::Step { t_us, line: step.line, action: format!("{:?}", step.action) });
+            self.trace.push(TraceEvent::Step {
+                t_us,
+                line: step.line,
+                action: format!("{:?}", step.action),
+            });
             let deadline = Instant::now() + Duration::from_millis(step.timeout_ms);
             match &step.action {
                 Action::Wait { verb, name } => {
@@ -243,13 +264,36 @@ impl<'a> Engine<'a> {
                                 self.early_hits.insert(name);
                             }
                             Some(other) => return Ok(self.abnormal(other, step)),
-                            None => return Ok(self.infeasible(step, format!("no {verb} {} message", name.as_deref().unwrap_or("")))),
+                            None => {
+                                return Ok(self.infeasible(
+                                    step,
+                                    format!("no {verb} {} message", name.as_deref().unwrap_or("")),
+                                ))
+                            }
                         }
                     }
                 }
-                Action::Break { name, at, cpu, cond, detector } => {
-                    let addr = self.intro.resolve(at).map_err(|why| EngineError::Step { line: step.line, why })?;
-                    self.armed.insert(name.clone(), Armed { cpu: *cpu, addr, cond: cond.clone(), detector: *detector, hits: 0 });
+                Action::Break {
+                    name,
+                    at,
+                    cpu,
+                    cond,
+                    detector,
+                } => {
+                    let addr = self.intro.resolve(at).map_err(|why| EngineError::Step {
+                        line: step.line,
+                        why,
+                    })?;
+                    self.armed.insert(
+                        name.clone(),
+                        Armed {
+                            cpu: *cpu,
+                            addr,
+                            cond: cond.clone(),
+                            detector: *detector,
+                            hits: 0,
+                        },
+                    );
                     self.program(*cpu)?;
                 }
                 Action::Hit { name } => {
@@ -264,7 +308,10 @@ impl<'a> Engine<'a> {
                             }
                             Some(Happened::Message(m)) => self.queue(m),
                             Some(other) => return Ok(self.abnormal(other, step)),
-                            None => return Ok(self.infeasible(step, format!("breakpoint {name:?} was not hit"))),
+                            None => {
+                                return Ok(self
+                                    .infeasible(step, format!("breakpoint {name:?} was not hit")))
+                            }
                         }
                     }
                     let cpu = self.armed.get(name).map(|a| a.cpu).unwrap_or_default();
@@ -288,12 +335,20 @@ impl<'a> Engine<'a> {
                                 self.early_hits.insert(name);
                             }
                             Some(other) => return Ok(self.abnormal(other, step)),
-                            None => return Ok(self.infeasible(step, format!("the guest never announced gate {gate:?}"))),
+                            None => {
+                                return Ok(self.infeasible(
+                                    step,
+                                    format!("the guest never announced gate {gate:?}"),
+                                ))
+                            }
                         }
                     };
                     self.vm.write_phys(gpa, &1u32.to_le_bytes())?;
                     let t_us = self.now_us();
-                    self.trace.push(TraceEvent::Open { t_us, gate: gate.clone() });
+                    self.trace.push(TraceEvent::Open {
+                        t_us,
+                        gate: gate.clone(),
+                    });
                 }
                 Action::Release { cpu } => self.release(*cpu)?,
                 Action::Disarm { name } => {
@@ -318,7 +373,10 @@ impl<'a> Engine<'a> {
 
     fn abnormal(&mut self, what: Happened, step: &Step) -> ScheduleStatus {
         match what {
-            Happened::Detector { name } => ScheduleStatus::Detected { detector: name, line: step.line },
+            Happened::Detector { name } => ScheduleStatus::Detected {
+                detector: name,
+                line: step.line,
+            },
             Happened::Gone(why) => ScheduleStatus::VmGone { why },
             Happened::Message(_) | Happened::Hit { .. } => unreachable!("handled by the caller"),
         }
@@ -329,7 +387,11 @@ impl<'a> Engine<'a> {
         let mut vcpus = Vec::new();
         if self.vm.stop_all().is_ok() {
             for v in 0..self.vm.vcpu_count() {
-                let state = if self.parked.contains_key(&v) { "parked" } else { "running" };
+                let state = if self.parked.contains_key(&v) {
+                    "parked"
+                } else {
+                    "running"
+                };
                 let at = match self.vm.regs(v) {
                     Ok(r) => self.intro.describe(r.rip),
                     Err(e) => format!("registers unavailable: {e}"),
@@ -338,15 +400,35 @@ impl<'a> Engine<'a> {
             }
         }
         let t_us = self.now_us();
-        self.trace.push(TraceEvent::Infeasible { t_us, line: step.line, reason: reason.clone(), vcpus: vcpus.clone() });
-        ScheduleStatus::Infeasible { line: step.line, reason, vcpus }
+        self.trace.push(TraceEvent::Infeasible {
+            t_us,
+            line: step.line,
+            reason: reason.clone(),
+            vcpus: vcpus.clone(),
+        });
+        ScheduleStatus::Infeasible {
+            line: step.line,
+            reason,
+            vcpus,
+        }
     }
 
     /// After an incomplete schedule: disarm everything and release parked vCPUs in the
     /// fallback order (then any others), so the guest can finish its trial.
     fn recover(&mut self, schedule: &Schedule) {
-        let mut order: Vec<VcpuId> = schedule.fallback.iter().copied().filter(|v| self.parked.contains_key(v)).collect();
-        order.extend(self.parked.keys().copied().filter(|v| !schedule.fallback.contains(v)).collect::<Vec<_>>());
+        let mut order: Vec<VcpuId> = schedule
+            .fallback
+            .iter()
+            .copied()
+            .filter(|v| self.parked.contains_key(v))
+            .collect();
+        order.extend(
+            self.parked
+                .keys()
+                .copied()
+                .filter(|v| !schedule.fallback.contains(v))
+                .collect::<Vec<_>>(),
+        );
         let cpus: BTreeSet<VcpuId> = self.armed.values().map(|a| a.cpu).collect();
         self.armed.clear();
         for cpu in cpus {
@@ -369,12 +451,21 @@ impl<'a> Engine<'a> {
             if now >= deadline {
                 return Ok(None);
             }
-            let slice = if self.parked.values().any(|p| p.irqs_on) { deadline.min(now + SERVICE_INTERVAL) } else { deadline };
+            let slice = if self.parked.values().any(|p| p.irqs_on) {
+                deadline.min(now + SERVICE_INTERVAL)
+            } else {
+                deadline
+            };
             let event = match self.vm.next_event(slice)? {
                 Some(e) => e,
                 None => {
                     if slice < deadline {
-                        let parked: Vec<VcpuId> = self.parked.iter().filter(|(_, p)| p.irqs_on).map(|(v, _)| *v).collect();
+                        let parked: Vec<VcpuId> = self
+                            .parked
+                            .iter()
+                            .filter(|(_, p)| p.irqs_on)
+                            .map(|(v, _)| *v)
+                            .collect();
                         self.vm.service_parked(&self.running(), &parked)?;
                     }
                     continue;
@@ -390,13 +481,19 @@ impl<'a> Engine<'a> {
                 VmEvent::Control(ControlMessage::Output { .. }) => {}
                 VmEvent::Control(m) => {
                     let t_us = self.now_us();
-                    self.trace.push(TraceEvent::Control { t_us, line: m.to_string() });
+                    self.trace.push(TraceEvent::Control {
+                        t_us,
+                        line: m.to_string(),
+                    });
                     self.bind(&m);
                     return Ok(Some(Happened::Message(m)));
                 }
                 VmEvent::BadControl { line, error } => {
                     let t_us = self.now_us();
-                    self.trace.push(TraceEvent::Control { t_us, line: format!("(rejected: {error}) {line}") });
+                    self.trace.push(TraceEvent::Control {
+                        t_us,
+                        line: format!("(rejected: {error}) {line}"),
+                    });
                 }
                 VmEvent::Exited(exit) => {
                     let why = match exit {
@@ -429,12 +526,19 @@ impl<'a> Engine<'a> {
             ControlMessage::Fact { key, value } => {
                 self.facts.insert(key.clone(), value.clone());
             }
-            ControlMessage::Result { outcome, detail, .. } => self.oracle = Some((*outcome, detail.clone())),
+            ControlMessage::Result {
+                outcome, detail, ..
+            } => self.oracle = Some((*outcome, detail.clone())),
             _ => {}
         }
     }
 
-    fn on_breakpoint(&mut self, cpu: VcpuId, addr: u64, step: &Step) -> Result<Option<Happened>, EngineError> {
+    fn on_breakpoint(
+        &mut self,
+        cpu: VcpuId,
+        addr: u64,
+        step: &Step,
+    ) -> Result<Option<Happened>, EngineError> {
         if let Some(p) = self.parked.get(&cpu) {
             // A serviced parked vCPU came back to its breakpoint: it stays parked.
             if self.armed.get(&p.name).map(|a| a.addr) == Some(addr) {
@@ -443,7 +547,12 @@ impl<'a> Engine<'a> {
                 return Ok(None);
             }
         }
-        let Some(name) = self.armed.iter().find(|(_, a)| a.cpu == cpu && a.addr == addr).map(|(n, _)| n.clone()) else {
+        let Some(name) = self
+            .armed
+            .iter()
+            .find(|(_, a)| a.cpu == cpu && a.addr == addr)
+            .map(|(n, _)| n.clone())
+        else {
             self.vm.resume(&self.running())?;
             return Ok(None);
         };
@@ -456,18 +565,31 @@ impl<'a> Engine<'a> {
             None => true,
             Some(c) => c
                 .eval(&mut |o| self.lookup(o, &regs, &task, hits))
-                .map_err(|e| EngineError::Step { line: step.line, why: format!("breakpoint {name:?}: {e}") })?,
+                .map_err(|e| EngineError::Step {
+                    line: step.line,
+                    why: format!("breakpoint {name:?}: {e}"),
+                })?,
         };
         let t_us = self.now_us();
         if !holds {
             self.filtered += 1;
-            self.trace.push(TraceEvent::Filtered { t_us, name, cpu, tid: task.as_ref().ok().map(|t| t.tid) });
+            self.trace.push(TraceEvent::Filtered {
+                t_us,
+                name,
+                cpu,
+                tid: task.as_ref().ok().map(|t| t.tid),
+            });
             self.vm.resume(&self.running())?;
             return Ok(None);
         }
         let symbol = self.intro.describe(addr);
         if detector {
-            self.trace.push(TraceEvent::Detector { t_us, name: name.clone(), cpu, symbol });
+            self.trace.push(TraceEvent::Detector {
+                t_us,
+                name: name.clone(),
+                cpu,
+                symbol,
+            });
             // The detector's vCPU is not parked: recovery resumes everything.
             return Ok(Some(Happened::Detector { name }));
         }
@@ -475,16 +597,33 @@ impl<'a> Engine<'a> {
             Ok(t) => (Some(t.tid), Some(t.comm.clone())),
             Err(_) => (None, None),
         };
-        self.trace.push(TraceEvent::Hit { t_us, name: name.clone(), cpu, symbol, tid, comm, regs });
+        self.trace.push(TraceEvent::Hit {
+            t_us,
+            name: name.clone(),
+            cpu,
+            symbol,
+            tid,
+            comm,
+            regs,
+        });
         self.hits.push(name.clone());
-        self.parked.insert(cpu, Parked { name: name.clone(), irqs_on: regs.rflags & RFLAGS_IF != 0 });
+        self.parked.insert(
+            cpu,
+            Parked {
+                name: name.clone(),
+                irqs_on: regs.rflags & RFLAGS_IF != 0,
+            },
+        );
         self.vm.resume(&self.running())?;
         Ok(Some(Happened::Hit { name }))
     }
 
     /// The current guest task on `cpu`.
     fn task(&mut self, cpu: VcpuId, regs: &Regs) -> Result<Task, String> {
-        let layout = self.intro.task_layout().ok_or("no task layout (kernel symbols without DWARF?)")?;
+        let layout = self
+            .intro
+            .task_layout()
+            .ok_or("no task layout (kernel symbols without DWARF?)")?;
         // In kernel mode GS holds this CPU's per-CPU base; otherwise use __per_cpu_offset[cpu].
         let base = if regs.gs_base >= 0xffff_8000_0000_0000 {
             regs.gs_base
@@ -493,12 +632,18 @@ impl<'a> Engine<'a> {
         };
         let current = self.read_u64(cpu, base.wrapping_add(layout.current_task))?;
         let u32_at = |vm: &mut dyn Backend, off: u64| -> Result<u64, String> {
-            let b = vm.read_virt(cpu, current + off, 4).map_err(|e| e.to_string())?;
+            let b = vm
+                .read_virt(cpu, current + off, 4)
+                .map_err(|e| e.to_string())?;
             Ok(u32::from_le_bytes(b.try_into().expect("4 bytes")) as u64)
         };
         let (tid, tgid) = (u32_at(self.vm, layout.pid)?, u32_at(self.vm, layout.tgid)?);
-        let comm = self.vm.read_virt(cpu, current + layout.comm, 16).map_err(|e| e.to_string())?;
-        let comm = String::from_utf8_lossy(comm.split(|b| *b == 0).next().unwrap_or(&[])).into_owned();
+        let comm = self
+            .vm
+            .read_virt(cpu, current + layout.comm, 16)
+            .map_err(|e| e.to_string())?;
+        let comm =
+            String::from_utf8_lossy(comm.split(|b| *b == 0).next().unwrap_or(&[])).into_owned();
         Ok(Task { tid, tgid, comm })
     }
 
@@ -507,8 +652,17 @@ impl<'a> Engine<'a> {
         Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
     }
 
-    fn lookup(&self, o: &Operand, r: &Regs, task: &Result<Task, String>, hits: u64) -> Result<Value, CondError> {
-        let task_err = |e: &String| CondError::Read { what: "the current task".into(), why: e.clone() };
+    fn lookup(
+        &self,
+        o: &Operand,
+        r: &Regs,
+        task: &Result<Task, String>,
+        hits: u64,
+    ) -> Result<Value, CondError> {
+        let task_err = |e: &String| CondError::Read {
+            what: "the current task".into(),
+            why: e.clone(),
+        };
         Ok(match o {
             Operand::Num(n) => Value::Num(*n),
             Operand::Str(s) => Value::Str(s.clone()),
@@ -517,7 +671,8 @@ impl<'a> Engine<'a> {
                 let unbound = || CondError::UnboundRef(path.clone());
                 if head == "fact" {
                     let v = self.facts.get(field).ok_or_else(unbound)?;
-                    let n = u64::from_str_radix(v.trim_start_matches("0x"), 16).or_else(|_| v.parse());
+                    let n =
+                        u64::from_str_radix(v.trim_start_matches("0x"), 16).or_else(|_| v.parse());
                     n.map(Value::Num).unwrap_or_else(|_| Value::Str(v.clone()))
                 } else {
                     let (cpu, tid) = self.ready.get(head).ok_or_else(unbound)?;
@@ -533,14 +688,21 @@ impl<'a> Engine<'a> {
                 "tgid" => Value::Num(task.as_ref().map_err(task_err)?.tgid),
                 "comm" => Value::Str(task.as_ref().map_err(task_err)?.comm.clone()),
                 "hits" => Value::Num(hits),
-                other => Value::Num(register(r, other).ok_or_else(|| CondError::UnknownVar(other.into()))?),
+                other => Value::Num(
+                    register(r, other).ok_or_else(|| CondError::UnknownVar(other.into()))?,
+                ),
             },
         })
     }
 
     /// Program `cpu`'s breakpoints: every armed one on it (including the one it is parked on).
     fn program(&mut self, cpu: VcpuId) -> Result<(), EngineError> {
-        let addrs: Vec<u64> = self.armed.values().filter(|a| a.cpu == cpu).map(|a| a.addr).collect();
+        let addrs: Vec<u64> = self
+            .armed
+            .values()
+            .filter(|a| a.cpu == cpu)
+            .map(|a| a.addr)
+            .collect();
         self.vm.set_breakpoints(cpu, &addrs)?;
         Ok(())
     }
@@ -562,7 +724,15 @@ impl<'a> Engine<'a> {
         if let Some(pos) = self.inbox.iter().position(|m| matches_wait(m, verb, None)) {
             return self.inbox.remove(pos);
         }
-        let step = Step { action: Action::Wait { verb: verb.into(), name: None }, line: 0, timeout_ms: 0, allow_irqs_off: false };
+        let step = Step {
+            action: Action::Wait {
+                verb: verb.into(),
+                name: None,
+            },
+            line: 0,
+            timeout_ms: 0,
+            allow_irqs_off: false,
+        };
         let deadline = Instant::now() + timeout;
         loop {
             match self.pump(deadline, &step) {
@@ -579,8 +749,11 @@ impl<'a> Engine<'a> {
         if self.oracle.is_none() {
             self.await_control("RESULT", timeout);
         }
-        self.inbox.retain(|m| !matches!(m, ControlMessage::Result { .. }));
-        self.oracle.as_ref().map(|(o, d)| (o.to_string(), d.clone()))
+        self.inbox
+            .retain(|m| !matches!(m, ControlMessage::Result { .. }));
+        self.oracle
+            .as_ref()
+            .map(|(o, d)| (o.to_string(), d.clone()))
     }
 }
 

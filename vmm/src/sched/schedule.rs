@@ -9,7 +9,11 @@ use std::collections::{BTreeMap, BTreeSet};
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {
     #[error("{file}:{line}: {why}")]
-    At { file: String, line: usize, why: String },
+    At {
+        file: String,
+        line: usize,
+        why: String,
+    },
 }
 
 /// What one step does.
@@ -20,7 +24,13 @@ pub enum Action {
     Wait { verb: String, name: Option<String> },
     /// Arm breakpoint `name` at `at` (symbol, `sym+off`, `file:line` or address) on `cpu`.
     /// A detector releases parked vCPUs when it fires (§0.4 R3) instead of parking.
-    Break { name: String, at: String, cpu: VcpuId, cond: Option<Condition>, detector: bool },
+    Break {
+        name: String,
+        at: String,
+        cpu: VcpuId,
+        cond: Option<Condition>,
+        detector: bool,
+    },
     /// Wait until breakpoint `name` fires with its condition true; its vCPU then parks.
     Hit { name: String },
     /// Open a mailbox gate the guest announced with `GATE <name>`.
@@ -87,14 +97,28 @@ struct RawStep {
 const WAIT_VERBS: [&str; 6] = ["READY", "PHASE", "GATE", "FACT", "RESULT", "EXIT"];
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
 }
 
 impl Schedule {
     /// Validate a `[schedule]` table from `text` (the file `file`), against a VM with
     /// `cpus` vCPUs and `max_bp` breakpoints per vCPU.
-    pub fn from_raw(file: &str, text: &str, raw: RawSchedule, cpus: usize, max_bp: usize) -> Result<Schedule, ScheduleError> {
-        let at = |line: usize, why: String| ScheduleError::At { file: file.to_string(), line, why };
+    pub fn from_raw(
+        file: &str,
+        text: &str,
+        raw: RawSchedule,
+        cpus: usize,
+        max_bp: usize,
+    ) -> Result<Schedule, ScheduleError> {
+        let at = |line: usize, why: String| ScheduleError::At {
+            file: file.to_string(),
+            line,
+            why,
+        };
         let mut steps = Vec::new();
         for spanned in raw.steps {
             let line = line_of(text, spanned.span().start);
@@ -107,17 +131,32 @@ impl Schedule {
                 allow_irqs_off: s.allow_irqs_off.unwrap_or(false),
             });
         }
-        let schedule = Schedule { steps, fallback: raw.fallback };
-        schedule.check(cpus, max_bp).map_err(|(line, why)| at(line, why))?;
+        let schedule = Schedule {
+            steps,
+            fallback: raw.fallback,
+        };
+        schedule
+            .check(cpus, max_bp)
+            .map_err(|(line, why)| at(line, why))?;
         Ok(schedule)
     }
 
     fn action(s: &RawStep) -> Result<Action, String> {
-        let chosen = [s.wait.is_some(), s.break_at.is_some(), s.hit.is_some(), s.open.is_some(), s.release.is_some(), s.disarm.is_some()];
+        let chosen = [
+            s.wait.is_some(),
+            s.break_at.is_some(),
+            s.hit.is_some(),
+            s.open.is_some(),
+            s.release.is_some(),
+            s.disarm.is_some(),
+        ];
         if chosen.iter().filter(|c| **c).count() != 1 {
-            return Err("a step needs exactly one of: wait, break, hit, open, release, disarm".into());
+            return Err(
+                "a step needs exactly one of: wait, break, hit, open, release, disarm".into(),
+            );
         }
-        let extras_only_for_break = s.cpu.is_some() || s.name.is_some() || s.cond.is_some() || s.detector.is_some();
+        let extras_only_for_break =
+            s.cpu.is_some() || s.name.is_some() || s.cond.is_some() || s.detector.is_some();
         if s.break_at.is_none() && extras_only_for_break {
             return Err("`cpu`, `name`, `if` and `detector` belong to a `break` step".into());
         }
@@ -126,15 +165,32 @@ impl Schedule {
             let verb = parts.next().unwrap_or("").to_string();
             let name = parts.next().map(str::to_string);
             if !WAIT_VERBS.contains(&verb.as_str()) || parts.next().is_some() {
-                return Err(format!("wait {w:?}: expected one of {} followed by an optional name", WAIT_VERBS.join(", ")));
+                return Err(format!(
+                    "wait {w:?}: expected one of {} followed by an optional name",
+                    WAIT_VERBS.join(", ")
+                ));
             }
             return Ok(Action::Wait { verb, name });
         }
         if let Some(at) = &s.break_at {
             let cpu = s.cpu.ok_or("a `break` step needs `cpu`")?;
-            let name = s.name.clone().ok_or("a `break` step needs a `name` (used by `hit`)")?;
-            let cond = s.cond.as_deref().map(Condition::parse).transpose().map_err(|e: CondError| e.to_string())?;
-            return Ok(Action::Break { name, at: at.clone(), cpu, cond, detector: s.detector.unwrap_or(false) });
+            let name = s
+                .name
+                .clone()
+                .ok_or("a `break` step needs a `name` (used by `hit`)")?;
+            let cond = s
+                .cond
+                .as_deref()
+                .map(Condition::parse)
+                .transpose()
+                .map_err(|e: CondError| e.to_string())?;
+            return Ok(Action::Break {
+                name,
+                at: at.clone(),
+                cpu,
+                cond,
+                detector: s.detector.unwrap_or(false),
+            });
         }
         if let Some(h) = &s.hit {
             return Ok(Action::Hit { name: h.clone() });
@@ -145,7 +201,9 @@ impl Schedule {
         if let Some(d) = &s.disarm {
             return Ok(Action::Disarm { name: d.clone() });
         }
-        Ok(Action::Release { cpu: s.release.expect("one action is set") })
+        Ok(Action::Release {
+            cpu: s.release.expect("one action is set"),
+        })
     }
 
     /// Static checks: vCPU numbers, breakpoint names, the per-vCPU breakpoint budget
@@ -160,7 +218,13 @@ impl Schedule {
             if cpu < cpus {
                 Ok(())
             } else {
-                Err((line, format!("vCPU {cpu} does not exist: the VM has {cpus} (0..{})", cpus - 1)))
+                Err((
+                    line,
+                    format!(
+                        "vCPU {cpu} does not exist: the VM has {cpus} (0..{})",
+                        cpus - 1
+                    ),
+                ))
             }
         };
         for step in &self.steps {
@@ -181,21 +245,38 @@ impl Schedule {
                     }
                 }
                 Action::Hit { name } => {
-                    let cpu = *armed.get(name).ok_or((line, format!("hit {name:?}: no armed breakpoint has that name")))?;
+                    let cpu = *armed.get(name).ok_or((
+                        line,
+                        format!("hit {name:?}: no armed breakpoint has that name"),
+                    ))?;
                     if parked.contains_key(&cpu) {
-                        return Err((line, format!("hit {name:?}: vCPU {cpu} is already parked; release it first")));
+                        return Err((
+                            line,
+                            format!("hit {name:?}: vCPU {cpu} is already parked; release it first"),
+                        ));
                     }
                     parked.insert(cpu, name.clone());
                 }
                 Action::Disarm { name } => {
                     if parked.values().any(|n| n == name) {
-                        return Err((line, format!("disarm {name:?}: its vCPU is parked on it; release it instead")));
+                        return Err((
+                            line,
+                            format!(
+                                "disarm {name:?}: its vCPU is parked on it; release it instead"
+                            ),
+                        ));
                     }
-                    armed.remove(name).ok_or((line, format!("disarm {name:?}: no armed breakpoint has that name")))?;
+                    armed.remove(name).ok_or((
+                        line,
+                        format!("disarm {name:?}: no armed breakpoint has that name"),
+                    ))?;
                 }
                 Action::Release { cpu } => {
                     cpu_ok(*cpu, line)?;
-                    let name = parked.remove(cpu).ok_or((line, format!("release {cpu}: vCPU {cpu} is not parked at this point")))?;
+                    let name = parked.remove(cpu).ok_or((
+                        line,
+                        format!("release {cpu}: vCPU {cpu} is not parked at this point"),
+                    ))?;
                     armed.remove(&name);
                 }
                 Action::Wait { .. } | Action::Open { .. } => {}
@@ -217,7 +298,10 @@ impl Schedule {
             // Waits for progress that only happens inside the race are kept: they are bounded.
             .cloned()
             .collect();
-        Schedule { steps, fallback: Vec::new() }
+        Schedule {
+            steps,
+            fallback: Vec::new(),
+        }
     }
 
     /// Every breakpoint spec with its line, to resolve against a kernel before booting it.
@@ -253,7 +337,11 @@ mod tests {
     }
 
     fn parse(text: &str) -> Result<Schedule, ScheduleError> {
-        let f: File = toml::from_str(text).map_err(|e| ScheduleError::At { file: "t.toml".into(), line: 0, why: e.to_string() })?;
+        let f: File = toml::from_str(text).map_err(|e| ScheduleError::At {
+            file: "t.toml".into(),
+            line: 0,
+            why: e.to_string(),
+        })?;
         Schedule::from_raw("t.toml", text, f.schedule, 3, 4)
     }
 
@@ -274,8 +362,22 @@ steps = [
     fn parses_a_schedule() {
         let s = parse(GOOD).unwrap();
         assert_eq!(s.steps.len(), 6);
-        assert_eq!(s.steps[0].action, Action::Wait { verb: "READY".into(), name: Some("reader".into()) });
-        assert!(matches!(&s.steps[1].action, Action::Break { cpu: 1, detector: false, cond: Some(_), .. }));
+        assert_eq!(
+            s.steps[0].action,
+            Action::Wait {
+                verb: "READY".into(),
+                name: Some("reader".into())
+            }
+        );
+        assert!(matches!(
+            &s.steps[1].action,
+            Action::Break {
+                cpu: 1,
+                detector: false,
+                cond: Some(_),
+                ..
+            }
+        ));
         assert_eq!(s.expected_hits(), vec!["pinned".to_string()]);
         assert_eq!(s.fallback, vec![1, 2]);
         assert_eq!(s.without_breakpoints().steps.len(), 3);
@@ -288,9 +390,15 @@ steps = [
     #[test]
     fn errors_carry_line_numbers() {
         let e = err("[schedule]\nsteps = [\n  { wait = \"READY a\" },\n  { hit = \"nope\" },\n]\n");
-        assert!(e.starts_with("t.toml:4:") && e.contains("no armed breakpoint"), "{e}");
+        assert!(
+            e.starts_with("t.toml:4:") && e.contains("no armed breakpoint"),
+            "{e}"
+        );
         let e = err("[schedule]\nsteps = [\n { wait = \"SLEEP 3\" },\n]\n");
-        assert!(e.starts_with("t.toml:3:") && e.contains("expected one of"), "{e}");
+        assert!(
+            e.starts_with("t.toml:3:") && e.contains("expected one of"),
+            "{e}"
+        );
         let e = err("[schedule]\nsteps = [\n { release = 1 },\n]\n");
         assert!(e.contains("t.toml:3:") && e.contains("not parked"), "{e}");
         let e = err("[schedule]\nsteps = [\n { break = \"f\", cpu = 7, name = \"x\" },\n]\n");
@@ -309,11 +417,16 @@ steps = [
     fn a_fifth_breakpoint_on_one_vcpu_is_refused() {
         let mut text = String::from("[schedule]\nsteps = [\n");
         for i in 0..5 {
-            text.push_str(&format!("  {{ break = \"f{i}\", cpu = 1, name = \"b{i}\" }},\n"));
+            text.push_str(&format!(
+                "  {{ break = \"f{i}\", cpu = 1, name = \"b{i}\" }},\n"
+            ));
         }
         text.push_str("]\n");
         let e = err(&text);
-        assert!(e.starts_with("t.toml:7:") && e.contains("5 breakpoints") && e.contains("DR0-DR3"), "{e}");
+        assert!(
+            e.starts_with("t.toml:7:") && e.contains("5 breakpoints") && e.contains("DR0-DR3"),
+            "{e}"
+        );
         // Four are fine, and hitting one frees a register for another.
         let ok = "[schedule]\nsteps = [\n{ break = \"a\", cpu = 1, name = \"a\" },{ break = \"b\", cpu = 1, name = \"b\" },\
 { break = \"c\", cpu = 1, name = \"c\" },{ break = \"d\", cpu = 1, name = \"d\" },{ hit = \"a\" },{ release = 1 },{ break = \"e\", cpu = 1, name = \"e\" },]\n";

@@ -7,13 +7,35 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum TraceEvent {
     /// A schedule step started (its line in the schedule file).
-    Step { t_us: u64, line: usize, action: String },
+    Step {
+        t_us: u64,
+        line: usize,
+        action: String,
+    },
     /// A breakpoint fired with its condition true and its vCPU parked.
-    Hit { t_us: u64, name: String, cpu: VcpuId, symbol: String, tid: Option<u64>, comm: Option<String>, regs: Regs },
+    Hit {
+        t_us: u64,
+        name: String,
+        cpu: VcpuId,
+        symbol: String,
+        tid: Option<u64>,
+        comm: Option<String>,
+        regs: Regs,
+    },
     /// A breakpoint fired but its condition was false: the vCPU continued.
-    Filtered { t_us: u64, name: String, cpu: VcpuId, tid: Option<u64> },
+    Filtered {
+        t_us: u64,
+        name: String,
+        cpu: VcpuId,
+        tid: Option<u64>,
+    },
     /// A detector fired: the schedule cannot go on without deadlocking (§0.4 R3).
-    Detector { t_us: u64, name: String, cpu: VcpuId, symbol: String },
+    Detector {
+        t_us: u64,
+        name: String,
+        cpu: VcpuId,
+        symbol: String,
+    },
     /// A parked vCPU was released.
     Release { t_us: u64, cpu: VcpuId },
     /// A gate was opened.
@@ -21,7 +43,12 @@ pub enum TraceEvent {
     /// A control message from the guest.
     Control { t_us: u64, line: String },
     /// A step could not complete.
-    Infeasible { t_us: u64, line: usize, reason: String, vcpus: Vec<String> },
+    Infeasible {
+        t_us: u64,
+        line: usize,
+        reason: String,
+        vcpus: Vec<String>,
+    },
 }
 
 impl TraceEvent {
@@ -35,7 +62,10 @@ impl TraceEvent {
 
 /// Write `value` as JSON to `path` atomically (temp file, fsync, rename): a reader
 /// never sees a half-written file, and a crash leaves the previous version intact.
-pub fn write_json_atomically<T: Serialize>(path: &std::path::Path, value: &T) -> std::io::Result<()> {
+pub fn write_json_atomically<T: Serialize>(
+    path: &std::path::Path,
+    value: &T,
+) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("json.tmp");
     let mut f = std::fs::File::create(&tmp)?;

@@ -75,7 +75,9 @@ impl PacketDecoder {
                     self.check.push(b);
                     if self.check.len() == 2 {
                         self.state = DecodeState::Idle;
-                        let want = std::str::from_utf8(&self.check).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                        let want = std::str::from_utf8(&self.check)
+                            .ok()
+                            .and_then(|h| u8::from_str_radix(h, 16).ok());
                         if want == Some(self.sum) {
                             out.push(std::mem::take(&mut self.data));
                         }
@@ -107,7 +109,8 @@ pub fn parse_stop(packet: &[u8]) -> Option<Stop> {
         'S' | 'T' => {
             let signal = u8::from_str_radix(text.get(1..3)?, 16).ok()?;
             let thread = text.get(3..).and_then(|rest| {
-                rest.split(';').find_map(|kv| kv.strip_prefix("thread:").map(str::to_string))
+                rest.split(';')
+                    .find_map(|kv| kv.strip_prefix("thread:").map(str::to_string))
             });
             Some(Stop::Signal { signal, thread })
         }
@@ -116,11 +119,15 @@ pub fn parse_stop(packet: &[u8]) -> Option<Stop> {
 }
 
 pub fn decode_hex(text: &[u8]) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     text.chunks(2)
-        .map(|pair| std::str::from_utf8(pair).ok().and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .map(|pair| {
+            std::str::from_utf8(pair)
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
         .collect()
 }
 
@@ -141,22 +148,33 @@ pub fn parse_regs(xml: &str, next: &mut usize) -> Vec<RegDesc> {
     let mut rest = xml;
     while let Some(start) = rest.find("<!--") {
         live.push_str(&rest[..start]);
-        rest = rest[start..].find("-->").map(|end| &rest[start + end + 3..]).unwrap_or("");
+        rest = rest[start..]
+            .find("-->")
+            .map(|end| &rest[start + end + 3..])
+            .unwrap_or("");
     }
     live.push_str(rest);
     let mut regs = Vec::new();
     for tag in live.split("<reg ").skip(1) {
         let tag = tag.split('>').next().unwrap_or("");
         let attr = |key: &str| {
-            tag.split(&format!("{key}=\"")).nth(1).and_then(|rest| rest.split('"').next()).map(str::to_string)
+            tag.split(&format!("{key}=\""))
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .map(str::to_string)
         };
-        let (Some(name), Some(bits)) = (attr("name"), attr("bitsize").and_then(|b| b.parse().ok())) else {
+        let (Some(name), Some(bits)) = (attr("name"), attr("bitsize").and_then(|b| b.parse().ok()))
+        else {
             continue;
         };
         if let Some(n) = attr("regnum").and_then(|r| r.parse().ok()) {
             *next = n;
         }
-        regs.push(RegDesc { name, regnum: *next, bits });
+        regs.push(RegDesc {
+            name,
+            regnum: *next,
+            bits,
+        });
         *next += 1;
     }
     regs
@@ -166,7 +184,12 @@ pub fn parse_regs(xml: &str, next: &mut usize) -> Vec<RegDesc> {
 pub fn includes(xml: &str) -> Vec<String> {
     xml.split("<xi:include")
         .skip(1)
-        .filter_map(|t| t.split("href=\"").nth(1).and_then(|r| r.split('"').next()).map(str::to_string))
+        .filter_map(|t| {
+            t.split("href=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .map(str::to_string)
+        })
         .collect()
 }
 
@@ -182,7 +205,10 @@ mod tests {
         stream.extend_from_slice(b"$T05thread:02;#");
         let sum = b"T05thread:02;".iter().fold(0u8, |a, b| a.wrapping_add(*b));
         stream.extend_from_slice(format!("{sum:02x}").as_bytes());
-        assert_eq!(d.push(&stream), vec![b"OK".to_vec(), b"T05thread:02;".to_vec()]);
+        assert_eq!(
+            d.push(&stream),
+            vec![b"OK".to_vec(), b"T05thread:02;".to_vec()]
+        );
         // Split across reads, and a corrupt checksum is dropped.
         assert!(d.push(b"$O").is_empty());
         assert_eq!(d.push(b"K#9a$OK#00"), vec![b"OK".to_vec()]);
@@ -223,8 +249,20 @@ mod tests {
 
     #[test]
     fn parses_stop_replies() {
-        assert_eq!(parse_stop(b"T05thread:02;"), Some(Stop::Signal { signal: 5, thread: Some("02".into()) }));
-        assert_eq!(parse_stop(b"S02"), Some(Stop::Signal { signal: 2, thread: None }));
+        assert_eq!(
+            parse_stop(b"T05thread:02;"),
+            Some(Stop::Signal {
+                signal: 5,
+                thread: Some("02".into())
+            })
+        );
+        assert_eq!(
+            parse_stop(b"S02"),
+            Some(Stop::Signal {
+                signal: 2,
+                thread: None
+            })
+        );
         assert_eq!(parse_stop(b"W00"), Some(Stop::Exited));
         assert_eq!(parse_stop(b"OK"), None);
         assert_eq!(parse_stop(b"T"), None);
@@ -237,9 +275,26 @@ mod tests {
         let mut next = 0;
         let mut regs = parse_regs(core, &mut next);
         regs.extend(parse_regs(sys, &mut next));
-        assert_eq!(regs[1], RegDesc { name: "rbx".into(), regnum: 1, bits: 64 });
-        assert_eq!(regs[3], RegDesc { name: "gs_base".into(), regnum: 58, bits: 64 });
-        assert_eq!(includes(r#"<target><xi:include href="i386-64bit.xml"/></target>"#), vec!["i386-64bit.xml"]);
+        assert_eq!(
+            regs[1],
+            RegDesc {
+                name: "rbx".into(),
+                regnum: 1,
+                bits: 64
+            }
+        );
+        assert_eq!(
+            regs[3],
+            RegDesc {
+                name: "gs_base".into(),
+                regnum: 58,
+                bits: 64
+            }
+        );
+        assert_eq!(
+            includes(r#"<target><xi:include href="i386-64bit.xml"/></target>"#),
+            vec!["i386-64bit.xml"]
+        );
         assert_eq!(decode_hex(b"0aff"), Some(vec![10, 255]));
         assert_eq!(decode_hex(b"0g"), None);
     }

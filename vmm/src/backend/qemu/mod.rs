@@ -10,7 +10,7 @@ pub mod gdb;
 pub mod process;
 
 use super::{Backend, BackendError, Regs, VcpuId, VmConfig, VmEvent, VmExit};
-use gdb::{Stop, RegDesc};
+use gdb::{RegDesc, Stop};
 use process::{Accel, Incoming, Process};
 use std::collections::{BTreeSet, VecDeque};
 use std::io::Write;
@@ -42,8 +42,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Names of the registers memrace reads, in `Regs` field order.
 const REG_NAMES: [&str; 20] = [
-    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
-    "rip", "eflags", "gs_base", "cr3",
+    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13",
+    "r14", "r15", "rip", "eflags", "gs_base", "cr3",
 ];
 
 pub struct QemuVm {
@@ -73,7 +73,8 @@ pub struct QemuVm {
 }
 
 fn sockets_dir() -> Result<tempfile_dir::Dir, QemuError> {
-    tempfile_dir::Dir::new().map_err(|e| QemuError::Io(format!("cannot create a socket directory: {e}")))
+    tempfile_dir::Dir::new()
+        .map_err(|e| QemuError::Io(format!("cannot create a socket directory: {e}")))
 }
 
 /// A short-lived directory for the unix sockets (their paths must stay under 108 bytes).
@@ -103,15 +104,26 @@ impl QemuVm {
     pub fn launch(cfg: &VmConfig, accel: Accel) -> Result<QemuVm, QemuError> {
         let qemu = find_qemu()?;
         if cfg.cpus == 0 {
-            return Err(QemuError::Io("a VM needs at least one vCPU (--cpus 0 given)".into()));
+            return Err(QemuError::Io(
+                "a VM needs at least one vCPU (--cpus 0 given)".into(),
+            ));
         }
-        std::fs::create_dir_all(&cfg.run_dir).map_err(|e| QemuError::Io(format!("{}: {e}", cfg.run_dir.display())))?;
+        std::fs::create_dir_all(&cfg.run_dir)
+            .map_err(|e| QemuError::Io(format!("{}: {e}", cfg.run_dir.display())))?;
         let sockets = sockets_dir()?;
         let args = process::command_line(cfg, accel, &sockets.0, cfg.debug);
-        let _ = std::fs::write(cfg.run_dir.join("qemu.cmdline"), format!("{} {}\n", qemu.display(), args.join(" ")));
+        let _ = std::fs::write(
+            cfg.run_dir.join("qemu.cmdline"),
+            format!("{} {}\n", qemu.display(), args.join(" ")),
+        );
         let (tx, rx) = channel();
         let process = Process::start(&qemu, &args, cfg, &sockets.0, tx)?;
-        let gdb = process.gdb.as_ref().map(|g| g.try_clone()).transpose().map_err(|e| QemuError::Io(e.to_string()))?;
+        let gdb = process
+            .gdb
+            .as_ref()
+            .map(|g| g.try_clone())
+            .transpose()
+            .map_err(|e| QemuError::Io(e.to_string()))?;
         let mut vm = QemuVm {
             process,
             rx,
@@ -127,7 +139,8 @@ impl QemuVm {
             exited: false,
             foreign_hits: 0,
             run_dir: cfg.run_dir.clone(),
-            gdb_log: std::env::var_os("MEMRACE_GDB_LOG").and_then(|_| std::fs::File::create(cfg.run_dir.join("gdb.log")).ok()),
+            gdb_log: std::env::var_os("MEMRACE_GDB_LOG")
+                .and_then(|_| std::fs::File::create(cfg.run_dir.join("gdb.log")).ok()),
             started: Instant::now(),
         };
         if vm.gdb.is_some() {
@@ -148,7 +161,10 @@ impl QemuVm {
             reply = self.request("qsThreadInfo")?;
         }
         if threads.len() != self.cpus {
-            return Err(QemuError::Protocol(format!("expected {} vCPU threads, QEMU lists {threads:?}", self.cpus)));
+            return Err(QemuError::Protocol(format!(
+                "expected {} vCPU threads, QEMU lists {threads:?}",
+                self.cpus
+            )));
         }
         self.threads = threads;
         self.regs = self.register_layout()?;
@@ -167,9 +183,14 @@ impl QemuVm {
         REG_NAMES
             .iter()
             .map(|name| {
-                all.iter().find(|r| r.name == *name).cloned().ok_or_else(|| {
-                    QemuError::Protocol(format!("QEMU's target description has no register {name}"))
-                })
+                all.iter()
+                    .find(|r| r.name == *name)
+                    .cloned()
+                    .ok_or_else(|| {
+                        QemuError::Protocol(format!(
+                            "QEMU's target description has no register {name}"
+                        ))
+                    })
             })
             .collect()
     }
@@ -177,11 +198,20 @@ impl QemuVm {
     fn read_xfer(&mut self, annex: &str) -> Result<String, QemuError> {
         let mut text = String::new();
         loop {
-            let reply = self.request(&format!("qXfer:features:read:{annex}:{:x},{:x}", text.len(), 0x3000))?;
+            let reply = self.request(&format!(
+                "qXfer:features:read:{annex}:{:x},{:x}",
+                text.len(),
+                0x3000
+            ))?;
             let (more, data) = match reply.split_first() {
                 Some((b'm', d)) => (true, d),
                 Some((b'l', d)) => (false, d),
-                _ => return Err(QemuError::Protocol(format!("qXfer {annex}: {:?}", String::from_utf8_lossy(&reply)))),
+                _ => {
+                    return Err(QemuError::Protocol(format!(
+                        "qXfer {annex}: {:?}",
+                        String::from_utf8_lossy(&reply)
+                    )))
+                }
             };
             text.push_str(&String::from_utf8_lossy(data));
             if !more || data.is_empty() {
@@ -193,7 +223,8 @@ impl QemuVm {
     fn send_raw(&mut self, bytes: &[u8]) -> Result<(), QemuError> {
         self.log_gdb(">", bytes);
         let gdb = self.gdb.as_mut().ok_or(QemuError::NotDebugging)?;
-        gdb.write_all(bytes).map_err(|e| QemuError::Io(format!("gdb socket: {e}")))
+        gdb.write_all(bytes)
+            .map_err(|e| QemuError::Io(format!("gdb socket: {e}")))
     }
 
     /// Receive from the channel, acknowledging gdb packets on the way. QEMU 7.2's stub
@@ -215,7 +246,12 @@ impl QemuVm {
     /// With `MEMRACE_GDB_LOG=1`, every gdb exchange goes to `gdb.log` in the run directory.
     fn log_gdb(&mut self, dir: &str, bytes: &[u8]) {
         if let Some(log) = self.gdb_log.as_mut() {
-            let _ = writeln!(log, "{:>12.6} {dir} {}", self.started.elapsed().as_secs_f64(), String::from_utf8_lossy(bytes).escape_debug());
+            let _ = writeln!(
+                log,
+                "{:>12.6} {dir} {}",
+                self.started.elapsed().as_secs_f64(),
+                String::from_utf8_lossy(bytes).escape_debug()
+            );
         }
     }
 
@@ -230,15 +266,24 @@ impl QemuVm {
                     if matches!(e, VmEvent::Exited(_)) {
                         self.exited = true;
                         self.pending.push_back(e);
-                        return Err(QemuError::Protocol(format!("QEMU exited while waiting for the answer to {what}")));
+                        return Err(QemuError::Protocol(format!(
+                            "QEMU exited while waiting for the answer to {what}"
+                        )));
                     }
                     self.pending.push_back(e);
                 }
-                Ok(Incoming::GdbClosed) => return Err(QemuError::Protocol("gdb connection closed".into())),
-                Err(RecvTimeoutError::Timeout) => {
-                    return Err(QemuError::Timeout { request: what.to_string(), seconds: timeout.as_secs() })
+                Ok(Incoming::GdbClosed) => {
+                    return Err(QemuError::Protocol("gdb connection closed".into()))
                 }
-                Err(RecvTimeoutError::Disconnected) => return Err(QemuError::Protocol("QEMU is gone".into())),
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(QemuError::Timeout {
+                        request: what.to_string(),
+                        seconds: timeout.as_secs(),
+                    })
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(QemuError::Protocol("QEMU is gone".into()))
+                }
             }
         }
     }
@@ -273,12 +318,21 @@ impl QemuVm {
     fn request_ok(&mut self, payload: &str) -> Result<(), QemuError> {
         match self.request(payload)? {
             r if r == b"OK" => Ok(()),
-            r => Err(QemuError::Protocol(format!("{payload} answered {:?}", String::from_utf8_lossy(&r)))),
+            r => Err(QemuError::Protocol(format!(
+                "{payload} answered {:?}",
+                String::from_utf8_lossy(&r)
+            ))),
         }
     }
 
     fn vcpu_of_thread(&self, thread: &str) -> Option<VcpuId> {
-        let norm = |t: &str| u64::from_str_radix(t.trim_start_matches('p').rsplit('.').next().unwrap_or(t), 16).ok();
+        let norm = |t: &str| {
+            u64::from_str_radix(
+                t.trim_start_matches('p').rsplit('.').next().unwrap_or(t),
+                16,
+            )
+            .ok()
+        };
         let want = norm(thread)?;
         self.threads.iter().position(|t| norm(t) == Some(want))
     }
@@ -299,8 +353,13 @@ impl QemuVm {
 
     fn read_register(&mut self, desc: &RegDesc) -> Result<u64, QemuError> {
         let reply = self.request(&format!("p{:x}", desc.regnum))?;
-        let bytes = gdb::decode_hex(&reply)
-            .ok_or_else(|| QemuError::Protocol(format!("register {}: {:?}", desc.name, String::from_utf8_lossy(&reply))))?;
+        let bytes = gdb::decode_hex(&reply).ok_or_else(|| {
+            QemuError::Protocol(format!(
+                "register {}: {:?}",
+                desc.name,
+                String::from_utf8_lossy(&reply)
+            ))
+        })?;
         let mut le = [0u8; 8];
         for (i, b) in bytes.iter().take(8).enumerate() {
             le[i] = *b;
@@ -336,7 +395,9 @@ impl QemuVm {
         let stop = loop {
             let stop = self.wait_stop("single-step")?;
             match &stop {
-                Stop::Signal { thread: Some(th), .. } if self.vcpu_of_thread(th) != Some(vcpu) => continue,
+                Stop::Signal {
+                    thread: Some(th), ..
+                } if self.vcpu_of_thread(th) != Some(vcpu) => continue,
                 _ => break stop,
             }
         };
@@ -352,11 +413,20 @@ impl QemuVm {
 
     fn sync_breakpoints(&mut self) -> Result<(), BackendError> {
         let union: BTreeSet<u64> = self.wanted.iter().flatten().copied().collect();
-        for addr in self.inserted.difference(&union).copied().collect::<Vec<_>>() {
+        for addr in self
+            .inserted
+            .difference(&union)
+            .copied()
+            .collect::<Vec<_>>()
+        {
             self.request_ok(&format!("z1,{addr:x},1"))?;
             self.inserted.remove(&addr);
         }
-        for addr in union.difference(&self.inserted).copied().collect::<Vec<_>>() {
+        for addr in union
+            .difference(&self.inserted)
+            .copied()
+            .collect::<Vec<_>>()
+        {
             self.request_ok(&format!("Z1,{addr:x},1"))?;
             self.inserted.insert(addr);
         }
@@ -364,7 +434,10 @@ impl QemuVm {
     }
 
     /// Run `f` with every vCPU stopped, then restart what was running.
-    fn while_stopped<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T, BackendError>) -> Result<T, BackendError> {
+    fn while_stopped<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, BackendError>,
+    ) -> Result<T, BackendError> {
         let was = self.running.clone();
         self.stop_all()?;
         let out = f(self)?;
@@ -412,7 +485,8 @@ impl QemuVm {
                     self.exited = true;
                     let exit = match self.process.exit_status() {
                         Some(s) if !s.success() => {
-                            let why = std::fs::read_to_string(self.run_dir.join("qemu.stderr")).unwrap_or_default();
+                            let why = std::fs::read_to_string(self.run_dir.join("qemu.stderr"))
+                                .unwrap_or_default();
                             VmExit::VmmFailed(format!("QEMU exited with {s}: {}", why.trim()))
                         }
                         _ => exit,
@@ -431,12 +505,13 @@ impl QemuVm {
                 Err(RecvTimeoutError::Timeout) => return Ok(None),
                 Err(RecvTimeoutError::Disconnected) => {
                     self.exited = true;
-                    return Ok(Some(VmEvent::Exited(VmExit::VmmFailed("QEMU's reader threads ended".into()))));
+                    return Ok(Some(VmEvent::Exited(VmExit::VmmFailed(
+                        "QEMU's reader threads ended".into(),
+                    ))));
                 }
             }
         }
     }
-
 }
 
 impl Backend for QemuVm {
@@ -455,7 +530,12 @@ impl Backend for QemuVm {
     fn set_breakpoints(&mut self, vcpu: VcpuId, addrs: &[u64]) -> Result<(), BackendError> {
         self.check_vcpu(vcpu)?;
         if addrs.len() > HW_BREAKPOINTS {
-            return Err(BackendError::TooManyBreakpoints { vcpu, wanted: addrs.len(), limit: HW_BREAKPOINTS, backend: "qemu" });
+            return Err(BackendError::TooManyBreakpoints {
+                vcpu,
+                wanted: addrs.len(),
+                limit: HW_BREAKPOINTS,
+                backend: "qemu",
+            });
         }
         if self.gdb.is_none() {
             return Err(QemuError::NotDebugging.into());
@@ -494,7 +574,11 @@ impl Backend for QemuVm {
         Ok(())
     }
 
-    fn service_parked(&mut self, running: &[VcpuId], parked: &[VcpuId]) -> Result<bool, BackendError> {
+    fn service_parked(
+        &mut self,
+        running: &[VcpuId],
+        parked: &[VcpuId],
+    ) -> Result<bool, BackendError> {
         // Forgetting the pending step-over makes `resume` re-enter them at the breakpoint.
         for &v in parked {
             self.check_vcpu(v)?;
@@ -540,9 +624,26 @@ impl Backend for QemuVm {
             *slot = self.read_register(desc)?;
         }
         Ok(Regs {
-            rax: v[0], rbx: v[1], rcx: v[2], rdx: v[3], rsi: v[4], rdi: v[5], rbp: v[6], rsp: v[7],
-            r8: v[8], r9: v[9], r10: v[10], r11: v[11], r12: v[12], r13: v[13], r14: v[14], r15: v[15],
-            rip: v[16], rflags: v[17], gs_base: v[18], cr3: v[19],
+            rax: v[0],
+            rbx: v[1],
+            rcx: v[2],
+            rdx: v[3],
+            rsi: v[4],
+            rdi: v[5],
+            rbp: v[6],
+            rsp: v[7],
+            r8: v[8],
+            r9: v[9],
+            r10: v[10],
+            r11: v[11],
+            r12: v[12],
+            r13: v[13],
+            r14: v[14],
+            r15: v[15],
+            rip: v[16],
+            rflags: v[17],
+            gs_base: v[18],
+            cr3: v[19],
         })
     }
 
@@ -573,7 +674,11 @@ impl Backend for QemuVm {
             let hex: String = data.iter().map(|b| format!("{b:02x}")).collect();
             let wrote = vm.request_ok(&format!("M{gpa:x},{:x}:{hex}", data.len()));
             vm.request_ok("Qqemu.PhyMemMode:0")?;
-            wrote.map_err(|e| BackendError::Memory { addr: gpa, len: data.len(), why: e.to_string() })
+            wrote.map_err(|e| BackendError::Memory {
+                addr: gpa,
+                len: data.len(),
+                why: e.to_string(),
+            })
         })
     }
 

@@ -38,10 +38,18 @@ pub enum Accel {
 pub fn find_qemu() -> Result<PathBuf, QemuError> {
     if let Some(explicit) = std::env::var_os("MEMRACE_QEMU") {
         let p = PathBuf::from(explicit);
-        return if p.is_file() { Ok(p) } else { Err(QemuError::NotInstalled(p.display().to_string())) };
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(QemuError::NotInstalled(p.display().to_string()))
+        };
     }
     std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("qemu-system-x86_64")).find(|p| p.is_file()))
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join("qemu-system-x86_64"))
+                .find(|p| p.is_file())
+        })
         .ok_or_else(|| QemuError::NotInstalled("qemu-system-x86_64".into()))
 }
 
@@ -88,24 +96,38 @@ pub fn command_line(cfg: &VmConfig, accel: Accel, sockets: &Path, debug: bool) -
     ];
     if debug {
         // -S: no guest instruction runs before the debugger has armed its breakpoints.
-        args.extend(["-S".into(), "-chardev".into(), format!("socket,id=gdb,path={}", s("gdb.sock")), "-gdb".into(), "chardev:gdb".into()]);
+        args.extend([
+            "-S".into(),
+            "-chardev".into(),
+            format!("socket,id=gdb,path={}", s("gdb.sock")),
+            "-gdb".into(),
+            "chardev:gdb".into(),
+        ]);
     }
     args
 }
 
 fn accept_within(listener: &UnixListener, what: &str) -> Result<UnixStream, QemuError> {
-    listener.set_nonblocking(true).map_err(|e| QemuError::Io(format!("{what} socket: {e}")))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| QemuError::Io(format!("{what} socket: {e}")))?;
     let deadline = Instant::now() + CONNECT_TIMEOUT;
     loop {
         match listener.accept() {
             Ok((stream, _)) => {
-                stream.set_nonblocking(false).map_err(|e| QemuError::Io(e.to_string()))?;
+                stream
+                    .set_nonblocking(false)
+                    .map_err(|e| QemuError::Io(e.to_string()))?;
                 return Ok(stream);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(5));
             }
-            Err(e) => return Err(QemuError::Io(format!("QEMU did not connect its {what} socket: {e}"))),
+            Err(e) => {
+                return Err(QemuError::Io(format!(
+                    "QEMU did not connect its {what} socket: {e}"
+                )))
+            }
         }
     }
 }
@@ -124,7 +146,14 @@ fn wait_exited_unreaped(pid: u32) -> Result<(), std::io::Error> {
         // SAFETY: siginfo_t is plain data; zeroed is a valid initial value for waitid to fill.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: waitid on our own child with a valid out-pointer; WNOWAIT leaves it unreaped.
-        let rc = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
         if rc == 0 {
             return Ok(());
         }
@@ -135,7 +164,12 @@ fn wait_exited_unreaped(pid: u32) -> Result<(), std::io::Error> {
     }
 }
 
-fn reader(mut stream: UnixStream, log_path: PathBuf, tx: Sender<Incoming>, control: bool) -> JoinHandle<()> {
+fn reader(
+    mut stream: UnixStream,
+    log_path: PathBuf,
+    tx: Sender<Incoming>,
+    control: bool,
+) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let mut log = std::fs::File::create(&log_path).ok();
         let mut lines = LineSplitter::default();
@@ -157,7 +191,11 @@ fn reader(mut stream: UnixStream, log_path: PathBuf, tx: Sender<Incoming>, contr
                         },
                     }
                 } else {
-                    VmEvent::Console(String::from_utf8_lossy(&line).trim_end_matches('\r').to_string())
+                    VmEvent::Console(
+                        String::from_utf8_lossy(&line)
+                            .trim_end_matches('\r')
+                            .to_string(),
+                    )
                 };
                 if tx.send(Incoming::Event(event)).is_err() {
                     return;
@@ -189,16 +227,27 @@ fn gdb_reader(stream: UnixStream, tx: Sender<Incoming>) -> JoinHandle<()> {
 
 impl Process {
     /// Start QEMU for `cfg` and connect every channel. `sockets` must be a short path.
-    pub fn start(qemu: &Path, args: &[String], cfg: &VmConfig, sockets: &Path, tx: Sender<Incoming>) -> Result<Process, QemuError> {
+    pub fn start(
+        qemu: &Path,
+        args: &[String],
+        cfg: &VmConfig,
+        sockets: &Path,
+        tx: Sender<Incoming>,
+    ) -> Result<Process, QemuError> {
         let listen = |name: &str| {
             let p = sockets.join(name);
             let _ = std::fs::remove_file(&p);
             UnixListener::bind(&p).map_err(|e| QemuError::Io(format!("bind {}: {e}", p.display())))
         };
         let (con_l, ctl_l) = (listen("console.sock")?, listen("control.sock")?);
-        let gdb_l = if cfg.debug { Some(listen("gdb.sock")?) } else { None };
+        let gdb_l = if cfg.debug {
+            Some(listen("gdb.sock")?)
+        } else {
+            None
+        };
         let stderr_path = cfg.run_dir.join("qemu.stderr");
-        let stderr = std::fs::File::create(&stderr_path).map_err(|e| QemuError::Io(format!("{}: {e}", stderr_path.display())))?;
+        let stderr = std::fs::File::create(&stderr_path)
+            .map_err(|e| QemuError::Io(format!("{}: {e}", stderr_path.display())))?;
         let mut child: Child = Command::new(qemu)
             .args(args)
             .stdin(Stdio::null())
@@ -209,7 +258,10 @@ impl Process {
         let connected = (|| {
             let con = accept_within(&con_l, "console")?;
             let ctl = accept_within(&ctl_l, "control")?;
-            let gdb = gdb_l.as_ref().map(|l| accept_within(l, "gdb")).transpose()?;
+            let gdb = gdb_l
+                .as_ref()
+                .map(|l| accept_within(l, "gdb"))
+                .transpose()?;
             Ok::<_, QemuError>((con, ctl, gdb))
         })();
         let (con, ctl, gdb) = match connected {
@@ -242,7 +294,11 @@ impl Process {
             };
             let _ = tx.send(Incoming::Event(VmEvent::Exited(exit)));
         });
-        Ok(Process { child, gdb: gdb_writer, waiter: Some(waiter) })
+        Ok(Process {
+            child,
+            gdb: gdb_writer,
+            waiter: Some(waiter),
+        })
     }
 
     /// Kill QEMU (idempotent) and wait for the reader threads.
