@@ -288,7 +288,7 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.starts_with("x.toml:12:"), "{e}");
+        assert!(e.starts_with("x.toml:11:"), "{e}");
         assert!(matches!(
             find(Path::new("/nonexistent"), "nope", 4),
             Err(ScenarioError::Unknown { .. })

@@ -129,7 +129,10 @@ pub struct Engine<'a> {
     gates: HashMap<String, u64>,
     facts: HashMap<String, String>,
     oracle: Option<(Outcome, String)>,
+    /// This trial's console: its kernel report, if any.
     console: ConsoleWatch,
+    /// The whole boot's console tail, for reports.
+    boot_console: ConsoleWatch,
     trace: Vec<TraceEvent>,
     hits: Vec<String>,
     filtered: u64,
@@ -160,6 +163,7 @@ impl<'a> Engine<'a> {
             facts: HashMap::new(),
             oracle: None,
             console: ConsoleWatch::new(40),
+            boot_console: ConsoleWatch::new(60),
             trace: Vec::new(),
             hits: Vec::new(),
             filtered: 0,
@@ -180,8 +184,9 @@ impl<'a> Engine<'a> {
             .collect()
     }
 
+    /// The last console lines of this boot.
     pub fn console_tail(&self) -> Vec<String> {
-        self.console.tail()
+        self.boot_console.tail()
     }
 
     /// The kernel report (BUG/WARN/panic) seen on the console during this trial.
@@ -477,6 +482,7 @@ impl<'a> Engine<'a> {
                         cb(&line);
                     }
                     self.console.push(&line);
+                    self.boot_console.push(&line);
                 }
                 VmEvent::Control(ControlMessage::Output { .. }) => {}
                 VmEvent::Control(m) => {
