@@ -1,7 +1,8 @@
 //! `fork-anon-vma` (scenarios §C.4): after a VMA split and fork, the child's COW copy of the
 //! second page must be reachable by rmap. The child makes it lazyfree and pages it out:
 //! a correct kernel discards it (reads zero), a buggy one cannot find the mapping (old data).
-//! `warn_check 1` then unmaps the first page, which fires a DEBUG_VM warning on buggy kernels.
+//! `warn_check 1` then unmaps the first page, which fires a DEBUG_VM warning on buggy kernels,
+//! and sends `PHASE munmap-done` once the munmap returned.
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use control_proto::Outcome;
 
 use super::{Trial, Workload};
 use crate::child::{self, Ended};
+use crate::control;
 use crate::error::{self, Res};
 use crate::job::Params;
 use crate::mem::{Mapping, PAGE};
@@ -59,6 +61,9 @@ fn child_side(trial: &Trial, p: &Mapping, warn_check: bool) -> Res<()> {
         // child `_exit`s right after this, so the Mapping is never dropped in this process.
         let ret = unsafe { libc::munmap(p.ptr().cast(), PAGE) };
         error::check(ret.into(), "munmap(first page)")?;
+        // A buggy kernel warned (and panicked) inside that munmap; a scenario can wait for
+        // this marker so the bench sees the warning before it judges the trial.
+        control::phase("munmap-done");
     }
     Ok(())
 }
