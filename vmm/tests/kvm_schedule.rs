@@ -15,6 +15,7 @@ use memrace::backend::kvm::{launch_program, KvmOptions};
 use memrace::backend::Backend;
 use memrace::sched::engine::{Engine, Introspect, ScheduleStatus, TaskLayout, TrialRun};
 use memrace::sched::schedule::{RawSchedule, Schedule};
+use memrace::sched::trace::TraceEvent;
 
 const RUNS: usize = 100;
 
@@ -113,11 +114,30 @@ fn run_once(opts: &KvmOptions, fx: &Race, schedule: &Schedule) -> (TrialRun, u64
     (trial, counter)
 }
 
+/// Microseconds from each `release` to the next hit: the engine's per-hit round trip
+/// (resume with a step past the breakpoint, guest run, event, register read).
+fn release_to_hit_us(trial: &TrialRun) -> Vec<u64> {
+    let mut gaps = Vec::new();
+    let mut released = None;
+    for event in &trial.trace {
+        match event {
+            TraceEvent::Release { t_us, .. } => released = Some(*t_us),
+            TraceEvent::Hit { t_us, .. } => {
+                if let Some(from) = released.take() {
+                    gaps.push(t_us - from);
+                }
+            }
+            _ => {}
+        }
+    }
+    gaps
+}
+
 /// Run `schedule` `RUNS` times; every run must complete and end with `expected`.
 fn repeat(opts: &KvmOptions, name: &str, text: &str, expected: u64) {
     let fx = fixtures::race(1);
     let schedule = parse(name, text);
-    let (mut matched, mut hits, mut in_trials) = (0, 0, Duration::ZERO);
+    let (mut matched, mut gaps, mut trials) = (0, Vec::new(), Vec::new());
     let started = Instant::now();
     for run in 0..RUNS {
         let (trial, counter) = run_once(opts, &fx, &schedule);
@@ -128,15 +148,22 @@ fn repeat(opts: &KvmOptions, name: &str, text: &str, expected: u64) {
         );
         assert_eq!(trial.hits.len(), schedule.expected_hits().len());
         matched += usize::from(counter == expected);
-        hits += trial.hits.len();
-        in_trials += Duration::from_secs_f64(trial.seconds);
+        gaps.extend(release_to_hit_us(&trial));
+        trials.push(Duration::from_secs_f64(trial.seconds));
     }
     let wall = started.elapsed();
+    gaps.sort_unstable();
+    trials.sort_unstable();
+    let trial = trials[RUNS / 2];
+    let hits = schedule.expected_hits().len();
     eprintln!(
-        "{name}: counter == {expected} in {matched}/{RUNS} runs; {hits} hits in {in_trials:.2?} of \
-         trials ({:.0} hits/s, {:.2?} per hit incl. release), {:.2?} per run with launch",
-        hits as f64 / in_trials.as_secs_f64(),
-        in_trials / hits as u32,
+        "{name}: counter == {expected} in {matched}/{RUNS} runs; median trial {trial:.2?} for \
+         {hits} hits ({:.0} hits/s, slowest trial {:.2?}); release to next hit: median {} µs, \
+         p90 {} µs; {:.2?} per run with launch and teardown",
+        hits as f64 / trial.as_secs_f64(),
+        trials[RUNS - 1],
+        gaps[gaps.len() / 2],
+        gaps[gaps.len() * 9 / 10],
         wall / RUNS as u32,
     );
     assert_eq!(matched, RUNS, "{name}: counter == {expected}");
