@@ -145,7 +145,7 @@ pub fn run_scenario(scenario: &Scenario, args: &RunArgs, accel: QemuAccel) -> Re
 }
 
 pub fn run(args: RunArgs) -> Result<i32> {
-    let accel = super::boot::choose_accel(args.backend);
+    let accel = super::boot::choose_qemu(args.backend)?;
     let dir = file::default_dir();
     let names: Vec<String> = if args.all {
         file::names(&dir)
