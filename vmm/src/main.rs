@@ -20,6 +20,9 @@ enum Command {
     Boot(cli::boot::BootArgs),
     /// Run a race scenario on its kernels (default: madv-free-dio) and report verdicts.
     Run(cli::run::RunArgs),
+    /// Measure what the backends cost.
+    #[command(subcommand)]
+    Bench(cli::bench::BenchCommand),
 }
 
 fn main() {
@@ -28,6 +31,7 @@ fn main() {
         Command::Kernel(k) => cli::kernel::run(k),
         Command::Boot(b) => cli::boot::run(b),
         Command::Run(r) => cli::run::run(r),
+        Command::Bench(b) => cli::bench::run(b),
     };
     match result {
         Ok(code) => std::process::exit(code),
