@@ -36,7 +36,7 @@ pub fn run(cmd: KernelCommand) -> Result<i32> {
         KernelCommand::List => {
             let images = Images::open(&kernel::default_images_dir())?;
             let built = kernel::list();
-            println!("{:<28} {:<18} {:<9} {}", "VARIANT", "HASH", "BUILT", "DESCRIPTION");
+            println!("{:<28} {:<18} {:<9} DESCRIPTION", "VARIANT", "HASH", "BUILT");
             for name in images.variant_names() {
                 let v = images.variant(&name)?;
                 let current = kernel::find(&images, DEFAULT_ARCH, &v)?;
@@ -48,7 +48,7 @@ pub fn run(cmd: KernelCommand) -> Result<i32> {
                 images.variant(&k.manifest.variant).ok().and_then(|v| kernel::find(&images, DEFAULT_ARCH, &v).ok().flatten()).map(|c| c.dir != k.dir).unwrap_or(true)
             });
             for k in stale {
-                println!("{:<28} {:<18} {:<9} {}", k.manifest.variant, k.manifest.hash, "stale", "older recipe or patch version");
+                println!("{:<28} {:<18} {:<9} older recipe or patch version", k.manifest.variant, k.manifest.hash, "stale");
             }
         }
         KernelCommand::Path { variant } => println!("{}", ensure(&variant)?.dir.display()),

@@ -70,6 +70,9 @@ fn out_dir(args: &RunArgs, name: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// (is a control, label, variant, expectation, note, schedule, schedule name, params, trials)
+type Plan<'s> = (bool, String, String, Expect, String, &'s Schedule, String, BTreeMap<String, String>, u32);
+
 /// Run one scenario; returns its result (also written to disk after every trial).
 pub fn run_scenario(scenario: &Scenario, args: &RunArgs, accel: QemuAccel) -> Result<ScenarioResult> {
     let dir = out_dir(args, &scenario.name)?;
@@ -95,7 +98,7 @@ pub fn run_scenario(scenario: &Scenario, args: &RunArgs, accel: QemuAccel) -> Re
     let mut cache = BTreeMap::new();
     let baseline = scenario.schedule.without_breakpoints();
     let trials = args.trials.unwrap_or(scenario.workload.trials);
-    let mut plans: Vec<(bool, String, String, Expect, String, &Schedule, String, BTreeMap<String, String>, u32)> = Vec::new();
+    let mut plans: Vec<Plan> = Vec::new();
     for k in scenario.kernels.iter().filter(|k| args.kernels.is_empty() || args.kernels.contains(&k.variant)) {
         plans.push((false, k.variant.clone(), k.variant.clone(), k.expect, k.note.clone(), &scenario.schedule, "scenario".into(), scenario.workload.params.clone(), trials));
     }

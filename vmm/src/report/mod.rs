@@ -14,8 +14,8 @@ pub fn table(rows: &[KernelRun]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<34} {:<22} {:>6} {:>10} {:>6} {:>10} {:>6} {:>9} {:>7}  {}",
-        "KERNEL", "EXPECT", "TRIALS", "REPRODUCED", "PASSED", "INFEASIBLE", "ERRORS", "S/TRIAL", "BOOT S", "HELD"
+        "{:<34} {:<22} {:>6} {:>10} {:>6} {:>10} {:>6} {:>9} {:>7}  HELD",
+        "KERNEL", "EXPECT", "TRIALS", "REPRODUCED", "PASSED", "INFEASIBLE", "ERRORS", "S/TRIAL", "BOOT S"
     );
     for k in rows {
         let c = k.counts;

@@ -108,6 +108,9 @@ enum Happened {
     Gone(String),
 }
 
+/// Called with every console line.
+pub type ConsoleHook<'a> = Box<dyn FnMut(&str) + 'a>;
+
 pub struct Engine<'a> {
     vm: &'a mut dyn Backend,
     intro: &'a dyn Introspect,
@@ -128,7 +131,7 @@ pub struct Engine<'a> {
     t0: Instant,
     gone: Option<String>,
     /// Every console line, for the caller's log.
-    pub on_console: Option<Box<dyn FnMut(&str) + 'a>>,
+    pub on_console: Option<ConsoleHook<'a>>,
 }
 
 impl<'a> Engine<'a> {

@@ -116,7 +116,7 @@ pub fn parse_stop(packet: &[u8]) -> Option<Stop> {
 }
 
 pub fn decode_hex(text: &[u8]) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     text.chunks(2)
