@@ -5,7 +5,11 @@ mod cli;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "memrace", version, about = "Deterministic Linux mm race bench: patched vs unpatched kernels under controlled vCPU schedules")]
+#[command(
+    name = "memrace",
+    version,
+    about = "Deterministic Linux mm race bench: patched vs unpatched kernels under controlled vCPU schedules"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

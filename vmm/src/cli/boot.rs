@@ -79,7 +79,9 @@ pub fn parse_mem(text: &str) -> Result<u64> {
         Some((i, 'M' | 'm')) => (&t[..i], 1),
         _ => (t, 1),
     };
-    let n: u64 = num.parse().with_context(|| format!("--mem {text:?}: expected e.g. 512M or 1G"))?;
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("--mem {text:?}: expected e.g. 512M or 1G"))?;
     let mib = n * mult;
     if !(64..=65536).contains(&mib) {
         bail!("--mem {text}: guest memory must be between 64M and 64G");
@@ -106,9 +108,10 @@ pub fn resolve_kernel(spec: &str) -> Result<PathBuf> {
 fn qemu_accel(level: &KvmLevel) -> (QemuAccel, String) {
     match level {
         KvmLevel::Hardware { reason } => (QemuAccel::Kvm, reason.clone()),
-        KvmLevel::Software { reason } => {
-            (QemuAccel::Tcg, format!("{reason}; a full Linux boot needs hardware virtualization"))
-        }
+        KvmLevel::Software { reason } => (
+            QemuAccel::Tcg,
+            format!("{reason}; a full Linux boot needs hardware virtualization"),
+        ),
         KvmLevel::Unavailable { reason } => (QemuAccel::Tcg, reason.clone()),
     }
 }
@@ -135,7 +138,10 @@ fn kvm_refusal(level: &KvmLevel) -> String {
             "--backend kvm: this host has only a software KVM ({reason}); Linux gets no further \
              than early boot on it. Use --backend qemu (or auto)"
         ),
-        other => format!("--backend kvm: no usable KVM on this host ({}); use --backend qemu", other.reason()),
+        other => format!(
+            "--backend kvm: no usable KVM on this host ({}); use --backend qemu",
+            other.reason()
+        ),
     }
 }
 
@@ -157,8 +163,12 @@ fn announce(kind: BackendKind, chosen: Chosen, why: &str) {
 }
 
 fn run_dir(label: &str) -> Result<PathBuf> {
-    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
-    let dir = memrace::kernel::cache_root().join("runs").join(format!("{label}-{stamp}-{}", std::process::id()));
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
+    let dir = memrace::kernel::cache_root()
+        .join("runs")
+        .join(format!("{label}-{stamp}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
 }
@@ -178,7 +188,9 @@ pub fn boot(args: &BootArgs, backend: Chosen) -> Result<(BootReport, PathBuf)> {
         .files
         .iter()
         .map(|f| {
-            let (host, guest) = f.split_once(':').with_context(|| format!("--file {f:?}: expected HOST_PATH:GUEST_PATH"))?;
+            let (host, guest) = f
+                .split_once(':')
+                .with_context(|| format!("--file {f:?}: expected HOST_PATH:GUEST_PATH"))?;
             Ok((PathBuf::from(host), guest.to_string()))
         })
         .collect::<Result<Vec<_>>>()?;
@@ -198,7 +210,10 @@ pub fn boot(args: &BootArgs, backend: Chosen) -> Result<(BootReport, PathBuf)> {
         Chosen::Kvm => Box::new(kvm::launch(&cfg, &KvmOptions::for_host())?),
         Chosen::Qemu(accel) => Box::new(QemuVm::launch(&cfg, accel)?),
     };
-    let limits = Limits { boot: Duration::from_secs(args.boot_timeout), run: Duration::from_secs(args.timeout) };
+    let limits = Limits {
+        boot: Duration::from_secs(args.boot_timeout),
+        run: Duration::from_secs(args.timeout),
+    };
     let verbose = args.verbose;
     let report = boot::run(
         vm.as_mut(),
@@ -217,7 +232,10 @@ pub fn boot(args: &BootArgs, backend: Chosen) -> Result<(BootReport, PathBuf)> {
     );
     vm.kill();
     let _ = std::io::stdout().flush();
-    let _ = std::fs::write(dir.join("boot-report.json"), serde_json::to_vec_pretty(&report)?);
+    let _ = std::fs::write(
+        dir.join("boot-report.json"),
+        serde_json::to_vec_pretty(&report)?,
+    );
     Ok((report, dir))
 }
 
@@ -226,7 +244,11 @@ pub fn run(args: BootArgs) -> Result<i32> {
     let backend = choose_backend(args.backend)?;
     let (report, dir) = boot(&args, backend)?;
     if let Some(t) = report.time_to_init {
-        eprintln!("memrace: /init after {:.2} s, total {:.2} s", t.as_secs_f64(), report.total.as_secs_f64());
+        eprintln!(
+            "memrace: /init after {:.2} s, total {:.2} s",
+            t.as_secs_f64(),
+            report.total.as_secs_f64()
+        );
     }
     match &report.verdict {
         Verdict::Exited { .. } => {}
@@ -237,7 +259,10 @@ pub fn run(args: BootArgs) -> Result<i32> {
             }
         }
         Verdict::Timeout { stage, seconds } => {
-            eprintln!("memrace: verdict: timeout: no {} within {seconds} s; last console lines:", if stage == "boot" { "/init" } else { "exit" });
+            eprintln!(
+                "memrace: verdict: timeout: no {} within {seconds} s; last console lines:",
+                if stage == "boot" { "/init" } else { "exit" }
+            );
             for l in &report.console_tail {
                 eprintln!("  {l}");
             }
@@ -250,7 +275,10 @@ pub fn run(args: BootArgs) -> Result<i32> {
         }
     }
     if !matches!(report.verdict, Verdict::Exited { .. }) {
-        eprintln!("memrace: console log: {}", dir.join("console.log").display());
+        eprintln!(
+            "memrace: console log: {}",
+            dir.join("console.log").display()
+        );
     }
     Ok(report.verdict.exit_code())
 }
