@@ -18,10 +18,7 @@ pub fn run(args: &[&str]) -> (Output, Duration) {
 }
 
 pub fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 /// The cached kernel directory of `variant`, building it if needed. Panics (fails the
@@ -29,10 +26,7 @@ pub fn text(out: &Output) -> (String, String) {
 pub fn kernel_dir(variant: &str) -> PathBuf {
     let (out, _) = run(&["kernel", "path", variant]);
     let (stdout, stderr) = text(&out);
-    assert!(
-        out.status.success(),
-        "cannot get kernel {variant}: {stderr}"
-    );
+    assert!(out.status.success(), "cannot get kernel {variant}: {stderr}");
     PathBuf::from(stdout.trim())
 }
 
@@ -45,10 +39,6 @@ pub fn vmlinux() -> PathBuf {
         return p;
     }
     let v = kernel_dir("base").join("vmlinux");
-    assert!(
-        v.is_file(),
-        "{} missing after `memrace kernel path`",
-        v.display()
-    );
+    assert!(v.is_file(), "{} missing after `memrace kernel path`", v.display());
     v
 }
