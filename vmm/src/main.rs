@@ -26,6 +26,9 @@ enum Command {
     Run(cli::run::RunArgs),
     /// Re-run a recorded scenario and check the breakpoint hits occur in the same order.
     Replay(cli::replay::ReplayArgs),
+    /// Measure what the backends cost.
+    #[command(subcommand)]
+    Bench(cli::bench::BenchCommand),
 }
 
 fn main() {
@@ -35,6 +38,7 @@ fn main() {
         Command::Boot(b) => cli::boot::run(b),
         Command::Run(r) => cli::run::run(r),
         Command::Replay(r) => cli::replay::run(r),
+        Command::Bench(b) => cli::bench::run(b),
     };
     match result {
         Ok(code) => std::process::exit(code),

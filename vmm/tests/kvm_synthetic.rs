@@ -168,7 +168,9 @@ fn race_fixture_loses_an_update_only_under_the_forced_interleaving() {
     let fx = fixtures::race(1);
 
     // Interleaved: vCPU 0 loads, vCPU 1 does a whole increment, vCPU 0 stores a stale value.
+    let open = 1u64.to_le_bytes();
     let mut vm = launch_program(&fx.program, &opts).unwrap();
+    vm.write_phys(fx.gate, &open).unwrap();
     vm.set_breakpoints(0, &[fx.between]).unwrap();
     vm.set_breakpoints(1, &[fx.done]).unwrap();
     vm.resume(&[0]).unwrap();
@@ -183,6 +185,7 @@ fn race_fixture_loses_an_update_only_under_the_forced_interleaving() {
 
     // Serialised: both increments land.
     let mut vm = launch_program(&fx.program, &opts).unwrap();
+    vm.write_phys(fx.gate, &open).unwrap();
     vm.set_breakpoints(0, &[fx.done]).unwrap();
     vm.set_breakpoints(1, &[fx.done]).unwrap();
     vm.resume(&[0]).unwrap();
@@ -241,8 +244,8 @@ fn breakpoint_requests_are_checked() {
         Err(BackendError::NoSuchVcpu(2, 2))
     ));
     vm.resume(&[0]).unwrap();
-    let running = vm.set_breakpoints(0, &[fx.done[0]]).unwrap_err();
-    assert!(running.to_string().contains("running"), "{running}");
+    vm.set_breakpoints(0, &[fx.done[0]])
+        .expect("a running vCPU takes new breakpoints");
     vm.kill();
     vm.kill();
     assert!(matches!(vm.resume(&[0]), Err(BackendError::Exited)));
@@ -273,4 +276,58 @@ fn each_vcpu_sees_its_own_normalised_cpuid() {
             assert_eq!(ecx & (1 << 26), 0, "XSAVE hidden: {ecx:#x}");
         }
     }
+}
+
+/// Both vCPUs race to `between`; the gate is open before they start.
+fn race_to_between(opts: &kvm::KvmOptions) -> (memrace::backend::kvm::KvmVm, fixtures::Race) {
+    let fx = fixtures::race(1);
+    let mut vm = launch_program(&fx.program, opts).unwrap();
+    vm.write_phys(fx.gate, &1u64.to_le_bytes()).unwrap();
+    vm.set_breakpoints(0, &[fx.between]).unwrap();
+    vm.set_breakpoints(1, &[fx.between]).unwrap();
+    (vm, fx)
+}
+
+#[test]
+fn a_hit_not_yet_received_is_not_stepped_past_by_resume() {
+    let Some(opts) = kvm_or_report("kvm synthetic guests") else {
+        return;
+    };
+    let (mut vm, fx) = race_to_between(&opts);
+    vm.resume(&[0, 1]).unwrap();
+    let (first, _) = next_breakpoint(&mut vm, LIMIT);
+    let other = 1 - first;
+    // Let the other vCPU reach its breakpoint too, unreported.
+    std::thread::sleep(Duration::from_millis(200));
+    vm.resume(&[other]).unwrap();
+    assert_eq!(next_breakpoint(&mut vm, LIMIT), (other, fx.between));
+    assert_eq!(
+        vm.regs(other).unwrap().rip,
+        fx.between,
+        "still stopped on it"
+    );
+    assert_eq!(read_u64(&vm, fx.counter), 0, "no store yet");
+}
+
+#[test]
+fn servicing_a_parked_vcpu_re_fires_its_breakpoint_without_stepping() {
+    let Some(opts) = kvm_or_report("kvm synthetic guests") else {
+        return;
+    };
+    let (mut vm, fx) = race_to_between(&opts);
+    vm.resume(&[0]).unwrap();
+    assert_eq!(next_breakpoint(&mut vm, LIMIT), (0, fx.between));
+    for _ in 0..3 {
+        assert!(vm.service_parked(&[], &[0]).unwrap());
+        assert_eq!(next_breakpoint(&mut vm, LIMIT), (0, fx.between));
+        assert_eq!(vm.regs(0).unwrap().rip, fx.between);
+    }
+    vm.set_breakpoints(0, &[fx.done]).unwrap();
+    vm.resume(&[0]).unwrap();
+    assert_eq!(next_breakpoint(&mut vm, LIMIT), (0, fx.done));
+    assert_eq!(
+        read_u64(&vm, fx.counter),
+        1,
+        "one increment after the services"
+    );
 }

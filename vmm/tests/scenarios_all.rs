@@ -7,11 +7,21 @@ use serde_json::Value;
 
 #[test]
 fn every_scenario_meets_its_expectations_over_10_trials_per_kernel() {
-    for k in ["base", "madv-free-unpatched", "mremap-unpatched", "fork-anon-vma-unpatched", "thp-early-pte"] {
+    for k in [
+        "base",
+        "madv-free-unpatched",
+        "mremap-unpatched",
+        "fork-anon-vma-unpatched",
+        "thp-early-pte",
+    ] {
         kernel_dir(k);
     }
     let out = tempfile::tempdir().unwrap();
-    let output = memrace().args(["run", "--all", "--trials", "10", "--out"]).arg(out.path()).output().unwrap();
+    let output = memrace()
+        .args(["run", "--all", "--trials", "10", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
     let (stdout, stderr) = text(&output);
     println!("{stdout}");
     assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
@@ -23,17 +33,33 @@ fn every_scenario_meets_its_expectations_over_10_trials_per_kernel() {
         scenarios += 1;
         assert_eq!(result["held"], true, "{}", path.display());
         for k in result["kernels"].as_array().unwrap() {
-            assert!(k["counts"]["trials"].as_u64().unwrap() >= 10, "{}: {}", result["scenario"], k["label"]);
-            assert_eq!(k["held"], true, "{}: {} {}", result["scenario"], k["label"], k["counts"]);
+            assert!(
+                k["counts"]["trials"].as_u64().unwrap() >= 10,
+                "{}: {}",
+                result["scenario"],
+                k["label"]
+            );
+            assert_eq!(
+                k["held"], true,
+                "{}: {} {}",
+                result["scenario"], k["label"], k["counts"]
+            );
             let reproduced = k["counts"]["reproduced"].as_u64().unwrap();
             match k["expect"].as_str().unwrap() {
                 "reproduced" => assert_eq!(reproduced, 10),
                 _ => assert_eq!(reproduced, 0),
             }
         }
-        for name in ["mremap-migration", "fork-anon-vma", "thp-pagetable-exposure"] {
+        for name in [
+            "mremap-migration",
+            "fork-anon-vma",
+            "thp-pagetable-exposure",
+        ] {
             if result["scenario"] == name {
-                assert!(stdout.lines().any(|l| l.starts_with(name)), "summary row for {name}");
+                assert!(
+                    stdout.lines().any(|l| l.starts_with(name)),
+                    "summary row for {name}"
+                );
             }
         }
     }

@@ -11,7 +11,10 @@
 //!   Other vCPUs may stop with it (qemu's gdbstub is all-stop) — the caller always
 //!   follows an event with `resume(set)`, which restarts whatever it names.
 //! * Resuming a vCPU that is stopped on a breakpoint steps past that breakpoint
-//!   (RF on x86 KVM, remove/step/re-insert on qemu) without re-reporting it.
+//!   (remove/step/re-insert on both backends) without re-reporting it.
+//! * No hit is stepped past before the caller has it: a vCPU that stopped on a hit
+//!   `next_event` has not returned yet stays stopped when `resume` names it (kvm),
+//!   or reports the hit again (qemu).
 
 pub mod kvm;
 pub mod qemu;
@@ -124,7 +127,8 @@ pub trait Backend {
     fn vcpu_count(&self) -> usize;
     /// Hardware breakpoints available per vCPU (4 on x86: DR0–DR3).
     fn max_breakpoints(&self) -> usize;
-    /// Replace `vcpu`'s breakpoints with `addrs`. Only valid while `vcpu` is stopped.
+    /// Replace `vcpu`'s breakpoints with `addrs`, whether it runs or is stopped (a
+    /// running vCPU gets them before its next guest instruction).
     fn set_breakpoints(&mut self, vcpu: VcpuId, addrs: &[u64]) -> Result<(), BackendError>;
     /// Run exactly the vCPUs in `running`; all others stay stopped.
     fn resume(&mut self, running: &[VcpuId]) -> Result<(), BackendError>;

@@ -3,9 +3,10 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use control_proto::Stream;
+use memrace::backend::kvm::{self, KvmLevel, KvmOptions};
 use memrace::backend::qemu::{QemuAccel, QemuVm};
 use memrace::backend::{Backend, VmConfig};
-use memrace::boot::{self, Limits, Verdict, BASE_CMDLINE};
+use memrace::boot::{self, BootReport, Limits, Verdict, BASE_CMDLINE};
 use memrace::guest::{self, Job};
 use memrace::kernel::image::{self, ImageKind};
 use std::io::Write;
@@ -16,8 +17,27 @@ use std::time::Duration;
 pub enum BackendKind {
     /// qemu-system-x86_64 (TCG, or KVM where the host has hardware virtualization).
     Qemu,
+    /// memrace's own VMM on /dev/kvm (needs hardware virtualization to boot Linux).
+    Kvm,
     /// Pick the best backend this host supports and say why.
     Auto,
+}
+
+/// What `--backend` resolved to on this host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chosen {
+    Kvm,
+    Qemu(QemuAccel),
+}
+
+impl std::fmt::Display for Chosen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Chosen::Kvm => write!(f, "kvm (memrace's own VMM)"),
+            Chosen::Qemu(QemuAccel::Kvm) => write!(f, "qemu (kvm)"),
+            Chosen::Qemu(QemuAccel::Tcg) => write!(f, "qemu (tcg)"),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -84,42 +104,62 @@ pub fn resolve_kernel(spec: &str) -> Result<PathBuf> {
     Ok(super::kernel::ensure(spec)?.vmlinux())
 }
 
-/// The accelerator for `--backend`, printed with the reason.
-pub fn choose_accel(kind: BackendKind) -> QemuAccel {
-    let hw = std::fs::read_to_string("/proc/cpuinfo")
-        .map(|c| {
-            c.lines()
-                .any(|l| l.starts_with("flags") && (l.contains(" vmx") || l.contains(" svm")))
-        })
-        .unwrap_or(false);
-    let kvm_ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    let accel = if hw && kvm_ok {
-        QemuAccel::Kvm
-    } else {
-        QemuAccel::Tcg
-    };
-    let why = match (hw, kvm_ok) {
-        (true, true) => "host has hardware virtualization and /dev/kvm",
-        (false, _) => {
-            "no VMX/SVM on this host (a software /dev/kvm cannot run Linux in useful time)"
-        }
-        (true, false) => "/dev/kvm is missing or not accessible",
-    };
-    if kind == BackendKind::Auto {
-        eprintln!(
-            "memrace: backend qemu ({}) — {why}",
-            if accel == QemuAccel::Kvm {
-                "kvm"
-            } else {
-                "tcg"
-            }
-        );
+/// QEMU's accelerator on a host with this KVM, and why.
+fn qemu_accel(level: &KvmLevel) -> (QemuAccel, String) {
+    match level {
+        KvmLevel::Hardware { reason } => (QemuAccel::Kvm, reason.clone()),
+        KvmLevel::Software { reason } => (
+            QemuAccel::Tcg,
+            format!("{reason}; a full Linux boot needs hardware virtualization"),
+        ),
+        KvmLevel::Unavailable { reason } => (QemuAccel::Tcg, reason.clone()),
     }
-    accel
+}
+
+/// Resolve `--backend` for a full Linux boot, saying what was chosen and why (`qemu`
+/// stays quiet). `kvm` fails fast on a host whose KVM cannot boot Linux to the end.
+pub fn choose_backend(kind: BackendKind) -> Result<Chosen> {
+    let level = kvm::probe();
+    let (chosen, why) = match (kind, level.boots_linux_fully()) {
+        (BackendKind::Kvm | BackendKind::Auto, true) => (Chosen::Kvm, kvm::describe()),
+        (BackendKind::Kvm, false) => bail!(kvm_refusal(&level)),
+        (BackendKind::Qemu | BackendKind::Auto, _) => {
+            let (accel, why) = qemu_accel(&level);
+            (Chosen::Qemu(accel), why)
+        }
+    };
+    announce(kind, chosen, &why);
+    Ok(chosen)
+}
+
+fn kvm_refusal(level: &KvmLevel) -> String {
+    match level {
+        KvmLevel::Software { reason } => format!(
+            "--backend kvm: this host has only a software KVM ({reason}); Linux gets no further \
+             than early boot on it. Use --backend qemu (or auto)"
+        ),
+        other => format!(
+            "--backend kvm: no usable KVM on this host ({}); use --backend qemu",
+            other.reason()
+        ),
+    }
+}
+
+/// Resolve `--backend` for `memrace run`, whose scenarios drive QEMU only (for now).
+pub fn choose_qemu(kind: BackendKind) -> Result<QemuAccel> {
+    if kind == BackendKind::Kvm {
+        bail!("--backend kvm: `memrace run` drives scenarios on qemu only for now; use --backend qemu or auto (`memrace boot` takes --backend kvm)");
+    }
+    let (accel, why) = qemu_accel(&kvm::probe());
+    announce(kind, Chosen::Qemu(accel), &why);
+    Ok(accel)
+}
+
+/// Say which backend `--backend auto|kvm` chose and why; an explicit `qemu` stays quiet.
+fn announce(kind: BackendKind, chosen: Chosen, why: &str) {
+    if kind != BackendKind::Qemu {
+        eprintln!("memrace: backend {chosen} — {why}");
+    }
 }
 
 fn run_dir(label: &str) -> Result<PathBuf> {
@@ -133,13 +173,17 @@ fn run_dir(label: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-pub fn run(args: BootArgs) -> Result<i32> {
+/// Boot as `args` say on `backend` and drive the VM to its end: `memrace boot` without
+/// the verdict printing. Returns the report and the run directory (console.log).
+pub fn boot(args: &BootArgs, backend: Chosen) -> Result<(BootReport, PathBuf)> {
     if args.cpus == 0 {
         bail!("--cpus 0: a VM needs at least one vCPU");
     }
     let mem_mib = parse_mem(&args.mem)?;
     let kernel = resolve_kernel(&args.kernel)?;
-    memrace::backend::qemu::find_qemu()?;
+    if let Chosen::Qemu(_) = backend {
+        memrace::backend::qemu::find_qemu()?;
+    }
     let extra = args
         .files
         .iter()
@@ -162,8 +206,10 @@ pub fn run(args: BootArgs) -> Result<i32> {
         run_dir: dir.clone(),
         debug: false,
     };
-    let accel = choose_accel(args.backend);
-    let mut vm: Box<dyn Backend> = Box::new(QemuVm::launch(&cfg, accel)?);
+    let mut vm: Box<dyn Backend> = match backend {
+        Chosen::Kvm => Box::new(kvm::launch(&cfg, &KvmOptions::for_host())?),
+        Chosen::Qemu(accel) => Box::new(QemuVm::launch(&cfg, accel)?),
+    };
     let limits = Limits {
         boot: Duration::from_secs(args.boot_timeout),
         run: Duration::from_secs(args.timeout),
@@ -190,6 +236,13 @@ pub fn run(args: BootArgs) -> Result<i32> {
         dir.join("boot-report.json"),
         serde_json::to_vec_pretty(&report)?,
     );
+    Ok((report, dir))
+}
+
+pub fn run(args: BootArgs) -> Result<i32> {
+    // Before the kernel: a backend this host cannot use fails in milliseconds, not after a build.
+    let backend = choose_backend(args.backend)?;
+    let (report, dir) = boot(&args, backend)?;
     if let Some(t) = report.time_to_init {
         eprintln!(
             "memrace: /init after {:.2} s, total {:.2} s",

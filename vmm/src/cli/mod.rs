@@ -1,3 +1,4 @@
+pub mod bench;
 pub mod boot;
 pub mod kernel;
 pub mod replay;

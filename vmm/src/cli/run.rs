@@ -322,7 +322,7 @@ pub fn run_scenario(
 }
 
 pub fn run(args: RunArgs) -> Result<i32> {
-    let accel = super::boot::choose_accel(args.backend);
+    let accel = super::boot::choose_qemu(args.backend)?;
     let dir = file::default_dir();
     let names: Vec<String> = if args.all {
         file::names(&dir)

@@ -40,7 +40,7 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use super::{Backend, BackendError, Regs, VcpuId, VmConfig, VmEvent};
 use devices::{DeviceError, Devices, Lifecycle};
 use memory::GuestRam;
-use vcpu::{VcpuContext, VcpuHandle};
+use vcpu::{RunRequest, VcpuContext, VcpuHandle};
 
 /// How long `kill` waits for each vCPU thread to end.
 const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -185,6 +185,7 @@ fn start(parts: Assembly, start_running: bool) -> Result<KvmVm, KvmError> {
         threads.iter().for_each(|&t| kick::kick(t))
     }));
     Ok(KvmVm {
+        seen_hits: vec![0; vcpus.len()],
         vcpus,
         events: rx,
         lifecycle,
@@ -246,6 +247,8 @@ pub struct KvmVm {
     // Field order is drop order: vCPU threads end (in `kill`) before the VM
     // fd closes, and the VM fd closes before guest RAM is unmapped.
     vcpus: Vec<VcpuHandle>,
+    /// Breakpoint events `next_event` has handed out, per vCPU.
+    seen_hits: Vec<u64>,
     events: Receiver<VmEvent>,
     lifecycle: Arc<Lifecycle>,
     devices: Arc<Devices>,
@@ -280,6 +283,17 @@ impl KvmVm {
     /// Port and MMIO addresses the guest touched that no device claims.
     pub fn unclaimed_accesses(&self) -> Vec<(Space, u64)> {
         self.devices.unclaimed()
+    }
+
+    /// Tell every vCPU what to do, then collect the answers, so the set starts together.
+    fn request_all(&self, what: impl Fn(VcpuId) -> RunRequest) -> Result<(), BackendError> {
+        for (id, handle) in self.vcpus.iter().enumerate() {
+            handle.request(what(id), self.seen_hits[id])?;
+        }
+        for handle in &self.vcpus {
+            handle.state_reply()?;
+        }
+        Ok(())
     }
 
     fn vcpu(&self, id: VcpuId) -> Result<&VcpuHandle, BackendError> {
@@ -336,14 +350,33 @@ impl Backend for KvmVm {
         for &id in running {
             self.vcpu(id)?;
         }
-        // Tell every vCPU first, then collect the answers: the set starts together.
-        for (id, handle) in self.vcpus.iter().enumerate() {
-            handle.request_run(running.contains(&id))?;
+        self.request_all(|id| {
+            if running.contains(&id) {
+                RunRequest::Run
+            } else {
+                RunRequest::Stop
+            }
+        })
+    }
+
+    fn service_parked(
+        &mut self,
+        running: &[VcpuId],
+        parked: &[VcpuId],
+    ) -> Result<bool, BackendError> {
+        for &id in running.iter().chain(parked) {
+            self.vcpu(id)?;
         }
-        for handle in &self.vcpus {
-            handle.state_reply()?;
-        }
-        Ok(())
+        self.request_all(|id| {
+            if parked.contains(&id) {
+                RunRequest::Service
+            } else if running.contains(&id) {
+                RunRequest::Run
+            } else {
+                RunRequest::Stop
+            }
+        })?;
+        Ok(true)
     }
 
     fn next_event(&mut self, deadline: Instant) -> Result<Option<VmEvent>, BackendError> {
@@ -365,8 +398,10 @@ impl Backend for KvmVm {
                 Err(RecvTimeoutError::Disconnected) => return Err(BackendError::Exited),
             }
         };
-        if let VmEvent::Exited(_) = event {
-            self.exit_reported = true;
+        match event {
+            VmEvent::Exited(_) => self.exit_reported = true,
+            VmEvent::Breakpoint { vcpu, .. } => self.seen_hits[vcpu] += 1,
+            _ => {}
         }
         Ok(Some(event))
     }

@@ -4,9 +4,15 @@
 //!            Run                    breakpoint exit
 //!   Paused ───────► Running ───────────────────────► Parked{addr}
 //!     ▲    ◄─────── │   ▲                                 │
-//!     │      Stop   │   └──── Run (single-step past it) ──┘
+//!     │      Stop   │   ├──── Run (single-step past it) ──┤
+//!     │             │   └──── Service (re-enter on it) ───┘
 //!     └─────────────┴──► Exited (guest stopped, VMM failure, Quit)
 //! ```
+//!
+//! Every breakpoint exit is reported as a `VmEvent` and counted. `Run` and
+//! `Service` carry how many of this vCPU's hits the caller has received: a
+//! vCPU parked on a hit the caller has not seen yet stays parked, so the hit
+//! is still true when the caller gets to it (no lost or stale hits).
 //!
 //! The VMM thread sends a `Command`, kicks the thread (see `kick`), and waits
 //! a bounded time for the `Reply`. Before a running vCPU stops, it re-enters
@@ -66,6 +72,17 @@ pub enum RunState {
     Exited,
 }
 
+/// What `VcpuHandle::request` asks of a vCPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunRequest {
+    /// Run; step past the breakpoint it is parked on.
+    Run,
+    /// Run; if parked, re-enter at the breakpoint without stepping past it, so pending
+    /// interrupts are delivered (guest IF=1) and the breakpoint fires again.
+    Service,
+    Stop,
+}
+
 impl RunState {
     pub fn is_stopped(self) -> bool {
         matches!(self, RunState::Paused | RunState::Parked { .. })
@@ -73,7 +90,14 @@ impl RunState {
 }
 
 enum Command {
-    Run,
+    /// Run; a vCPU parked on a hit the caller has seen (`seen` hits) steps past it.
+    Run {
+        seen: u64,
+    },
+    /// Run; a vCPU parked on a seen hit re-enters the guest *at* its breakpoint.
+    Service {
+        seen: u64,
+    },
     Stop,
     SetBreakpoints(Vec<u64>),
     Snapshot,
@@ -129,6 +153,7 @@ impl VcpuHandle {
             replies: reply_tx,
             state,
             breakpoints: Vec::new(),
+            hits: 0,
         };
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
@@ -166,10 +191,15 @@ impl VcpuHandle {
             })
     }
 
-    /// Ask the vCPU to run (`true`) or stop (`false`); answer comes from `state_reply`.
+    /// Ask the vCPU to run, re-enter at its breakpoint, or stop; the answer comes from
+    /// `state_reply`. `seen` is how many of its breakpoint events the caller has received.
     /// Split in two so a whole set of vCPUs is told before any answer is awaited.
-    pub fn request_run(&self, run: bool) -> Result<(), VcpuError> {
-        self.send(if run { Command::Run } else { Command::Stop })
+    pub fn request(&self, request: RunRequest, seen: u64) -> Result<(), VcpuError> {
+        self.send(match request {
+            RunRequest::Run => Command::Run { seen },
+            RunRequest::Service => Command::Service { seen },
+            RunRequest::Stop => Command::Stop,
+        })
     }
 
     pub fn state_reply(&self) -> Result<RunState, VcpuError> {
@@ -227,6 +257,8 @@ struct VcpuThread {
     replies: Sender<Reply>,
     state: RunState,
     breakpoints: Vec<u64>,
+    /// Breakpoint exits reported so far.
+    hits: u64,
 }
 
 impl VcpuThread {
@@ -275,15 +307,8 @@ impl VcpuThread {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Run => {
-                if let RunState::Parked { addr } = self.state {
-                    self.step_over(addr);
-                }
-                if self.state.is_stopped() {
-                    self.state = RunState::Running;
-                }
-                self.answer(Reply::State(self.state));
-            }
+            Command::Run { seen } => self.run_from(seen, true),
+            Command::Service { seen } => self.run_from(seen, false),
             Command::Stop => {
                 if self.state == RunState::Running {
                     self.complete_pending_access();
@@ -294,8 +319,11 @@ impl VcpuThread {
                 self.answer(Reply::State(self.state));
             }
             Command::SetBreakpoints(addrs) => {
+                if self.state == RunState::Running {
+                    // Between two guest entries: finish an emulated access, then re-arm.
+                    self.complete_pending_access();
+                }
                 let result = match self.state {
-                    RunState::Running => Err(VcpuError::Running { vcpu: self.id }),
                     RunState::Exited => Err(VcpuError::Gone { vcpu: self.id }),
                     _ => {
                         boot::set_breakpoints(&self.fd, &addrs).map_err(|source| VcpuError::Debug {
@@ -321,6 +349,25 @@ impl VcpuThread {
             }
             Command::Quit => {}
         }
+    }
+
+    /// Answer `Run` (`step`) or `Service`. A vCPU parked on a hit the caller has not
+    /// received yet (`seen` < `hits`) stays parked.
+    fn run_from(&mut self, seen: u64, step: bool) {
+        match self.state {
+            RunState::Parked { .. } if seen < self.hits => {}
+            RunState::Parked { addr } => {
+                if step {
+                    self.step_over(addr);
+                }
+                if self.state.is_stopped() {
+                    self.state = RunState::Running;
+                }
+            }
+            RunState::Paused => self.state = RunState::Running,
+            RunState::Running | RunState::Exited => {}
+        }
+        self.answer(Reply::State(self.state));
     }
 
     /// Re-enter with `immediate_exit` so KVM finishes an access userspace just
@@ -428,6 +475,7 @@ impl VcpuThread {
             Outcome::Interrupted => false,
             Outcome::Breakpoint(addr) => {
                 self.state = RunState::Parked { addr };
+                self.hits += 1;
                 let _ = self.ctx.events.send(VmEvent::Breakpoint {
                     vcpu: self.id,
                     addr,
