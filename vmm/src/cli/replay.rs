@@ -74,7 +74,7 @@ pub fn run(args: ReplayArgs) -> Result<i32> {
         } else {
             &baseline
         };
-        let planned = super::run::Planned {
+        let planned = memrace::scenario::run::KernelPlan {
             control: false,
             label: r.label.clone(),
             variant: r.variant.clone(),

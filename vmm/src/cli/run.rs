@@ -5,10 +5,9 @@ use clap::Args;
 use memrace::backend::qemu::QemuAccel;
 use memrace::debug::Symbols;
 use memrace::report;
-use memrace::scenario::file::{self, Expect, Scenario};
+use memrace::scenario::file::{self, Scenario};
 use memrace::scenario::run::{run_kernel, KernelPlan, KernelRun, RunContext, ScenarioResult};
 use memrace::sched::engine::Introspect;
-use memrace::sched::schedule::Schedule;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -41,19 +40,6 @@ pub struct RunArgs {
     /// Echo the guest console.
     #[arg(long, short)]
     pub verbose: bool,
-}
-
-/// One kernel (or control) to run.
-pub struct Planned<'a> {
-    pub control: bool,
-    pub label: String,
-    pub variant: String,
-    pub expect: Expect,
-    pub note: String,
-    pub schedule: &'a Schedule,
-    pub schedule_name: String,
-    pub params: BTreeMap<String, String>,
-    pub trials: u32,
 }
 
 pub struct Loaded {
@@ -95,44 +81,24 @@ pub type KernelCache = BTreeMap<String, (PathBuf, std::rc::Rc<Loaded>)>;
 /// Run one kernel's trials with a progress bar; `snapshot` sees every partial result.
 pub fn run_planned(
     scenario: &Scenario,
-    p: Planned,
+    plan: KernelPlan,
     accel: QemuAccel,
     dir: &std::path::Path,
     verbose: bool,
     cache: &mut KernelCache,
     snapshot: &mut dyn FnMut(&KernelRun),
 ) -> Result<KernelRun> {
-    let Planned {
-        label,
-        variant,
-        expect,
-        note,
-        schedule,
-        schedule_name,
-        params,
-        trials,
-        ..
-    } = p;
-    let (vmlinux, loaded) = load_kernel(&variant, cache)?;
+    let (vmlinux, loaded) = load_kernel(&plan.variant, cache)?;
     let intro = memrace::debug::KernelIntrospect::new(&loaded.symbols);
     let ctx = RunContext {
         scenario,
         accel,
+        vmlinux: &vmlinux,
         intro: &intro,
         out_dir: dir,
         verbose,
     };
-    let plan = KernelPlan {
-        label: label.clone(),
-        variant,
-        vmlinux,
-        expect,
-        note,
-        schedule,
-        schedule_name,
-        params,
-        trials,
-    };
+    let (label, trials) = (plan.label.clone(), plan.trials);
     let bar = indicatif::ProgressBar::new(trials as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -211,13 +177,13 @@ pub fn run_scenario(
     let mut cache = BTreeMap::new();
     let baseline = scenario.schedule.without_breakpoints();
     let trials = args.trials.unwrap_or(scenario.workload.trials);
-    let mut plans: Vec<Planned> = Vec::new();
+    let mut plans: Vec<KernelPlan> = Vec::new();
     for k in scenario
         .kernels
         .iter()
         .filter(|k| args.kernels.is_empty() || args.kernels.contains(&k.variant))
     {
-        plans.push(Planned {
+        plans.push(KernelPlan {
             control: false,
             label: k.variant.clone(),
             variant: k.variant.clone(),
@@ -238,7 +204,7 @@ pub fn run_scenario(
             } else {
                 (&scenario.schedule, "scenario")
             };
-            plans.push(Planned {
+            plans.push(KernelPlan {
                 control: true,
                 label: format!("{} [{}]", c.kernel, c.name),
                 variant: c.kernel.clone(),

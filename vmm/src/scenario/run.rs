@@ -67,7 +67,8 @@ pub struct KernelRun {
 pub struct KernelPlan<'a> {
     pub label: String,
     pub variant: String,
-    pub vmlinux: PathBuf,
+    /// A negative control or baseline rather than one of the scenario's kernels.
+    pub control: bool,
     pub expect: Expect,
     pub note: String,
     pub schedule: &'a Schedule,
@@ -76,9 +77,11 @@ pub struct KernelPlan<'a> {
     pub trials: u32,
 }
 
+/// One kernel's run: its vmlinux and symbols, where results go.
 pub struct RunContext<'a> {
     pub scenario: &'a Scenario,
     pub accel: QemuAccel,
+    pub vmlinux: &'a Path,
     pub intro: &'a dyn Introspect,
     pub out_dir: &'a Path,
     pub verbose: bool,
@@ -108,7 +111,7 @@ fn boot_vm(
     guest::build_initramfs(&initramfs, &job, &[])?;
     let mem_mib = parse_mib(&ctx.scenario.vm.mem);
     let cfg = VmConfig {
-        kernel: plan.vmlinux.clone(),
+        kernel: ctx.vmlinux.to_path_buf(),
         initramfs,
         cmdline: format!("{BASE_CMDLINE} {}", ctx.scenario.vm.cmdline)
             .trim()

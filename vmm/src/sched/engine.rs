@@ -257,25 +257,19 @@ impl<'a> Engine<'a> {
             match &step.action {
                 Action::Wait { verb, name } => {
                     let wanted = |m: &ControlMessage| matches_wait(m, verb, name.as_deref());
-                    if let Some(pos) = self.inbox.iter().position(wanted) {
-                        self.inbox.remove(pos);
-                        continue;
-                    }
-                    loop {
-                        match self.pump(deadline, step)? {
-                            Some(Happened::Message(m)) if wanted(&m) => break,
-                            Some(Happened::Message(m)) => self.queue(m),
-                            Some(Happened::Hit { name, .. }) => {
-                                self.early_hits.insert(name);
-                            }
-                            Some(other) => return Ok(self.abnormal(other, step)),
-                            None => {
-                                return Ok(self.infeasible(
-                                    step,
-                                    format!("no {verb} {} message", name.as_deref().unwrap_or("")),
-                                ))
-                            }
-                        }
+                    let missing = format!("no {verb} {} message", name.as_deref().unwrap_or(""));
+                    let got = self.wait_until(step, deadline, missing, |e, seen| match seen {
+                        None => e
+                            .inbox
+                            .iter()
+                            .position(wanted)
+                            .and_then(|pos| e.inbox.remove(pos))
+                            .map(|_| ()),
+                        Some(Happened::Message(m)) if wanted(m) => Some(()),
+                        Some(_) => None,
+                    })?;
+                    if let Err(status) = got {
+                        return Ok(status);
                     }
                 }
                 Action::Break {
@@ -302,22 +296,14 @@ impl<'a> Engine<'a> {
                     self.program(*cpu)?;
                 }
                 Action::Hit { name } => {
-                    if self.early_hits.remove(name) {
-                        continue;
-                    }
-                    loop {
-                        match self.pump(deadline, step)? {
-                            Some(Happened::Hit { name: got, .. }) if &got == name => break,
-                            Some(Happened::Hit { name: other, .. }) => {
-                                self.early_hits.insert(other);
-                            }
-                            Some(Happened::Message(m)) => self.queue(m),
-                            Some(other) => return Ok(self.abnormal(other, step)),
-                            None => {
-                                return Ok(self
-                                    .infeasible(step, format!("breakpoint {name:?} was not hit")))
-                            }
-                        }
+                    let missing = format!("breakpoint {name:?} was not hit");
+                    let got = self.wait_until(step, deadline, missing, |e, seen| match seen {
+                        None => e.early_hits.remove(name).then_some(()),
+                        Some(Happened::Hit { name: got }) if got == name => Some(()),
+                        Some(_) => None,
+                    })?;
+                    if let Err(status) = got {
+                        return Ok(status);
                     }
                     let cpu = self.armed.get(name).map(|a| a.cpu).unwrap_or_default();
                     if let Some(p) = self.parked.get(&cpu) {
@@ -330,23 +316,12 @@ impl<'a> Engine<'a> {
                     }
                 }
                 Action::Open { gate } => {
-                    let gpa = loop {
-                        if let Some(g) = self.gates.get(gate) {
-                            break *g;
-                        }
-                        match self.pump(deadline, step)? {
-                            Some(Happened::Message(m)) => self.queue(m),
-                            Some(Happened::Hit { name, .. }) => {
-                                self.early_hits.insert(name);
-                            }
-                            Some(other) => return Ok(self.abnormal(other, step)),
-                            None => {
-                                return Ok(self.infeasible(
-                                    step,
-                                    format!("the guest never announced gate {gate:?}"),
-                                ))
-                            }
-                        }
+                    let missing = format!("the guest never announced gate {gate:?}");
+                    let gpa = match self
+                        .wait_until(step, deadline, missing, |e, _| e.gates.get(gate).copied())?
+                    {
+                        Ok(gpa) => gpa,
+                        Err(status) => return Ok(status),
                     };
                     self.vm.write_phys(gpa, &1u32.to_le_bytes())?;
                     let t_us = self.now_us();
@@ -366,6 +341,46 @@ impl<'a> Engine<'a> {
         Ok(ScheduleStatus::Completed)
     }
 
+    /// Pump events until `check` yields a value: `check(self, None)` looks at the state
+    /// (queued messages, early hits, bindings) and `check(self, Some(event))` at each new
+    /// event. Events it does not take are kept for later steps. `Err` is the status that
+    /// ends the schedule: the bound passed (`missing` says what did not happen), a
+    /// detector fired or the VM went away.
+    fn wait_until<T>(
+        &mut self,
+        step: &Step,
+        deadline: Instant,
+        missing: String,
+        mut check: impl FnMut(&mut Self, Option<&Happened>) -> Option<T>,
+    ) -> Result<Result<T, ScheduleStatus>, EngineError> {
+        loop {
+            if let Some(v) = check(self, None) {
+                return Ok(Ok(v));
+            }
+            let happened = match self.pump(deadline, step)? {
+                None => return Ok(Err(self.infeasible(step, missing))),
+                Some(Happened::Detector { name }) => {
+                    return Ok(Err(ScheduleStatus::Detected {
+                        detector: name,
+                        line: step.line,
+                    }))
+                }
+                Some(Happened::Gone(why)) => return Ok(Err(ScheduleStatus::VmGone { why })),
+                Some(h) => h,
+            };
+            if let Some(v) = check(self, Some(&happened)) {
+                return Ok(Ok(v));
+            }
+            match happened {
+                Happened::Message(m) => self.queue(m),
+                Happened::Hit { name } => {
+                    self.early_hits.insert(name);
+                }
+                Happened::Detector { .. } | Happened::Gone(_) => unreachable!("returned above"),
+            }
+        }
+    }
+
     /// Keep a message for a later step. Bounded: a guest flooding the channel loses
     /// its oldest messages, never our memory.
     fn queue(&mut self, m: ControlMessage) {
@@ -374,17 +389,6 @@ impl<'a> Engine<'a> {
             self.inbox.pop_front();
         }
         self.inbox.push_back(m);
-    }
-
-    fn abnormal(&mut self, what: Happened, step: &Step) -> ScheduleStatus {
-        match what {
-            Happened::Detector { name } => ScheduleStatus::Detected {
-                detector: name,
-                line: step.line,
-            },
-            Happened::Gone(why) => ScheduleStatus::VmGone { why },
-            Happened::Message(_) | Happened::Hit { .. } => unreachable!("handled by the caller"),
-        }
     }
 
     /// Record where every vCPU is, for the infeasible verdict.
