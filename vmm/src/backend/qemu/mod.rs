@@ -56,6 +56,8 @@ pub struct QemuVm {
     threads: Vec<String>,
     /// Register number and size of each of `REG_NAMES`, from the target description.
     regs: Vec<RegDesc>,
+    /// Where each of `REG_NAMES` sits in the `g` packet, if it is there.
+    g_offsets: Vec<Option<usize>>,
     /// Breakpoints each vCPU asked for.
     wanted: Vec<Vec<u64>>,
     /// Breakpoints inserted in QEMU (the union of `wanted`).
@@ -132,6 +134,7 @@ impl QemuVm {
             cpus: cfg.cpus,
             threads: Vec::new(),
             regs: Vec::new(),
+            g_offsets: Vec::new(),
             wanted: vec![Vec::new(); cfg.cpus],
             inserted: BTreeSet::new(),
             on_breakpoint: vec![None; cfg.cpus],
@@ -179,6 +182,16 @@ impl QemuVm {
             let xml = self.read_xfer(&annex)?;
             queue.extend(gdb::includes(&xml));
             all.extend(gdb::parse_regs(&xml, &mut next));
+        }
+        // Byte offsets in the `g` packet, which carries registers in number order.
+        all.sort_by_key(|r| r.regnum);
+        let mut offset = 0;
+        self.g_offsets = REG_NAMES.iter().map(|_| None).collect();
+        for r in &all {
+            if let Some(i) = REG_NAMES.iter().position(|n| *n == r.name) {
+                self.g_offsets[i] = Some(offset);
+            }
+            offset += r.bits / 8;
         }
         REG_NAMES
             .iter()
@@ -618,10 +631,21 @@ impl Backend for QemuVm {
 
     fn regs(&mut self, vcpu: VcpuId) -> Result<Regs, BackendError> {
         self.select(vcpu)?;
+        // One `g` round trip for all of them; `p` only for what it does not carry.
+        let all = self.request("g")?;
+        let all = gdb::decode_hex(&all).unwrap_or_default();
         let descs = self.regs.clone();
         let mut v = [0u64; 20];
-        for (slot, desc) in v.iter_mut().zip(&descs) {
-            *slot = self.read_register(desc)?;
+        for (i, (slot, desc)) in v.iter_mut().zip(&descs).enumerate() {
+            let size = (desc.bits / 8).min(8);
+            *slot = match self.g_offsets.get(i).copied().flatten() {
+                Some(off) if off + size <= all.len() => {
+                    let mut le = [0u8; 8];
+                    le[..size].copy_from_slice(&all[off..off + size]);
+                    u64::from_le_bytes(le)
+                }
+                _ => self.read_register(desc)?,
+            };
         }
         Ok(Regs {
             rax: v[0],
