@@ -21,6 +21,8 @@ use super::boot::{BackendKind, BootArgs, Chosen};
 const LIMIT: Duration = Duration::from_secs(120);
 /// Called thousands of times during boot: the qemu breakpoint round-trip target.
 const HOT_FUNCTION: &str = "kmem_cache_alloc_noprof";
+/// How often the condition-check cost is sampled at one stopped hit.
+const CONDITION_CHECKS: u32 = 100;
 const QEMU_HITS: u64 = 200;
 
 #[derive(Subcommand)]
@@ -112,18 +114,33 @@ pub fn run(cmd: BenchCommand) -> Result<i32> {
             qemu: na("qemu: see boot to /init (a QEMU process per VM)"),
         },
     ];
-    let (qemu_start, qemu_bp) = match qemu_breakpoints(&vmlinux, &scratch, accel, start_kernel, hot)
-    {
-        Ok((start, bp)) => (Cell::Took(start), Cell::Took(bp)),
-        Err(e) => {
-            let why = format!("qemu: failed: {e:#}");
-            (Cell::NotRun(why.clone()), Cell::NotRun(why))
-        }
+    let task = TaskAt {
+        current_task: symbols.symbol("pcpu_hot")?
+            + symbols.field_offset("pcpu_hot", "current_task")?,
+        pid: symbols.field_offset("task_struct", "pid")?,
+        comm: symbols.field_offset("task_struct", "comm")?,
     };
+    let (qemu_start, qemu_bp, qemu_cond) =
+        match qemu_breakpoints(&vmlinux, &scratch, accel, start_kernel, hot, &task) {
+            Ok((start, bp, cond)) => (Cell::Took(start), Cell::Took(bp), Cell::Took(cond)),
+            Err(e) => {
+                let why = format!("qemu: failed: {e:#}");
+                (
+                    Cell::NotRun(why.clone()),
+                    Cell::NotRun(why.clone()),
+                    Cell::NotRun(why),
+                )
+            }
+        };
     rows.push(Row {
         name: "breakpoint exit round trip",
         kvm: kvm_cell(&|| Ok(bench::breakpoint_round_trip(&opts, 2_000, LIMIT)?.per_iteration())),
         qemu: qemu_bp,
+    });
+    rows.push(Row {
+        name: "condition check (regs+task)",
+        kvm: na("kvm: not measured (KVM_GET_REGS plus a page-table walk in memrace's memory)"),
+        qemu: qemu_cond,
     });
     rows.push(Row {
         name: "launch to start_kernel",
@@ -215,15 +232,24 @@ fn median_boot(args: &BootArgs, backend: Chosen, boots: usize) -> Result<Duratio
     Ok(times[times.len() / 2])
 }
 
+/// Where the current task's fields are, as the schedule engine reads them.
+struct TaskAt {
+    current_task: u64,
+    pid: u64,
+    comm: u64,
+}
+
 /// qemu under its gdb stub: launch to the `start_kernel` hit, then the mean round trip
-/// of `QEMU_HITS` hits on `hot` (report, step past, resume), as kvm's bench measures it.
+/// of `QEMU_HITS` hits on `hot` (report, step past, resume), as kvm's bench measures it,
+/// and the mean cost of what a `tid`/`comm` condition reads at a hit.
 fn qemu_breakpoints(
     vmlinux: &Path,
     scratch: &Path,
     accel: QemuAccel,
     start_kernel: u64,
     hot: u64,
-) -> Result<(Duration, Duration)> {
+    task: &TaskAt,
+) -> Result<(Duration, Duration, Duration)> {
     let initramfs = scratch.join("initramfs.cpio");
     let job = memrace::guest::Job::Command(vec!["/bin/sh".into(), "-c".into(), "exit 0".into()]);
     memrace::guest::build_initramfs(&initramfs, &job, &[])?;
@@ -245,8 +271,17 @@ fn qemu_breakpoints(
         hits += 1;
     }
     let per_hit = started.elapsed() / hits as u32;
+    let checked = Instant::now();
+    for _ in 0..CONDITION_CHECKS {
+        let regs = vm.regs(0)?;
+        let ptr = vm.read_virt(0, regs.gs_base.wrapping_add(task.current_task), 8)?;
+        let current = u64::from_le_bytes(ptr.try_into().expect("8 bytes"));
+        vm.read_virt(0, current + task.pid, 4)?;
+        vm.read_virt(0, current + task.comm, 16)?;
+    }
+    let per_check = checked.elapsed() / CONDITION_CHECKS;
     vm.kill();
-    Ok((to_start_kernel, per_hit))
+    Ok((to_start_kernel, per_hit, per_check))
 }
 
 /// Wait for vCPU 0 to hit `addr`, skipping console output and other vCPUs' hits.
