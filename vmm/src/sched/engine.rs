@@ -251,7 +251,7 @@ impl<'a> Engine<'a> {
             self.trace.push(TraceEvent::Step {
                 t_us,
                 line: step.line,
-                action: format!("{:?}", step.action),
+                action: step.action.to_string(),
             });
             let deadline = Instant::now() + Duration::from_millis(step.timeout_ms);
             match &step.action {

@@ -41,6 +41,37 @@ pub enum Action {
     Disarm { name: String },
 }
 
+impl std::fmt::Display for Action {
+    /// The step as a schedule author would say it, for traces and reports.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::Wait {
+                verb,
+                name: Some(n),
+            } => write!(f, "wait {verb} {n}"),
+            Action::Wait { verb, name: None } => write!(f, "wait {verb}"),
+            Action::Break {
+                name,
+                at,
+                cpu,
+                cond,
+                detector,
+            } => {
+                let kind = if *detector { "detector" } else { "break" };
+                write!(f, "{kind} {name} at {at} on vCPU {cpu}")?;
+                match cond {
+                    Some(c) => write!(f, " if {c}"),
+                    None => Ok(()),
+                }
+            }
+            Action::Hit { name } => write!(f, "hit {name}"),
+            Action::Open { gate } => write!(f, "open gate {gate}"),
+            Action::Release { cpu } => write!(f, "release vCPU {cpu}"),
+            Action::Disarm { name } => write!(f, "disarm {name}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Step {
     pub action: Action,
@@ -380,6 +411,10 @@ steps = [
         ));
         assert_eq!(s.expected_hits(), vec!["pinned".to_string()]);
         assert_eq!(s.fallback, vec![1, 2]);
+        assert_eq!(
+            s.steps[1].action.to_string(),
+            "break pinned at submit_bio_wait on vCPU 1 if tid == $reader.tid"
+        );
         assert_eq!(s.without_breakpoints().steps.len(), 3);
     }
 
