@@ -10,12 +10,10 @@
 //!   `infeasible` after recording where every vCPU is; then parked vCPUs are released
 //!   in the schedule's fallback order so the guest can finish the trial.
 
-use super::cond::{CondError, Operand, Value};
+use super::hit::{self, Bindings};
 use super::schedule::{Action, Schedule, Step};
 use super::trace::TraceEvent;
-use crate::backend::{
-    Backend, BackendError, ControlMessage, Regs, VcpuId, VmEvent, VmExit, RFLAGS_IF,
-};
+use crate::backend::{Backend, BackendError, ControlMessage, VcpuId, VmEvent, VmExit, RFLAGS_IF};
 use crate::console::{ConsoleWatch, KernelReport};
 use control_proto::Outcome;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -86,13 +84,6 @@ pub struct TrialRun {
     pub trace: Vec<TraceEvent>,
 }
 
-/// The guest task a breakpoint hit in.
-struct Task {
-    tid: u64,
-    tgid: u64,
-    comm: String,
-}
-
 struct Armed {
     cpu: VcpuId,
     addr: u64,
@@ -125,9 +116,8 @@ pub struct Engine<'a> {
     /// Hits that arrived before the `hit` step asking for them.
     early_hits: BTreeSet<String>,
     inbox: VecDeque<ControlMessage>,
-    ready: HashMap<String, (u32, u32)>,
+    bindings: Bindings,
     gates: HashMap<String, u64>,
-    facts: HashMap<String, String>,
     oracle: Option<(Outcome, String)>,
     /// This trial's console: its kernel report, if any.
     console: ConsoleWatch,
@@ -158,9 +148,8 @@ impl<'a> Engine<'a> {
             parked: BTreeMap::new(),
             early_hits: BTreeSet::new(),
             inbox: VecDeque::new(),
-            ready: HashMap::new(),
+            bindings: Bindings::default(),
             gates: HashMap::new(),
-            facts: HashMap::new(),
             oracle: None,
             console: ConsoleWatch::new(40),
             boot_console: ConsoleWatch::new(60),
@@ -202,9 +191,8 @@ impl<'a> Engine<'a> {
     /// messages that arrived early stay queued.
     pub fn run_trial(&mut self, trial: u32, schedule: &Schedule) -> TrialRun {
         let started = Instant::now();
-        self.ready.clear();
+        self.bindings = Bindings::default();
         self.gates.clear();
-        self.facts.clear();
         self.oracle = None;
         self.trace.clear();
         self.hits.clear();
@@ -528,13 +516,13 @@ impl<'a> Engine<'a> {
     fn bind(&mut self, m: &ControlMessage) {
         match m {
             ControlMessage::Ready { name, cpu, tid } => {
-                self.ready.insert(name.clone(), (*cpu, *tid));
+                self.bindings.ready.insert(name.clone(), (*cpu, *tid));
             }
             ControlMessage::Gate { name, gpa } => {
                 self.gates.insert(name.clone(), *gpa);
             }
             ControlMessage::Fact { key, value } => {
-                self.facts.insert(key.clone(), value.clone());
+                self.bindings.facts.insert(key.clone(), value.clone());
             }
             ControlMessage::Result {
                 outcome, detail, ..
@@ -567,14 +555,14 @@ impl<'a> Engine<'a> {
             return Ok(None);
         };
         let regs = self.vm.regs(cpu)?;
-        let task = self.task(cpu, &regs);
+        let task = hit::read_task(self.vm, self.intro.task_layout(), cpu, &regs);
         let armed = self.armed.get_mut(&name).expect("found above");
         armed.hits += 1;
         let (hits, detector, cond) = (armed.hits, armed.detector, armed.cond.clone());
         let holds = match &cond {
             None => true,
             Some(c) => c
-                .eval(&mut |o| self.lookup(o, &regs, &task, hits))
+                .eval(&mut |o| self.bindings.lookup(o, &regs, &task, hits))
                 .map_err(|e| EngineError::Step {
                     line: step.line,
                     why: format!("breakpoint {name:?}: {e}"),
@@ -626,83 +614,6 @@ impl<'a> Engine<'a> {
         );
         self.vm.resume(&self.running())?;
         Ok(Some(Happened::Hit { name }))
-    }
-
-    /// The current guest task on `cpu`.
-    fn task(&mut self, cpu: VcpuId, regs: &Regs) -> Result<Task, String> {
-        let layout = self
-            .intro
-            .task_layout()
-            .ok_or("no task layout (kernel symbols without DWARF?)")?;
-        // In kernel mode GS holds this CPU's per-CPU base; otherwise use __per_cpu_offset[cpu].
-        let base = if regs.gs_base >= 0xffff_8000_0000_0000 {
-            regs.gs_base
-        } else {
-            self.read_u64(cpu, layout.per_cpu_offset + 8 * cpu as u64)?
-        };
-        let current = self.read_u64(cpu, base.wrapping_add(layout.current_task))?;
-        let u32_at = |vm: &mut dyn Backend, off: u64| -> Result<u64, String> {
-            let b = vm
-                .read_virt(cpu, current + off, 4)
-                .map_err(|e| e.to_string())?;
-            Ok(u32::from_le_bytes(b.try_into().expect("4 bytes")) as u64)
-        };
-        let (tid, tgid) = (u32_at(self.vm, layout.pid)?, u32_at(self.vm, layout.tgid)?);
-        let comm = self
-            .vm
-            .read_virt(cpu, current + layout.comm, 16)
-            .map_err(|e| e.to_string())?;
-        let comm =
-            String::from_utf8_lossy(comm.split(|b| *b == 0).next().unwrap_or(&[])).into_owned();
-        Ok(Task { tid, tgid, comm })
-    }
-
-    fn read_u64(&mut self, cpu: VcpuId, addr: u64) -> Result<u64, String> {
-        let b = self.vm.read_virt(cpu, addr, 8).map_err(|e| e.to_string())?;
-        Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
-    }
-
-    fn lookup(
-        &self,
-        o: &Operand,
-        r: &Regs,
-        task: &Result<Task, String>,
-        hits: u64,
-    ) -> Result<Value, CondError> {
-        let task_err = |e: &String| CondError::Read {
-            what: "the current task".into(),
-            why: e.clone(),
-        };
-        Ok(match o {
-            Operand::Num(n) => Value::Num(*n),
-            Operand::Str(s) => Value::Str(s.clone()),
-            Operand::Ref(path) => {
-                let (head, field) = path.split_once('.').expect("validated at parse time");
-                let unbound = || CondError::UnboundRef(path.clone());
-                if head == "fact" {
-                    let v = self.facts.get(field).ok_or_else(unbound)?;
-                    let n =
-                        u64::from_str_radix(v.trim_start_matches("0x"), 16).or_else(|_| v.parse());
-                    n.map(Value::Num).unwrap_or_else(|_| Value::Str(v.clone()))
-                } else {
-                    let (cpu, tid) = self.ready.get(head).ok_or_else(unbound)?;
-                    match field {
-                        "tid" => Value::Num(*tid as u64),
-                        "cpu" => Value::Num(*cpu as u64),
-                        _ => return Err(unbound()),
-                    }
-                }
-            }
-            Operand::Var(v) => match v.as_str() {
-                "tid" => Value::Num(task.as_ref().map_err(task_err)?.tid),
-                "tgid" => Value::Num(task.as_ref().map_err(task_err)?.tgid),
-                "comm" => Value::Str(task.as_ref().map_err(task_err)?.comm.clone()),
-                "hits" => Value::Num(hits),
-                other => Value::Num(
-                    register(r, other).ok_or_else(|| CondError::UnknownVar(other.into()))?,
-                ),
-            },
-        })
     }
 
     /// Program `cpu`'s breakpoints: every armed one on it (including the one it is parked on).
@@ -779,28 +690,4 @@ fn matches_wait(m: &ControlMessage, verb: &str, name: Option<&str>) -> bool {
         ControlMessage::Output { .. } => return false,
     };
     v == verb && (name.is_none() || n == name)
-}
-
-/// A register by name; `argN` are the SysV integer argument registers.
-pub fn register(r: &Regs, name: &str) -> Option<u64> {
-    Some(match name {
-        "rax" => r.rax,
-        "rbx" => r.rbx,
-        "rcx" | "arg4" => r.rcx,
-        "rdx" | "arg3" => r.rdx,
-        "rsi" | "arg2" => r.rsi,
-        "rdi" | "arg1" => r.rdi,
-        "rbp" => r.rbp,
-        "rsp" => r.rsp,
-        "r8" | "arg5" => r.r8,
-        "r9" | "arg6" => r.r9,
-        "r10" => r.r10,
-        "r11" => r.r11,
-        "r12" => r.r12,
-        "r13" => r.r13,
-        "r14" => r.r14,
-        "r15" => r.r15,
-        "rip" => r.rip,
-        _ => return None,
-    })
 }

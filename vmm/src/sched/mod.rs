@@ -2,5 +2,6 @@
 
 pub mod cond;
 pub mod engine;
+pub mod hit;
 pub mod schedule;
 pub mod trace;

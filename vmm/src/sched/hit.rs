@@ -1,0 +1,177 @@
+//! What a breakpoint condition sees at a hit: the registers, the current guest task,
+//! the hit count, and what the guest reported in this trial (READY and FACT messages).
+
+use super::cond::{CondError, Operand, Value};
+use super::engine::TaskLayout;
+use crate::backend::{Backend, Regs, VcpuId};
+use std::collections::HashMap;
+
+/// The guest task a breakpoint hit in.
+pub struct Task {
+    pub tid: u64,
+    pub tgid: u64,
+    pub comm: String,
+}
+
+fn read_u64(vm: &mut dyn Backend, cpu: VcpuId, addr: u64) -> Result<u64, String> {
+    let b = vm.read_virt(cpu, addr, 8).map_err(|e| e.to_string())?;
+    Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+}
+
+fn read_u32(vm: &mut dyn Backend, cpu: VcpuId, addr: u64) -> Result<u64, String> {
+    let b = vm.read_virt(cpu, addr, 4).map_err(|e| e.to_string())?;
+    Ok(u32::from_le_bytes(b.try_into().expect("4 bytes")) as u64)
+}
+
+/// The current task on stopped `cpu`: the per-CPU `current_task` pointer, then
+/// `task_struct.pid`, `.tgid` and `.comm` at their DWARF offsets.
+pub fn read_task(
+    vm: &mut dyn Backend,
+    layout: Option<TaskLayout>,
+    cpu: VcpuId,
+    regs: &Regs,
+) -> Result<Task, String> {
+    let layout = layout.ok_or("no task layout (kernel symbols without DWARF?)")?;
+    // In kernel mode GS holds this CPU's per-CPU base; otherwise use __per_cpu_offset[cpu].
+    let base = if regs.gs_base >= 0xffff_8000_0000_0000 {
+        regs.gs_base
+    } else {
+        read_u64(vm, cpu, layout.per_cpu_offset + 8 * cpu as u64)?
+    };
+    let current = read_u64(vm, cpu, base.wrapping_add(layout.current_task))?;
+    let tid = read_u32(vm, cpu, current + layout.pid)?;
+    let tgid = read_u32(vm, cpu, current + layout.tgid)?;
+    let comm = vm
+        .read_virt(cpu, current + layout.comm, 16)
+        .map_err(|e| e.to_string())?;
+    let comm = String::from_utf8_lossy(comm.split(|b| *b == 0).next().unwrap_or(&[])).into_owned();
+    Ok(Task { tid, tgid, comm })
+}
+
+/// What the guest reported in the current trial, for `$name.tid` and `$fact.key`.
+#[derive(Default)]
+pub struct Bindings {
+    /// `READY <name> <cpu> <tid>`: name → (cpu, tid).
+    pub ready: HashMap<String, (u32, u32)>,
+    /// `FACT <key> <value>`.
+    pub facts: HashMap<String, String>,
+}
+
+impl Bindings {
+    /// The value of one condition operand at a hit.
+    pub fn lookup(
+        &self,
+        o: &Operand,
+        regs: &Regs,
+        task: &Result<Task, String>,
+        hits: u64,
+    ) -> Result<Value, CondError> {
+        let task = || {
+            task.as_ref().map_err(|e| CondError::Read {
+                what: "the current task".into(),
+                why: e.clone(),
+            })
+        };
+        Ok(match o {
+            Operand::Num(n) => Value::Num(*n),
+            Operand::Str(s) => Value::Str(s.clone()),
+            Operand::Ref(path) => {
+                let (head, field) = path.split_once('.').expect("validated at parse time");
+                let unbound = || CondError::UnboundRef(path.clone());
+                if head == "fact" {
+                    let v = self.facts.get(field).ok_or_else(unbound)?;
+                    let n =
+                        u64::from_str_radix(v.trim_start_matches("0x"), 16).or_else(|_| v.parse());
+                    n.map(Value::Num).unwrap_or_else(|_| Value::Str(v.clone()))
+                } else {
+                    let (cpu, tid) = self.ready.get(head).ok_or_else(unbound)?;
+                    match field {
+                        "tid" => Value::Num(*tid as u64),
+                        "cpu" => Value::Num(*cpu as u64),
+                        _ => return Err(unbound()),
+                    }
+                }
+            }
+            Operand::Var(v) => match v.as_str() {
+                "tid" => Value::Num(task()?.tid),
+                "tgid" => Value::Num(task()?.tgid),
+                "comm" => Value::Str(task()?.comm.clone()),
+                "hits" => Value::Num(hits),
+                other => Value::Num(
+                    register(regs, other).ok_or_else(|| CondError::UnknownVar(other.into()))?,
+                ),
+            },
+        })
+    }
+}
+
+/// A register by name; `argN` are the SysV integer argument registers.
+pub fn register(r: &Regs, name: &str) -> Option<u64> {
+    Some(match name {
+        "rax" => r.rax,
+        "rbx" => r.rbx,
+        "rcx" | "arg4" => r.rcx,
+        "rdx" | "arg3" => r.rdx,
+        "rsi" | "arg2" => r.rsi,
+        "rdi" | "arg1" => r.rdi,
+        "rbp" => r.rbp,
+        "rsp" => r.rsp,
+        "r8" | "arg5" => r.r8,
+        "r9" | "arg6" => r.r9,
+        "r10" => r.r10,
+        "r11" => r.r11,
+        "r12" => r.r12,
+        "r13" => r.r13,
+        "r14" => r.r14,
+        "r15" => r.r15,
+        "rip" => r.rip,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn looks_up_registers_bindings_and_the_task() {
+        let regs = Regs {
+            rdi: 7,
+            rdx: 0x4000,
+            ..Regs::default()
+        };
+        let mut b = Bindings::default();
+        b.ready.insert("reader".into(), (1, 42));
+        b.facts.insert("addr.y".into(), "800000000".into());
+        let task = Ok(Task {
+            tid: 42,
+            tgid: 40,
+            comm: "reader".into(),
+        });
+        let get = |o: Operand| b.lookup(&o, &regs, &task, 3);
+        assert_eq!(get(Operand::Var("arg1".into())), Ok(Value::Num(7)));
+        assert_eq!(get(Operand::Var("rdx".into())), Ok(Value::Num(0x4000)));
+        assert_eq!(get(Operand::Var("tid".into())), Ok(Value::Num(42)));
+        assert_eq!(get(Operand::Var("tgid".into())), Ok(Value::Num(40)));
+        assert_eq!(
+            get(Operand::Var("comm".into())),
+            Ok(Value::Str("reader".into()))
+        );
+        assert_eq!(get(Operand::Var("hits".into())), Ok(Value::Num(3)));
+        assert_eq!(get(Operand::Ref("reader.tid".into())), Ok(Value::Num(42)));
+        assert_eq!(get(Operand::Ref("reader.cpu".into())), Ok(Value::Num(1)));
+        assert_eq!(
+            get(Operand::Ref("fact.addr.y".into())),
+            Ok(Value::Num(0x8_0000_0000))
+        );
+        assert!(matches!(
+            get(Operand::Ref("writer.tid".into())),
+            Err(CondError::UnboundRef(_))
+        ));
+        let no_task: Result<Task, String> = Err("no DWARF".into());
+        assert!(matches!(
+            b.lookup(&Operand::Var("tid".into()), &regs, &no_task, 1),
+            Err(CondError::Read { .. })
+        ));
+    }
+}
