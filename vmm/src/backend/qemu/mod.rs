@@ -7,16 +7,16 @@
 //! here: a hit on a vCPU that did not ask for that address is stepped over silently.
 
 pub mod gdb;
+mod link;
 pub mod process;
 
 use super::{Backend, BackendError, Regs, VcpuId, VmConfig, VmEvent, VmExit};
 use gdb::{RegDesc, Stop};
+use link::GdbLink;
 use process::{Accel, Incoming, Process};
 use std::collections::{BTreeSet, VecDeque};
-use std::io::Write;
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{channel, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 pub use process::{find_qemu, Accel as QemuAccel};
@@ -38,7 +38,6 @@ pub enum QemuError {
 /// x86 has four debug address registers; the engine keeps the same per-vCPU budget on
 /// qemu so that a schedule that works here also fits a KVM vCPU.
 const HW_BREAKPOINTS: usize = 4;
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Names of the registers memrace reads, in `Regs` field order.
 const REG_NAMES: [&str; 20] = [
@@ -48,9 +47,7 @@ const REG_NAMES: [&str; 20] = [
 
 pub struct QemuVm {
     process: Process,
-    rx: Receiver<Incoming>,
-    pending: VecDeque<VmEvent>,
-    gdb: Option<UnixStream>,
+    link: GdbLink,
     cpus: usize,
     /// gdb thread id of each vCPU, in vCPU order.
     threads: Vec<String>,
@@ -66,12 +63,9 @@ pub struct QemuVm {
     on_breakpoint: Vec<Option<u64>>,
     /// The set last passed to `resume`, while it runs.
     running: Option<Vec<VcpuId>>,
-    exited: bool,
     /// Breakpoint hits that were stepped over because another vCPU owned the address.
     pub foreign_hits: u64,
     pub run_dir: PathBuf,
-    gdb_log: Option<std::fs::File>,
-    started: Instant,
 }
 
 fn sockets_dir() -> Result<tempfile_dir::Dir, QemuError> {
@@ -128,9 +122,7 @@ impl QemuVm {
             .map_err(|e| QemuError::Io(e.to_string()))?;
         let mut vm = QemuVm {
             process,
-            rx,
-            pending: VecDeque::new(),
-            gdb,
+            link: GdbLink::new(gdb, rx, &cfg.run_dir),
             cpus: cfg.cpus,
             threads: Vec::new(),
             regs: Vec::new(),
@@ -139,14 +131,10 @@ impl QemuVm {
             inserted: BTreeSet::new(),
             on_breakpoint: vec![None; cfg.cpus],
             running: None,
-            exited: false,
             foreign_hits: 0,
             run_dir: cfg.run_dir.clone(),
-            gdb_log: std::env::var_os("MEMRACE_GDB_LOG")
-                .and_then(|_| std::fs::File::create(cfg.run_dir.join("gdb.log")).ok()),
-            started: Instant::now(),
         };
-        if vm.gdb.is_some() {
+        if vm.link.attached() {
             if let Err(e) = vm.attach() {
                 vm.kill();
                 return Err(e);
@@ -158,10 +146,10 @@ impl QemuVm {
     /// Learn the vCPU threads and the register layout.
     fn attach(&mut self) -> Result<(), QemuError> {
         let mut threads = Vec::new();
-        let mut reply = self.request("qfThreadInfo")?;
+        let mut reply = self.link.request("qfThreadInfo")?;
         while let Some(list) = reply.strip_prefix(b"m") {
             threads.extend(String::from_utf8_lossy(list).split(',').map(str::to_string));
-            reply = self.request("qsThreadInfo")?;
+            reply = self.link.request("qsThreadInfo")?;
         }
         if threads.len() != self.cpus {
             return Err(QemuError::Protocol(format!(
@@ -179,7 +167,7 @@ impl QemuVm {
         let mut next = 0;
         let mut queue = VecDeque::from(["target.xml".to_string()]);
         while let Some(annex) = queue.pop_front() {
-            let xml = self.read_xfer(&annex)?;
+            let xml = self.link.read_xfer(&annex)?;
             queue.extend(gdb::includes(&xml));
             all.extend(gdb::parse_regs(&xml, &mut next));
         }
@@ -208,136 +196,6 @@ impl QemuVm {
             .collect()
     }
 
-    fn read_xfer(&mut self, annex: &str) -> Result<String, QemuError> {
-        let mut text = String::new();
-        loop {
-            let reply = self.request(&format!(
-                "qXfer:features:read:{annex}:{:x},{:x}",
-                text.len(),
-                0x3000
-            ))?;
-            let (more, data) = match reply.split_first() {
-                Some((b'm', d)) => (true, d),
-                Some((b'l', d)) => (false, d),
-                _ => {
-                    return Err(QemuError::Protocol(format!(
-                        "qXfer {annex}: {:?}",
-                        String::from_utf8_lossy(&reply)
-                    )))
-                }
-            };
-            text.push_str(&String::from_utf8_lossy(data));
-            if !more || data.is_empty() {
-                return Ok(text);
-            }
-        }
-    }
-
-    fn send_raw(&mut self, bytes: &[u8]) -> Result<(), QemuError> {
-        self.log_gdb(">", bytes);
-        let gdb = self.gdb.as_mut().ok_or(QemuError::NotDebugging)?;
-        gdb.write_all(bytes)
-            .map_err(|e| QemuError::Io(format!("gdb socket: {e}")))
-    }
-
-    /// Receive from the channel, acknowledging gdb packets on the way. QEMU 7.2's stub
-    /// has no no-ack mode, and it treats any byte that arrives while the VM runs as an
-    /// interrupt: the `+` must therefore leave before our next command (which may
-    /// resume the VM), so it is sent here, on the same thread, never from the reader.
-    fn recv(&mut self, timeout: Duration) -> Result<Incoming, RecvTimeoutError> {
-        let got = self.rx.recv_timeout(timeout)?;
-        if let Incoming::GdbPacket(p) = &got {
-            let p = p.clone();
-            self.log_gdb("<", &p);
-            if let Some(g) = self.gdb.as_mut() {
-                let _ = g.write_all(b"+");
-            }
-        }
-        Ok(got)
-    }
-
-    /// With `MEMRACE_GDB_LOG=1`, every gdb exchange goes to `gdb.log` in the run directory.
-    fn log_gdb(&mut self, dir: &str, bytes: &[u8]) {
-        if let Some(log) = self.gdb_log.as_mut() {
-            let _ = writeln!(
-                log,
-                "{:>12.6} {dir} {}",
-                self.started.elapsed().as_secs_f64(),
-                String::from_utf8_lossy(bytes).escape_debug()
-            );
-        }
-    }
-
-    /// Wait for the next gdb packet; VM events arriving meanwhile are queued.
-    fn next_packet(&mut self, what: &str, timeout: Duration) -> Result<Vec<u8>, QemuError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.recv(left) {
-                Ok(Incoming::GdbPacket(p)) => return Ok(p),
-                Ok(Incoming::Event(e)) => {
-                    if matches!(e, VmEvent::Exited(_)) {
-                        self.exited = true;
-                        self.pending.push_back(e);
-                        return Err(QemuError::Protocol(format!(
-                            "QEMU exited while waiting for the answer to {what}"
-                        )));
-                    }
-                    self.pending.push_back(e);
-                }
-                Ok(Incoming::GdbClosed) => {
-                    return Err(QemuError::Protocol("gdb connection closed".into()))
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    return Err(QemuError::Timeout {
-                        request: what.to_string(),
-                        seconds: timeout.as_secs(),
-                    })
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(QemuError::Protocol("QEMU is gone".into()))
-                }
-            }
-        }
-    }
-
-    /// Send a command and return its answer. A stop reply is never the answer to a
-    /// command; one arriving here is stale (QEMU stops and reports on *any* byte it
-    /// receives while running) and is dropped: a real breakpoint hit it might stand for
-    /// fires again when that vCPU resumes, because QEMU checks breakpoints before
-    /// executing an instruction.
-    fn request(&mut self, payload: &str) -> Result<Vec<u8>, QemuError> {
-        self.send_raw(&gdb::frame(payload))?;
-        loop {
-            let p = self.next_packet(payload, REQUEST_TIMEOUT)?;
-            if gdb::parse_stop(&p).is_none() || payload.starts_with('?') {
-                return Ok(p);
-            }
-        }
-    }
-
-    /// Consume stop replies that are already queued or arrive within `grace`.
-    fn drain_stale_stops(&mut self, grace: Duration) {
-        let deadline = Instant::now() + grace;
-        loop {
-            match self.recv(deadline.saturating_duration_since(Instant::now())) {
-                Ok(Incoming::GdbPacket(_)) => {}
-                Ok(Incoming::Event(e)) => self.pending.push_back(e),
-                Ok(Incoming::GdbClosed) | Err(_) => return,
-            }
-        }
-    }
-
-    fn request_ok(&mut self, payload: &str) -> Result<(), QemuError> {
-        match self.request(payload)? {
-            r if r == b"OK" => Ok(()),
-            r => Err(QemuError::Protocol(format!(
-                "{payload} answered {:?}",
-                String::from_utf8_lossy(&r)
-            ))),
-        }
-    }
-
     fn vcpu_of_thread(&self, thread: &str) -> Option<VcpuId> {
         let norm = |t: &str| {
             u64::from_str_radix(
@@ -353,7 +211,7 @@ impl QemuVm {
     fn select(&mut self, vcpu: VcpuId) -> Result<(), BackendError> {
         self.check_vcpu(vcpu)?;
         let t = self.threads[vcpu].clone();
-        Ok(self.request_ok(&format!("Hg{t}"))?)
+        Ok(self.link.request_ok(&format!("Hg{t}"))?)
     }
 
     fn check_vcpu(&self, vcpu: VcpuId) -> Result<(), BackendError> {
@@ -365,7 +223,7 @@ impl QemuVm {
     }
 
     fn read_register(&mut self, desc: &RegDesc) -> Result<u64, QemuError> {
-        let reply = self.request(&format!("p{:x}", desc.regnum))?;
+        let reply = self.link.request(&format!("p{:x}", desc.regnum))?;
         let bytes = gdb::decode_hex(&reply).ok_or_else(|| {
             QemuError::Protocol(format!(
                 "register {}: {:?}",
@@ -380,16 +238,6 @@ impl QemuVm {
         Ok(u64::from_le_bytes(le))
     }
 
-    /// Wait for the stop reply that follows an interrupt or a step.
-    fn wait_stop(&mut self, what: &str) -> Result<Stop, QemuError> {
-        loop {
-            let p = self.next_packet(what, REQUEST_TIMEOUT)?;
-            if let Some(stop) = gdb::parse_stop(&p) {
-                return Ok(stop);
-            }
-        }
-    }
-
     fn rip(&mut self, vcpu: VcpuId) -> Result<u64, BackendError> {
         self.select(vcpu)?;
         let desc = self.regs[16].clone();
@@ -400,13 +248,13 @@ impl QemuVm {
     fn step_over(&mut self, vcpu: VcpuId, addr: u64) -> Result<(), BackendError> {
         let armed = self.inserted.contains(&addr);
         if armed {
-            self.request_ok(&format!("z1,{addr:x},1"))?;
+            self.link.request_ok(&format!("z1,{addr:x},1"))?;
         }
         let t = self.threads[vcpu].clone();
-        self.send_raw(&gdb::frame(&format!("vCont;s:{t}")))?;
+        self.link.send_raw(&gdb::frame(&format!("vCont;s:{t}")))?;
         // The step's own stop reply names the stepped thread; anything else is stale.
         let stop = loop {
-            let stop = self.wait_stop("single-step")?;
+            let stop = self.link.wait_stop("single-step")?;
             match &stop {
                 Stop::Signal {
                     thread: Some(th), ..
@@ -415,11 +263,11 @@ impl QemuVm {
             }
         };
         if stop == Stop::Exited {
-            self.exited = true;
+            self.link.exited = true;
             return Err(BackendError::Exited);
         }
         if armed {
-            self.request_ok(&format!("Z1,{addr:x},1"))?;
+            self.link.request_ok(&format!("Z1,{addr:x},1"))?;
         }
         Ok(())
     }
@@ -432,7 +280,7 @@ impl QemuVm {
             .copied()
             .collect::<Vec<_>>()
         {
-            self.request_ok(&format!("z1,{addr:x},1"))?;
+            self.link.request_ok(&format!("z1,{addr:x},1"))?;
             self.inserted.remove(&addr);
         }
         for addr in union
@@ -440,7 +288,7 @@ impl QemuVm {
             .copied()
             .collect::<Vec<_>>()
         {
-            self.request_ok(&format!("Z1,{addr:x},1"))?;
+            self.link.request_ok(&format!("Z1,{addr:x},1"))?;
             self.inserted.insert(addr);
         }
         Ok(())
@@ -464,7 +312,7 @@ impl QemuVm {
     fn on_stop(&mut self, stop: Stop) -> Result<Option<VmEvent>, BackendError> {
         let set = self.running.take().unwrap_or_default();
         let Stop::Signal { thread, .. } = stop else {
-            self.exited = true;
+            self.link.exited = true;
             return Ok(Some(VmEvent::Exited(VmExit::GuestStopped)));
         };
         let vcpu = thread.as_deref().and_then(|t| self.vcpu_of_thread(t));
@@ -486,16 +334,16 @@ impl QemuVm {
 
     fn next_event_inner(&mut self, deadline: Instant) -> Result<Option<VmEvent>, BackendError> {
         loop {
-            if let Some(e) = self.pending.pop_front() {
+            if let Some(e) = self.link.pending.pop_front() {
                 return Ok(Some(e));
             }
-            if self.exited {
+            if self.link.exited {
                 return Ok(Some(VmEvent::Exited(VmExit::GuestStopped)));
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.recv(left) {
+            match self.link.recv(left) {
                 Ok(Incoming::Event(VmEvent::Exited(exit))) => {
-                    self.exited = true;
+                    self.link.exited = true;
                     let exit = match self.process.exit_status() {
                         Some(s) if !s.success() => {
                             let why = std::fs::read_to_string(self.run_dir.join("qemu.stderr"))
@@ -514,10 +362,10 @@ impl QemuVm {
                         }
                     }
                 }
-                Ok(Incoming::GdbClosed) => self.gdb = None,
+                Ok(Incoming::GdbClosed) => self.link.detach(),
                 Err(RecvTimeoutError::Timeout) => return Ok(None),
                 Err(RecvTimeoutError::Disconnected) => {
-                    self.exited = true;
+                    self.link.exited = true;
                     return Ok(Some(VmEvent::Exited(VmExit::VmmFailed(
                         "QEMU's reader threads ended".into(),
                     ))));
@@ -550,7 +398,7 @@ impl Backend for QemuVm {
                 backend: "qemu",
             });
         }
-        if self.gdb.is_none() {
+        if !self.link.attached() {
             return Err(QemuError::NotDebugging.into());
         }
         self.wanted[vcpu] = addrs.to_vec();
@@ -558,10 +406,10 @@ impl Backend for QemuVm {
     }
 
     fn resume(&mut self, running: &[VcpuId]) -> Result<(), BackendError> {
-        if self.exited {
+        if self.link.exited {
             return Err(BackendError::Exited);
         }
-        if self.gdb.is_none() {
+        if !self.link.attached() {
             return Err(QemuError::NotDebugging.into());
         }
         for &v in running {
@@ -582,7 +430,7 @@ impl Backend for QemuVm {
         for &v in running {
             cmd.push_str(&format!(";c:{}", self.threads[v]));
         }
-        self.send_raw(&gdb::frame(&cmd))?;
+        self.link.send_raw(&gdb::frame(&cmd))?;
         self.running = Some(running.to_vec());
         Ok(())
     }
@@ -606,7 +454,7 @@ impl Backend for QemuVm {
         let event = self.next_event_inner(deadline);
         if let Ok(Some(e @ (VmEvent::Breakpoint { .. } | VmEvent::Exited(_)))) = &event {
             let text = format!("event {e:?}");
-            self.log_gdb("=", text.as_bytes());
+            self.link.log("=", text.as_bytes());
         }
         event
     }
@@ -614,16 +462,16 @@ impl Backend for QemuVm {
         if self.running.take().is_none() {
             return Ok(());
         }
-        self.send_raw(&[0x03])?;
+        self.link.send_raw(&[0x03])?;
         // A vCPU stopped here at a breakpoint address, by the interrupt or by a hit that
         // raced with it, is *not* marked for stepping: on resume QEMU's breakpoint check
         // fires again before the instruction runs, and the hit is reported then.
-        let stop = self.wait_stop("interrupt")?;
+        let stop = self.link.wait_stop("interrupt")?;
         if let Stop::Signal { signal, .. } = stop {
             if signal != 2 {
                 // The hit won the race; QEMU dropped our interrupt byte, but be sure no
                 // second stop reply is left to be mistaken for a later one.
-                self.drain_stale_stops(Duration::from_millis(50));
+                self.link.drain_stale_stops(Duration::from_millis(50));
             }
         }
         Ok(())
@@ -632,7 +480,7 @@ impl Backend for QemuVm {
     fn regs(&mut self, vcpu: VcpuId) -> Result<Regs, BackendError> {
         self.select(vcpu)?;
         // One `g` round trip for all of them; `p` only for what it does not carry.
-        let all = self.request("g")?;
+        let all = self.link.request("g")?;
         let all = gdb::decode_hex(&all).unwrap_or_default();
         let descs = self.regs.clone();
         let mut v = [0u64; 20];
@@ -677,7 +525,7 @@ impl Backend for QemuVm {
         while out.len() < len {
             let chunk = (len - out.len()).min(0x400);
             let at = addr + out.len() as u64;
-            let reply = self.request(&format!("m{at:x},{chunk:x}"))?;
+            let reply = self.link.request(&format!("m{at:x},{chunk:x}"))?;
             match gdb::decode_hex(&reply) {
                 Some(bytes) if bytes.len() == chunk => out.extend(bytes),
                 _ => {
@@ -694,10 +542,12 @@ impl Backend for QemuVm {
 
     fn write_phys(&mut self, gpa: u64, data: &[u8]) -> Result<(), BackendError> {
         self.while_stopped(|vm| {
-            vm.request_ok("Qqemu.PhyMemMode:1")?;
+            vm.link.request_ok("Qqemu.PhyMemMode:1")?;
             let hex: String = data.iter().map(|b| format!("{b:02x}")).collect();
-            let wrote = vm.request_ok(&format!("M{gpa:x},{:x}:{hex}", data.len()));
-            vm.request_ok("Qqemu.PhyMemMode:0")?;
+            let wrote = vm
+                .link
+                .request_ok(&format!("M{gpa:x},{:x}:{hex}", data.len()));
+            vm.link.request_ok("Qqemu.PhyMemMode:0")?;
             wrote.map_err(|e| BackendError::Memory {
                 addr: gpa,
                 len: data.len(),
@@ -708,7 +558,7 @@ impl Backend for QemuVm {
 
     fn kill(&mut self) {
         self.process.kill();
-        self.exited = true;
+        self.link.exited = true;
     }
 }
 
