@@ -44,6 +44,27 @@ pub struct VmConfig {
     pub debug: bool,
 }
 
+/// Guest memory as users write it (`512M`, `1G`, or MiB as a plain number), in MiB.
+/// The error names the accepted forms and range.
+pub fn parse_mem_mib(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'G' | 'g')) => (&t[..i], 1024),
+        Some((i, 'M' | 'm')) => (&t[..i], 1),
+        _ => (t, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("memory size {text:?}: expected e.g. 512M or 1G"))?;
+    let mib = n.saturating_mul(mult);
+    if !(64..=65536).contains(&mib) {
+        return Err(format!(
+            "memory size {text}: guest memory must be between 64M and 64G"
+        ));
+    }
+    Ok(mib)
+}
+
 /// How the VM ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmExit {

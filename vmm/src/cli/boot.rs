@@ -72,23 +72,6 @@ pub struct BootArgs {
     pub command: Vec<String>,
 }
 
-pub fn parse_mem(text: &str) -> Result<u64> {
-    let t = text.trim();
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, 'G' | 'g')) => (&t[..i], 1024),
-        Some((i, 'M' | 'm')) => (&t[..i], 1),
-        _ => (t, 1),
-    };
-    let n: u64 = num
-        .parse()
-        .with_context(|| format!("--mem {text:?}: expected e.g. 512M or 1G"))?;
-    let mib = n * mult;
-    if !(64..=65536).contains(&mib) {
-        bail!("--mem {text}: guest memory must be between 64M and 64G");
-    }
-    Ok(mib)
-}
-
 /// Resolve --kernel: an existing file must be a kernel; anything else names a variant.
 pub fn resolve_kernel(spec: &str) -> Result<PathBuf> {
     let path = PathBuf::from(spec);
@@ -179,7 +162,8 @@ pub fn boot(args: &BootArgs, backend: Chosen) -> Result<(BootReport, PathBuf)> {
     if args.cpus == 0 {
         bail!("--cpus 0: a VM needs at least one vCPU");
     }
-    let mem_mib = parse_mem(&args.mem)?;
+    let mem_mib =
+        memrace::backend::parse_mem_mib(&args.mem).map_err(|e| anyhow::anyhow!("--mem: {e}"))?;
     let kernel = resolve_kernel(&args.kernel)?;
     if let Chosen::Qemu(_) = backend {
         memrace::backend::qemu::find_qemu()?;

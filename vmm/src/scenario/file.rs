@@ -149,6 +149,8 @@ pub struct Scenario {
     pub description: String,
     pub seed: String,
     pub vm: Vm,
+    /// `vm.mem` in MiB, checked.
+    pub mem_mib: u64,
     pub workload: Workload,
     pub kernels: Vec<KernelExpectation>,
     pub oracle: Oracle,
@@ -167,6 +169,8 @@ impl Scenario {
         if raw.vm.cpus == 0 {
             return Err(malformed("vm.cpus must be at least 1".into()));
         }
+        let mem_mib = crate::backend::parse_mem_mib(&raw.vm.mem)
+            .map_err(|e| malformed(format!("vm.mem: {e}")))?;
         if raw.workload.trials == 0 || raw.workload.trials_per_boot == 0 {
             return Err(malformed(
                 "workload.trials and workload.trials_per_boot must be at least 1".into(),
@@ -197,6 +201,7 @@ impl Scenario {
             description: raw.description,
             seed: raw.seed,
             vm: raw.vm,
+            mem_mib,
             workload: raw.workload,
             kernels: raw.kernel,
             oracle: raw.oracle,

@@ -109,7 +109,7 @@ fn boot_vm(
             .collect(),
     };
     guest::build_initramfs(&initramfs, &job, &[])?;
-    let mem_mib = parse_mib(&ctx.scenario.vm.mem);
+    let mem_mib = ctx.scenario.mem_mib;
     let cfg = VmConfig {
         kernel: ctx.vmlinux.to_path_buf(),
         initramfs,
@@ -122,17 +122,6 @@ fn boot_vm(
         debug: true,
     };
     Ok(QemuVm::launch(&cfg, ctx.accel)?)
-}
-
-/// `512M`/`1G`/plain MiB; scenario files are validated by the CLI before this runs.
-pub fn parse_mib(text: &str) -> u64 {
-    let t = text.trim();
-    let (n, mult) = if let Some(g) = t.strip_suffix(['G', 'g']) {
-        (g, 1024)
-    } else {
-        (t.trim_end_matches(['M', 'm']), 1)
-    };
-    n.parse::<u64>().map(|n| n * mult).unwrap_or(512)
 }
 
 /// Run `plan.trials` trials, rebooting when a trial takes the kernel down.
