@@ -61,6 +61,8 @@ pub enum ScheduleStatus {
         line: usize,
         reason: String,
         vcpus: Vec<String>,
+        /// The last console lines when it gave up.
+        console: Vec<String>,
     },
     /// A detector fired: the schedule would deadlock on this kernel.
     Detected { detector: String, line: usize },
@@ -403,10 +405,13 @@ impl<'a> Engine<'a> {
             reason: reason.clone(),
             vcpus: vcpus.clone(),
         });
+        let tail = self.boot_console.tail();
+        let console = tail[tail.len().saturating_sub(10)..].to_vec();
         ScheduleStatus::Infeasible {
             line: step.line,
             reason,
             vcpus,
+            console,
         }
     }
 
