@@ -130,6 +130,11 @@ fn a_breakpoint_that_is_never_reached_is_infeasible_within_its_bound() {
         vcpus.iter().all(|v| v.as_str().unwrap().contains("vCPU")),
         "{vcpus:?}"
     );
+    let console = t["schedule"]["console"].as_array().unwrap();
+    assert!(
+        !console.is_empty(),
+        "the verdict carries the last console lines"
+    );
     let report = std::fs::read_to_string(dir.path().join("out/report.md")).unwrap();
     assert!(report.contains("INFEASIBLE at line"), "{report}");
 }
