@@ -121,8 +121,8 @@ impl Workload for MremapMigration {
             return Err(format!("move_pages query status {source}"));
         }
         let target = if source == 0 { 1 } else { 0 };
-        control::fact("addr.y", format!("{Y:x}"));
-        control::fact("addr.x2", format!("{x2:x}"));
+        control::fact("addr.y", format!("{Y:#x}"));
+        control::fact("addr.x2", format!("{x2:#x}"));
         let gate = if self.start.gated {
             Some(Gate::new()?)
         } else {

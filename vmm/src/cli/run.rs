@@ -111,13 +111,13 @@ pub fn run_planned(
         let c = partial.counts;
         bar.set_position(c.trials as u64);
         bar.set_message(format!(
-            "reproduced {} passed {} infeasible {} errors {}",
-            c.reproduced, c.passed, c.infeasible, c.errors
+            "reproduced {} passed {} blocked {} infeasible {} errors {}",
+            c.reproduced, c.passed, c.blocked, c.infeasible, c.errors
         ));
         if bar.is_hidden() {
             eprintln!(
-                "memrace: {label}: trial {} — reproduced {} passed {} infeasible {} errors {}",
-                c.trials, c.reproduced, c.passed, c.infeasible, c.errors
+                "memrace: {label}: trial {} — reproduced {} passed {} blocked {} infeasible {} errors {}",
+                c.trials, c.reproduced, c.passed, c.blocked, c.infeasible, c.errors
             );
         }
         snapshot(partial);

@@ -12,17 +12,20 @@ fn expect_text(k: &KernelRun) -> String {
         .unwrap_or_default()
 }
 
-/// The per-kernel table: trials, reproduced, passed, infeasible, errors, time per trial.
+/// The per-kernel table: expected and observed verdicts, the counts behind them, time
+/// per trial and per boot, and whether the expectation held.
 pub fn table(rows: &[KernelRun]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<34} {:<22} {:>6} {:>10} {:>6} {:>10} {:>6} {:>9} {:>7}  HELD",
+        "{:<34} {:<18} {:<22} {:>6} {:>10} {:>6} {:>7} {:>10} {:>6} {:>8} {:>6}  HELD",
         "KERNEL",
         "EXPECT",
+        "OBSERVED",
         "TRIALS",
         "REPRODUCED",
         "PASSED",
+        "BLOCKED",
         "INFEASIBLE",
         "ERRORS",
         "S/TRIAL",
@@ -32,12 +35,14 @@ pub fn table(rows: &[KernelRun]) -> String {
         let c = k.counts;
         let _ = writeln!(
             s,
-            "{:<34} {:<22} {:>6} {:>10} {:>6} {:>10} {:>6} {:>9.3} {:>7.2}  {}",
+            "{:<34} {:<18} {:<22} {:>6} {:>10} {:>6} {:>7} {:>10} {:>6} {:>8.3} {:>6.2}  {}",
             k.label,
             expect_text(k),
+            c.observed(),
             c.trials,
             c.reproduced,
             c.passed,
+            c.blocked,
             c.infeasible,
             c.errors,
             k.seconds_per_trial,
@@ -86,11 +91,13 @@ fn kernel_section(s: &mut String, k: &KernelRun) {
     }
     let _ = writeln!(
         s,
-        "Expected **{}**; {} trials: {} reproduced, {} passed, {} infeasible, {} errors in {} boot(s); {:.3} s per trial, {:.2} s per boot. Expectation held: **{}**.\n",
+        "Expected **{}**, observed **{}**; {} trials: {} reproduced, {} passed, {} blocked, {} infeasible, {} errors in {} boot(s); {:.3} s per trial, {:.2} s per boot. Expectation held: **{}**.\n",
         expect_text(k),
+        c.observed(),
         c.trials,
         c.reproduced,
         c.passed,
+        c.blocked,
         c.infeasible,
         c.errors,
         k.boots,

@@ -31,11 +31,13 @@ pub enum ScenarioError {
 pub enum Expect {
     /// Every trial reproduces the bug, with every scheduled breakpoint hit in order.
     Reproduced,
-    /// No trial reproduces and none errs.
+    /// Every trial completes the schedule in order and the oracle sees correct behaviour.
     Intact,
-    /// No trial reproduces; trials whose schedule the correct kernel blocks count as
-    /// "infeasible (expected)" — only where the scenario declares it.
-    IntactOrInfeasible,
+    /// Every trial is intact or *blocked*: the correct kernel legitimately blocks the
+    /// schedule (a declared detector fires, e.g. on an rmap lock the parked vCPU holds)
+    /// and the oracle then sees correct behaviour — "infeasible on this kernel
+    /// (expected)". A trial whose step merely timed out does not count.
+    IntactOrBlocked,
     /// No expectation: the rate is reported (baselines).
     Report,
 }
@@ -103,6 +105,10 @@ pub struct Oracle {
     /// reproducing the bug.
     #[serde(default)]
     pub kernel: Vec<String>,
+    /// Reproduced only when the guest's oracle *and* a kernel report both say so (e.g. an
+    /// rmap miss and the DEBUG_VM warning it leads to); one alone is an error.
+    #[serde(default)]
+    pub all: bool,
 }
 
 /// A negative control or baseline: the scenario run with changes.

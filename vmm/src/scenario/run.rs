@@ -183,8 +183,19 @@ pub fn run_kernel(
             continue;
         }
         boot_total += boot_started.elapsed().as_secs_f64();
-        for _ in 0..n {
+        for k in 1..=n {
             let trial = out.counts.trials + 1;
+            if !engine.begin_trial(k, result_timeout) {
+                record_error(
+                    &mut out,
+                    format!(
+                        "the guest did not start its trial {k} within {} s (PHASE trial-{k})",
+                        result_timeout.as_secs()
+                    ),
+                );
+                progress(&out);
+                break;
+            }
             let mut run = engine.run_trial(trial, plan.schedule);
             if run.oracle.is_none() && !engine.is_gone() {
                 run.oracle = engine.await_result(result_timeout);

@@ -97,6 +97,8 @@ struct Armed {
 struct Parked {
     name: String,
     irqs_on: bool,
+    /// The task that hit the breakpoint (when the task layout is known).
+    tid: Option<u64>,
 }
 
 /// What a wait turned up.
@@ -120,6 +122,9 @@ pub struct Engine<'a> {
     inbox: VecDeque<ControlMessage>,
     bindings: Bindings,
     gates: HashMap<String, u64>,
+    /// Gates this trial opened; `recover` opens the rest so no guest thread waits on a
+    /// gate of an abandoned schedule (and overlaps the next trial).
+    opened: BTreeSet<String>,
     oracle: Option<(Outcome, String)>,
     /// This trial's console: its kernel report, if any.
     console: ConsoleWatch,
@@ -129,6 +134,9 @@ pub struct Engine<'a> {
     hits: Vec<String>,
     filtered: u64,
     serviced: u64,
+    /// When the parked IF=1 vCPUs are next re-entered; a fixed beat, so that a stream of
+    /// console lines or filtered hits cannot starve them of their interrupts.
+    next_service: Option<Instant>,
     t0: Instant,
     gone: Option<String>,
     /// Every console line, for the caller's log.
@@ -152,6 +160,7 @@ impl<'a> Engine<'a> {
             inbox: VecDeque::new(),
             bindings: Bindings::default(),
             gates: HashMap::new(),
+            opened: BTreeSet::new(),
             oracle: None,
             console: ConsoleWatch::new(40),
             boot_console: ConsoleWatch::new(60),
@@ -159,6 +168,7 @@ impl<'a> Engine<'a> {
             hits: Vec::new(),
             filtered: 0,
             serviced: 0,
+            next_service: None,
             t0: Instant::now(),
             gone: None,
             on_console: None,
@@ -189,23 +199,36 @@ impl<'a> Engine<'a> {
         self.gone.is_some()
     }
 
-    /// Run one trial of `schedule`. Trial state (bindings, oracle) starts empty; control
-    /// messages that arrived early stay queued.
+    /// Wait (bounded) until the guest harness starts its trial number `k` of this boot
+    /// (`PHASE trial-k`), and drop whatever earlier trials left queued: the next schedule
+    /// then starts in step with the guest, even after an earlier trial was abandoned.
+    /// False if the trial did not start in time.
+    pub fn begin_trial(&mut self, k: u32, timeout: Duration) -> bool {
+        let start = format!("trial-{k}");
+        let is_start =
+            |m: &ControlMessage| matches!(m, ControlMessage::Phase { name } if *name == start);
+        if let Some(pos) = self.inbox.iter().position(is_start) {
+            self.inbox.drain(..=pos);
+            return true;
+        }
+        let started = self.await_message(&is_start, timeout).is_some();
+        // Whatever was queued meanwhile came before the start.
+        self.inbox.clear();
+        started
+    }
+
+    /// Run one trial of `schedule`. Trial state (bindings, gates, oracle) starts empty;
+    /// control messages already queued (after [`Engine::begin_trial`]) belong to it.
     pub fn run_trial(&mut self, trial: u32, schedule: &Schedule) -> TrialRun {
         let started = Instant::now();
         self.bindings = Bindings::default();
         self.gates.clear();
+        self.opened.clear();
         self.oracle = None;
         self.trace.clear();
         self.hits.clear();
         self.early_hits.clear();
         self.console = ConsoleWatch::new(40);
-        // Messages that arrived early belong to this trial from its `PHASE trial-*` on;
-        // anything older is a previous trial's leftover.
-        let is_start = |m: &ControlMessage| matches!(m, ControlMessage::Phase { name } if name.starts_with("trial-"));
-        if let Some(start) = self.inbox.iter().rposition(is_start) {
-            self.inbox.drain(..start);
-        }
         let early: Vec<ControlMessage> = self.inbox.iter().cloned().collect();
         for m in &early {
             self.bind(m);
@@ -313,12 +336,7 @@ impl<'a> Engine<'a> {
                         Ok(gpa) => gpa,
                         Err(status) => return Ok(status),
                     };
-                    self.vm.write_phys(gpa, &1u32.to_le_bytes())?;
-                    let t_us = self.now_us();
-                    self.trace.push(TraceEvent::Open {
-                        t_us,
-                        gate: gate.clone(),
-                    });
+                    self.open_gate(gate, gpa)?;
                 }
                 Action::Release { cpu } => self.release(*cpu)?,
                 Action::Disarm { name } => {
@@ -415,8 +433,22 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// After an incomplete schedule: disarm everything and release parked vCPUs in the
-    /// fallback order (then any others), so the guest can finish its trial.
+    fn open_gate(&mut self, gate: &str, gpa: u64) -> Result<(), EngineError> {
+        self.vm.write_phys(gpa, &1u32.to_le_bytes())?;
+        self.opened.insert(gate.to_string());
+        let t_us = self.now_us();
+        self.trace.push(TraceEvent::Open {
+            t_us,
+            gate: gate.to_string(),
+        });
+        Ok(())
+    }
+
+    /// After an incomplete schedule: disarm everything, release parked vCPUs in the
+    /// fallback order (then any others), then open the gates the schedule never opened,
+    /// so the guest finishes its trial (unscheduled) instead of waiting out its gate
+    /// timeouts into the next trial. Parked vCPUs go first: a thread started from a gate
+    /// may IPI them (§0.4 R1).
     fn recover(&mut self, schedule: &Schedule) {
         let mut order: Vec<VcpuId> = schedule
             .fallback
@@ -440,6 +472,17 @@ impl<'a> Engine<'a> {
             let _ = self.release(cpu);
         }
         let _ = self.vm.resume(&self.running());
+        let mut closed: Vec<(String, u64)> = self
+            .gates
+            .iter()
+            .filter(|(g, _)| !self.opened.contains(*g))
+            .map(|(g, gpa)| (g.clone(), *gpa))
+            .collect();
+        closed.sort();
+        for (gate, gpa) in closed {
+            let _ = self.open_gate(&gate, gpa);
+        }
+        let _ = self.vm.resume(&self.running());
     }
 
     /// Wait for whatever the trial's steps should know about next.
@@ -453,25 +496,26 @@ impl<'a> Engine<'a> {
             if now >= deadline {
                 return Ok(None);
             }
-            let slice = if self.parked.values().any(|p| p.irqs_on) {
-                deadline.min(now + SERVICE_INTERVAL)
-            } else {
+            let serviced: Vec<VcpuId> = self
+                .parked
+                .iter()
+                .filter(|(_, p)| p.irqs_on)
+                .map(|(v, _)| *v)
+                .collect();
+            let slice = if serviced.is_empty() {
+                self.next_service = None;
                 deadline
-            };
-            let event = match self.vm.next_event(slice)? {
-                Some(e) => e,
-                None => {
-                    if slice < deadline {
-                        let parked: Vec<VcpuId> = self
-                            .parked
-                            .iter()
-                            .filter(|(_, p)| p.irqs_on)
-                            .map(|(v, _)| *v)
-                            .collect();
-                        self.vm.service_parked(&self.running(), &parked)?;
-                    }
+            } else {
+                let due = *self.next_service.get_or_insert(now + SERVICE_INTERVAL);
+                if now >= due {
+                    self.next_service = Some(now + SERVICE_INTERVAL);
+                    self.vm.service_parked(&self.running(), &serviced)?;
                     continue;
                 }
+                deadline.min(due)
+            };
+            let Some(event) = self.vm.next_event(slice)? else {
+                continue;
             };
             match event {
                 VmEvent::Console(line) => {
@@ -543,12 +587,31 @@ impl<'a> Engine<'a> {
         step: &Step,
     ) -> Result<Option<Happened>, EngineError> {
         if let Some(p) = self.parked.get(&cpu) {
-            // A serviced parked vCPU came back to its breakpoint: it stays parked.
-            if self.armed.get(&p.name).map(|a| a.addr) == Some(addr) {
+            let (name, parked_tid) = (p.name.clone(), p.tid);
+            let mut run = self.running();
+            if self.armed.get(&name).map(|a| a.addr) == Some(addr) {
+                // A serviced parked vCPU came back to its breakpoint: it stays parked, as
+                // long as it is still the same task (a kernel that preempted the parked
+                // task would let another one through the parked point).
+                if let Some(tid) = parked_tid {
+                    let regs = self.vm.regs(cpu)?;
+                    let now = hit::read_task(self.vm, self.intro.task_layout(), cpu, &regs);
+                    if let Some(t) = now.ok().filter(|t| t.tid != tid) {
+                        return Err(EngineError::Step {
+                            line: step.line,
+                            why: format!("vCPU {cpu} parked at {name:?} in task {tid}, but task {} ({}) came back to it: the parked task was switched out (a preemptible kernel?)", t.tid, t.comm),
+                        });
+                    }
+                }
                 self.serviced += 1;
-                self.vm.resume(&self.running())?;
-                return Ok(None);
+            } else {
+                // While being serviced it stopped at another of its breakpoints (on an
+                // interrupt's path): step past that one; it stops again at its parked
+                // point, which stays armed.
+                run.push(cpu);
             }
+            self.vm.resume(&run)?;
+            return Ok(None);
         }
         let Some(name) = self
             .armed
@@ -560,18 +623,27 @@ impl<'a> Engine<'a> {
             return Ok(None);
         };
         let regs = self.vm.regs(cpu)?;
-        let task = hit::read_task(self.vm, self.intro.task_layout(), cpu, &regs);
         let armed = self.armed.get_mut(&name).expect("found above");
         armed.hits += 1;
         let (hits, detector, cond) = (armed.hits, armed.detector, armed.cond.clone());
+        // The current task costs guest memory reads: read it for conditions that use it,
+        // and (below) for hits that are recorded, not for every filtered hit.
+        let layout = self.intro.task_layout();
+        let task = cond
+            .as_ref()
+            .filter(|c| c.needs_task())
+            .map(|_| hit::read_task(self.vm, layout, cpu, &regs));
         let holds = match &cond {
             None => true,
-            Some(c) => c
-                .eval(&mut |o| self.bindings.lookup(o, &regs, &task, hits))
-                .map_err(|e| EngineError::Step {
-                    line: step.line,
-                    why: format!("breakpoint {name:?}: {e}"),
-                })?,
+            Some(c) => {
+                let unread = Err("the condition does not read the task".to_string());
+                let t = task.as_ref().unwrap_or(&unread);
+                c.eval(&mut |o| self.bindings.lookup(o, &regs, t, hits))
+                    .map_err(|e| EngineError::Step {
+                        line: step.line,
+                        why: format!("breakpoint {name:?}: {e}"),
+                    })?
+            }
         };
         let t_us = self.now_us();
         if !holds {
@@ -580,7 +652,7 @@ impl<'a> Engine<'a> {
                 t_us,
                 name,
                 cpu,
-                tid: task.as_ref().ok().map(|t| t.tid),
+                tid: task.and_then(Result::ok).map(|t| t.tid),
             });
             self.vm.resume(&self.running())?;
             return Ok(None);
@@ -596,6 +668,7 @@ impl<'a> Engine<'a> {
             // The detector's vCPU is not parked: recovery resumes everything.
             return Ok(Some(Happened::Detector { name }));
         }
+        let task = task.unwrap_or_else(|| hit::read_task(self.vm, layout, cpu, &regs));
         let (tid, comm) = match &task {
             Ok(t) => (Some(t.tid), Some(t.comm.clone())),
             Err(_) => (None, None),
@@ -615,6 +688,7 @@ impl<'a> Engine<'a> {
             Parked {
                 name: name.clone(),
                 irqs_on: regs.rflags & RFLAGS_IF != 0,
+                tid,
             },
         );
         self.vm.resume(&self.running())?;
@@ -647,12 +721,20 @@ impl<'a> Engine<'a> {
     /// Wait (bounded) for the next control message with `verb`, taking it from the
     /// queue if it already arrived. Breakpoint hits meanwhile are ignored.
     pub fn await_control(&mut self, verb: &str, timeout: Duration) -> Option<ControlMessage> {
-        if let Some(pos) = self.inbox.iter().position(|m| matches_wait(m, verb, None)) {
+        self.await_message(&|m| matches_wait(m, verb, None), timeout)
+    }
+
+    fn await_message(
+        &mut self,
+        wanted: &dyn Fn(&ControlMessage) -> bool,
+        timeout: Duration,
+    ) -> Option<ControlMessage> {
+        if let Some(pos) = self.inbox.iter().position(wanted) {
             return self.inbox.remove(pos);
         }
         let step = Step {
             action: Action::Wait {
-                verb: verb.into(),
+                verb: "(bench)".into(),
                 name: None,
             },
             line: 0,
@@ -662,7 +744,7 @@ impl<'a> Engine<'a> {
         let deadline = Instant::now() + timeout;
         loop {
             match self.pump(deadline, &step) {
-                Ok(Some(Happened::Message(m))) if matches_wait(&m, verb, None) => return Some(m),
+                Ok(Some(Happened::Message(m))) if wanted(&m) => return Some(m),
                 Ok(Some(Happened::Message(m))) => self.queue(m),
                 Ok(Some(Happened::Hit { .. } | Happened::Detector { .. })) => {}
                 _ => return None,

@@ -80,9 +80,7 @@ impl Bindings {
                 let unbound = || CondError::UnboundRef(path.clone());
                 if head == "fact" {
                     let v = self.facts.get(field).ok_or_else(unbound)?;
-                    let n =
-                        u64::from_str_radix(v.trim_start_matches("0x"), 16).or_else(|_| v.parse());
-                    n.map(Value::Num).unwrap_or_else(|_| Value::Str(v.clone()))
+                    fact_value(v)
                 } else {
                     let (cpu, tid) = self.ready.get(head).ok_or_else(unbound)?;
                     match field {
@@ -103,6 +101,17 @@ impl Bindings {
             },
         })
     }
+}
+
+/// A `FACT` value as a condition operand: `0x…` is hex, digits are decimal, anything
+/// else is a string (the harness sends addresses as `0x…` and counts in decimal).
+fn fact_value(v: &str) -> Value {
+    let n = match v.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => v.parse().ok(),
+    };
+    n.map(Value::Num)
+        .unwrap_or_else(|| Value::Str(v.to_string()))
 }
 
 /// A register by name; `argN` are the SysV integer argument registers.
@@ -142,7 +151,9 @@ mod tests {
         };
         let mut b = Bindings::default();
         b.ready.insert("reader".into(), (1, 42));
-        b.facts.insert("addr.y".into(), "800000000".into());
+        b.facts.insert("addr.y".into(), "0x800000000".into());
+        b.facts.insert("numa_nodes".into(), "10".into());
+        b.facts.insert("kernel".into(), "6.12.117".into());
         let task = Ok(Task {
             tid: 42,
             tgid: 40,
@@ -163,6 +174,15 @@ mod tests {
         assert_eq!(
             get(Operand::Ref("fact.addr.y".into())),
             Ok(Value::Num(0x8_0000_0000))
+        );
+        assert_eq!(
+            get(Operand::Ref("fact.numa_nodes".into())),
+            Ok(Value::Num(10)),
+            "decimal facts are decimal"
+        );
+        assert_eq!(
+            get(Operand::Ref("fact.kernel".into())),
+            Ok(Value::Str("6.12.117".into()))
         );
         assert!(matches!(
             get(Operand::Ref("writer.tid".into())),

@@ -95,15 +95,35 @@ pub struct Schedule {
 #[serde(deny_unknown_fields)]
 pub struct RawSchedule {
     #[serde(default = "default_timeout")]
-    step_timeout_ms: u64,
-    #[serde(default)]
-    fallback: Vec<VcpuId>,
+    step_timeout_ms: toml::Spanned<u64>,
+    #[serde(default = "no_fallback")]
+    fallback: toml::Spanned<Vec<VcpuId>>,
     #[serde(default)]
     steps: Vec<toml::Spanned<RawStep>>,
 }
 
-fn default_timeout() -> u64 {
-    20_000
+fn default_timeout() -> toml::Spanned<u64> {
+    toml::Spanned::new(0..0, 20_000)
+}
+
+fn no_fallback() -> toml::Spanned<Vec<VcpuId>> {
+    toml::Spanned::new(0..0, Vec::new())
+}
+
+/// Bounds of a step's wait: a zero bound cannot be met, and a wait of more than ten
+/// minutes is not a bound a user wants from a bench that must never hang.
+const TIMEOUT_RANGE_MS: std::ops::RangeInclusive<u64> = 1..=600_000;
+
+fn check_timeout(ms: u64) -> Result<u64, String> {
+    if TIMEOUT_RANGE_MS.contains(&ms) {
+        Ok(ms)
+    } else {
+        Err(format!(
+            "timeout {ms} ms: a step's bound must be between {} ms and {} ms",
+            TIMEOUT_RANGE_MS.start(),
+            TIMEOUT_RANGE_MS.end()
+        ))
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -150,24 +170,32 @@ impl Schedule {
             line,
             why,
         };
+        let default_line = line_of(text, raw.step_timeout_ms.span().start);
+        let default_timeout =
+            check_timeout(*raw.step_timeout_ms.get_ref()).map_err(|why| at(default_line, why))?;
         let mut steps = Vec::new();
         for spanned in raw.steps {
             let line = line_of(text, spanned.span().start);
             let s = spanned.into_inner();
             let action = Self::action(&s).map_err(|why| at(line, why))?;
+            let timeout_ms = match s.timeout_ms {
+                Some(ms) => check_timeout(ms).map_err(|why| at(line, why))?,
+                None => default_timeout,
+            };
             steps.push(Step {
                 action,
                 line,
-                timeout_ms: s.timeout_ms.unwrap_or(raw.step_timeout_ms),
+                timeout_ms,
                 allow_irqs_off: s.allow_irqs_off.unwrap_or(false),
             });
         }
+        let fallback_line = line_of(text, raw.fallback.span().start);
         let schedule = Schedule {
             steps,
-            fallback: raw.fallback,
+            fallback: raw.fallback.into_inner(),
         };
         schedule
-            .check(cpus, max_bp)
+            .check(cpus, max_bp, fallback_line)
             .map_err(|(line, why)| at(line, why))?;
         Ok(schedule)
     }
@@ -239,7 +267,12 @@ impl Schedule {
 
     /// Static checks: vCPU numbers, breakpoint names, the per-vCPU breakpoint budget
     /// at every point of the schedule, and releases of vCPUs that are parked.
-    fn check(&self, cpus: usize, max_bp: usize) -> Result<(), (usize, String)> {
+    fn check(
+        &self,
+        cpus: usize,
+        max_bp: usize,
+        fallback_line: usize,
+    ) -> Result<(), (usize, String)> {
         // A parked vCPU keeps its breakpoint armed (it re-fires when the vCPU re-enters
         // to service interrupts), so its debug register is only freed by `release`.
         let mut armed: BTreeMap<String, VcpuId> = BTreeMap::new();
@@ -314,7 +347,7 @@ impl Schedule {
             }
         }
         for cpu in &self.fallback {
-            cpu_ok(*cpu, 0)?;
+            cpu_ok(*cpu, fallback_line)?;
         }
         Ok(())
     }
@@ -446,6 +479,27 @@ steps = [
         assert!(e.contains("exactly one"), "{e}");
         let e = err("[schedule]\nsteps = [\n { wait = \"RESULT\", bogus = 1 },\n]\n");
         assert!(e.contains("unknown field"), "{e}");
+        let e = err("[schedule]\nfallback = [\n  1, 9]\nsteps = []\n");
+        assert!(
+            e.starts_with("t.toml:2:") && e.contains("vCPU 9 does not exist"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn every_wait_has_a_real_bound() {
+        let e = err("[schedule]\nsteps = [\n { wait = \"RESULT\", timeout_ms = 0 },\n]\n");
+        assert!(
+            e.starts_with("t.toml:3:") && e.contains("between 1 ms"),
+            "{e}"
+        );
+        let e = err("[schedule]\n\nstep_timeout_ms = 86400000\nsteps = []\n");
+        assert!(e.starts_with("t.toml:3:") && e.contains("600000 ms"), "{e}");
+        let s = parse("[schedule]\nstep_timeout_ms = 500\nsteps = [\n { wait = \"RESULT\" },\n { wait = \"EXIT\", timeout_ms = 9 },\n]\n").unwrap();
+        assert_eq!(
+            s.steps.iter().map(|s| s.timeout_ms).collect::<Vec<_>>(),
+            [500, 9]
+        );
     }
 
     #[test]
