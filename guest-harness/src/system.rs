@@ -132,6 +132,43 @@ pub fn send_facts(ram0: &Res<u64>) {
     }
 }
 
+/// Where the kernel names its clocksource.
+const CURRENT_CLOCKSOURCE: &str =
+    "/sys/devices/system/clocksource/clocksource0/current_clocksource";
+/// x86's boot clocksource: always replaced, by `tsc` or (TSC unstable) another one.
+const TRANSIENT_CLOCKSOURCE: &str = "tsc-early";
+
+/// Wait (bounded) until x86's boot clocksource has been replaced, and report the one in
+/// use as `FACT clocksource`. About a second after TSC calibration the kernel's delayed
+/// work `tsc_refine_calibration_work` swaps `tsc-early` for `tsc` (or, if calibration
+/// failed, unregisters it), and the switch runs under stop_machine(): every CPU must join
+/// it, so it would stall behind a vCPU that a schedule parked (scenarios §0.4 R1) and
+/// end that trial as infeasible. Workloads call this before their first trial.
+pub fn settle_clocksource(bound: Duration) -> Res<()> {
+    let started = std::time::Instant::now();
+    loop {
+        let current = match fs::read_to_string(CURRENT_CLOCKSOURCE) {
+            Ok(s) => s.trim().to_string(),
+            Err(e) => {
+                control::note(&error::describe(&format!("read {CURRENT_CLOCKSOURCE}"), &e));
+                return Ok(());
+            }
+        };
+        if current != TRANSIENT_CLOCKSOURCE {
+            control::fact("clocksource", current);
+            control::fact("clocksource_wait_ms", started.elapsed().as_millis());
+            return Ok(());
+        }
+        if started.elapsed() >= bound {
+            return Err(format!(
+                "the clocksource is still {TRANSIENT_CLOCKSOURCE} after {} s: its replacement (a stop_machine) would stall a parked vCPU's trial",
+                bound.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Best-effort hardening of the gate pages: mlocked pages must not move (compaction may
 /// migrate unevictable pages unless told not to). Absent without CONFIG_COMPACTION.
 pub fn pin_unevictable_pages() {

@@ -26,6 +26,7 @@ struct Recorded {
     expect: Expect,
     schedule_name: String,
     params: BTreeMap<String, String>,
+    trials_per_boot: u32,
     trials: Vec<RecordedTrial>,
 }
 
@@ -84,6 +85,7 @@ pub fn run(args: ReplayArgs) -> Result<i32> {
             schedule_name: r.schedule_name.clone(),
             params: r.params.clone(),
             trials: r.trials.len() as u32,
+            trials_per_boot: r.trials_per_boot,
         };
         let again = super::run::run_planned(
             &scenario,

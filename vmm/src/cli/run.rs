@@ -193,6 +193,7 @@ pub fn run_scenario(
             schedule_name: "scenario".into(),
             params: scenario.workload.params.clone(),
             trials,
+            trials_per_boot: scenario.workload.trials_per_boot,
         });
     }
     if args.controls {
@@ -214,6 +215,9 @@ pub fn run_scenario(
                 schedule_name: schedule_name.into(),
                 params,
                 trials: c.trials.unwrap_or(trials),
+                trials_per_boot: c
+                    .trials_per_boot
+                    .unwrap_or(scenario.workload.trials_per_boot),
             });
         }
     }

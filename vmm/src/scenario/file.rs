@@ -125,6 +125,9 @@ pub struct Control {
     #[serde(default)]
     pub params: BTreeMap<String, String>,
     pub trials: Option<u32>,
+    /// Overrides `workload.trials_per_boot` (e.g. a baseline that rarely panics can
+    /// share boots; a trial that does panic ends its boot and the next boot goes on).
+    pub trials_per_boot: Option<u32>,
 }
 
 fn default_control_schedule() -> String {
@@ -186,6 +189,12 @@ impl Scenario {
             return Err(malformed("at least one [[kernel]] is needed".into()));
         }
         for c in &raw.control {
+            if c.trials == Some(0) || c.trials_per_boot == Some(0) {
+                return Err(malformed(format!(
+                    "control {:?}: trials and trials_per_boot must be at least 1",
+                    c.name
+                )));
+            }
             if c.schedule != "scenario" && c.schedule != "none" {
                 return Err(malformed(format!(
                     "control {:?}: schedule must be \"scenario\" or \"none\"",

@@ -50,6 +50,7 @@ pub struct KernelRun {
     pub note: String,
     pub schedule_name: String,
     pub params: BTreeMap<String, String>,
+    pub trials_per_boot: u32,
     pub counts: Counts,
     pub held: bool,
     pub boots: u32,
@@ -75,6 +76,7 @@ pub struct KernelPlan<'a> {
     pub schedule_name: String,
     pub params: BTreeMap<String, String>,
     pub trials: u32,
+    pub trials_per_boot: u32,
 }
 
 /// One kernel's run: its vmlinux and symbols, where results go.
@@ -133,7 +135,7 @@ pub fn run_kernel(
 ) -> Result<KernelRun, RunError> {
     let started = Instant::now();
     let expected_hits = plan.schedule.expected_hits();
-    let per_boot = ctx.scenario.workload.trials_per_boot.max(1);
+    let per_boot = plan.trials_per_boot.max(1);
     let result_timeout = Duration::from_millis(ctx.scenario.workload.result_timeout_ms);
     let mut out = KernelRun {
         label: plan.label.clone(),
@@ -142,6 +144,7 @@ pub fn run_kernel(
         note: plan.note.clone(),
         schedule_name: plan.schedule_name.clone(),
         params: plan.params.clone(),
+        trials_per_boot: plan.trials_per_boot,
         counts: Counts::default(),
         held: false,
         boots: 0,
