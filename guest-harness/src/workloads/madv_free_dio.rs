@@ -53,7 +53,7 @@ impl MadvFreeDio {
             return Err(format!("param pages: {pages} not in 1..=1024"));
         }
         let read_bytes = params.take_u64("read_bytes", (pages * PAGE) as u64)? as usize;
-        if read_bytes == 0 || read_bytes % SECTOR != 0 || read_bytes > pages * PAGE {
+        if read_bytes == 0 || !read_bytes.is_multiple_of(SECTOR) || read_bytes > pages * PAGE {
             return Err(format!(
                 "param read_bytes: {read_bytes} must be a multiple of {SECTOR} in {SECTOR}..={} (pages * {PAGE})",
                 pages * PAGE
