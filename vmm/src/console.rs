@@ -24,6 +24,18 @@ pub struct KernelReport {
     pub panicked: bool,
     /// The report's lines, bounded.
     pub lines: Vec<String>,
+    /// First lines of the reports that followed (a KASAN report after a WARN), bounded.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub further: Vec<String>,
+}
+
+impl KernelReport {
+    /// Does any line of this report, or of a later one, contain `pattern`?
+    pub fn mentions(&self, pattern: &str) -> bool {
+        self.headline.contains(pattern)
+            || self.lines.iter().any(|l| l.contains(pattern))
+            || self.further.iter().any(|l| l.contains(pattern))
+    }
 }
 
 /// Keeps the console tail and spots kernel reports.
@@ -35,6 +47,7 @@ pub struct ConsoleWatch {
 }
 
 const MAX_REPORT_LINES: usize = 80;
+const MAX_FURTHER_REPORTS: usize = 16;
 /// Lines stored are cut to this many characters: a guest cannot exhaust our memory.
 const MAX_LINE_CHARS: usize = 512;
 
@@ -58,12 +71,10 @@ impl ConsoleWatch {
     pub fn push(&mut self, line: &str) {
         let line: String = line.chars().take(MAX_LINE_CHARS).collect();
         let body = Self::body(&line);
+        let start = REPORT_STARTS.iter().find(|s| body.contains(*s));
         match &mut self.report {
             None => {
-                if let Some(start) = REPORT_STARTS
-                    .iter()
-                    .find(|s| body.starts_with(*s) || body.contains(*s))
-                {
+                if let Some(start) = start {
                     let headline = if *start == REPORT_STARTS[0] {
                         String::new()
                     } else {
@@ -73,6 +84,7 @@ impl ConsoleWatch {
                         headline,
                         panicked: body.contains("Kernel panic - not syncing"),
                         lines: vec![line.clone()],
+                        further: Vec::new(),
                     });
                 }
             }
@@ -85,6 +97,10 @@ impl ConsoleWatch {
                 }
                 if r.lines.len() < MAX_REPORT_LINES {
                     r.lines.push(line.clone());
+                } else if start.is_some_and(|s| *s != REPORT_STARTS[0])
+                    && r.further.len() < MAX_FURTHER_REPORTS
+                {
+                    r.further.push(line.clone());
                 }
             }
         }
@@ -124,6 +140,21 @@ mod tests {
         assert!(r.panicked);
         assert_eq!(r.lines.len(), 4);
         assert_eq!(w.tail().len(), 3);
+    }
+
+    #[test]
+    fn a_later_report_is_still_seen() {
+        let mut w = ConsoleWatch::new(3);
+        w.push("[    1.0] WARNING: CPU: 0 PID: 40 at mm/rmap.c:473 unlink_anon_vmas+0x1/0x2");
+        for i in 0..MAX_REPORT_LINES {
+            w.push(&format!("[    1.1] trace line {i}"));
+        }
+        w.push("[    2.0] BUG: KASAN: slab-use-after-free in unlink_anon_vmas+0x3/0x4");
+        let r = w.report().unwrap();
+        assert!(r.headline.starts_with("WARNING: CPU: 0"));
+        assert!(r.mentions("at mm/rmap.c:473 unlink_anon_vmas"));
+        assert!(r.mentions("BUG: KASAN: slab-use-after-free"));
+        assert!(!r.mentions("kernel BUG at"));
     }
 
     #[test]

@@ -2,7 +2,11 @@
 //! second page must be reachable by rmap. The child makes it lazyfree and pages it out:
 //! a correct kernel discards it (reads zero), a buggy one cannot find the mapping (old data).
 //! `warn_check 1` then unmaps the first page, which fires a DEBUG_VM warning on buggy kernels,
-//! and sends `PHASE munmap-done` once the munmap returned.
+//! and sends `PHASE munmap-done` once the munmap returned. `uaf_check 1` (for KASAN kernels
+//! booted with `panic_on_warn=0`) then waits for an RCU grace period — the buggy munmap
+//! freed the child's anon_vma, and SLUB_RCU_DEBUG defers that free by one — and pages the
+//! COW page out again: that rmap walk uses the freed anon_vma (a KASAN use-after-free).
+//! `PHASE uaf-check-done` follows, and `PHASE checks-done` ends every trial.
 
 use std::time::Duration;
 
@@ -21,20 +25,41 @@ const CHILD_BYTE: u8 = 0x22;
 
 pub struct ForkAnonVma {
     warn_check: bool,
+    uaf_check: bool,
     cpu: usize,
 }
 
 impl ForkAnonVma {
     pub fn new(params: &mut Params) -> Res<ForkAnonVma> {
+        let warn_check = params.take_bool("warn_check", true)?;
+        let uaf_check = params.take_bool("uaf_check", false)?;
+        if uaf_check && !warn_check {
+            return Err(
+                "param uaf_check 1 needs warn_check 1 (the munmap frees the anon_vma)".into(),
+            );
+        }
         Ok(ForkAnonVma {
-            warn_check: params.take_bool("warn_check", true)?,
+            warn_check,
+            uaf_check,
             cpu: params.take_cpu("cpu", 0)?,
         })
     }
 }
 
+/// `membarrier(MEMBARRIER_CMD_GLOBAL)`: returns after an RCU grace period (synchronize_rcu).
+fn rcu_grace_period() -> Res<()> {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes no pointers.
+    let ret = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    error::check(
+        ret,
+        "membarrier(MEMBARRIER_CMD_GLOBAL) (needs CONFIG_MEMBARRIER)",
+    )
+    .map(drop)
+}
+
 /// The child's side: COW, lazyfree, page out, look.
-fn child_side(trial: &Trial, p: &Mapping, warn_check: bool) -> Res<()> {
+fn child_side(trial: &Trial, p: &Mapping, checks: &ForkAnonVma) -> Res<()> {
     let second = p.ptr().wrapping_add(PAGE);
     // SAFETY: the second page of the live two-page mapping; no Rust references point into it.
     unsafe { std::ptr::write_bytes(second, CHILD_BYTE, PAGE) };
@@ -56,7 +81,7 @@ fn child_side(trial: &Trial, p: &Mapping, warn_check: bool) -> Res<()> {
             ),
         );
     }
-    if warn_check {
+    if checks.warn_check {
         // SAFETY: unmaps the first page of our own mapping, which nothing references. The
         // child `_exit`s right after this, so the Mapping is never dropped in this process.
         let ret = unsafe { libc::munmap(p.ptr().cast(), PAGE) };
@@ -65,6 +90,19 @@ fn child_side(trial: &Trial, p: &Mapping, warn_check: bool) -> Res<()> {
         // this marker so the bench sees the warning before it judges the trial.
         control::phase("munmap-done");
     }
+    if checks.uaf_check {
+        rcu_grace_period()?;
+        p.madvise(
+            PAGE,
+            PAGE,
+            libc::MADV_PAGEOUT,
+            "madvise(MADV_PAGEOUT) after munmap",
+        )?;
+        control::phase("uaf-check-done");
+    }
+    // The last check is done: a scenario waits for this, so that whatever the kernel
+    // printed on the way (WARN, KASAN) is on the console before the trial is judged.
+    control::phase("checks-done");
     Ok(())
 }
 
@@ -85,9 +123,8 @@ impl Workload for ForkAnonVma {
             libc::MADV_NOHUGEPAGE,
             "madvise(MADV_NOHUGEPAGE)",
         )?;
-        let warn_check = self.warn_check;
         let pid = child::fork(|| {
-            if let Err(e) = child_side(trial, &p, warn_check) {
+            if let Err(e) = child_side(trial, &p, self) {
                 trial.report(Outcome::Error, &e);
             }
             0

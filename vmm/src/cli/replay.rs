@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use memrace::scenario::file::{Expect, Scenario};
+use memrace::scenario::file::{Expect, Oracle, Scenario};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -26,6 +26,8 @@ struct Recorded {
     expect: Expect,
     schedule_name: String,
     params: BTreeMap<String, String>,
+    cmdline: String,
+    oracle: Oracle,
     trials_per_boot: u32,
     trials: Vec<RecordedTrial>,
 }
@@ -84,6 +86,8 @@ pub fn run(args: ReplayArgs) -> Result<i32> {
             schedule,
             schedule_name: r.schedule_name.clone(),
             params: r.params.clone(),
+            cmdline: r.cmdline.clone(),
+            oracle: r.oracle.clone(),
             trials: r.trials.len() as u32,
             trials_per_boot: r.trials_per_boot,
         };

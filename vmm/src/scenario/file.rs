@@ -96,9 +96,28 @@ pub struct KernelExpectation {
     /// Why, for the report (e.g. "the correct kernel blocks on the anon_vma lock").
     #[serde(default)]
     pub note: String,
+    /// Kernel command-line arguments after the scenario's (later ones win, e.g.
+    /// `panic_on_warn=0` so that a KASAN report can follow a WARN).
+    #[serde(default)]
+    pub cmdline: String,
+    /// Workload parameters merged over the scenario's.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// Console reports that count as the bug on this kernel, instead of `[oracle].kernel`.
+    pub oracle: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+impl Oracle {
+    /// This oracle with a kernel's (or control's) own console patterns, if it has any.
+    pub fn with_kernel_patterns(&self, patterns: Option<&Vec<String>>) -> Oracle {
+        Oracle {
+            kernel: patterns.cloned().unwrap_or_else(|| self.kernel.clone()),
+            all: self.all,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Oracle {
     /// Console reports (e.g. "kernel BUG at include/linux/swapops.h") that count as
@@ -122,8 +141,13 @@ pub struct Control {
     /// `"scenario"` (default) or `"none"`: gates open back to back, no breakpoints.
     #[serde(default = "default_control_schedule")]
     pub schedule: String,
+    /// Merged over the workload's parameters.
     #[serde(default)]
     pub params: BTreeMap<String, String>,
+    /// As for a kernel: extra command line, own console oracle.
+    #[serde(default)]
+    pub cmdline: String,
+    pub oracle: Option<Vec<String>>,
     pub trials: Option<u32>,
     /// Overrides `workload.trials_per_boot` (e.g. a baseline that rarely panics can
     /// share boots; a trial that does panic ends its boot and the next boot goes on).

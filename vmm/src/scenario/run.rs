@@ -1,7 +1,7 @@
 //! Running a scenario: for each kernel, boot(s) under the debugger, N trials of the
 //! schedule, verdicts, and results written after every trial.
 
-use super::file::{Expect, Scenario};
+use super::file::{Expect, Oracle, Scenario};
 use super::verdict::{classify, Counts, TrialVerdict};
 use crate::backend::qemu::{QemuAccel, QemuVm};
 use crate::backend::{Backend, VmConfig};
@@ -50,6 +50,8 @@ pub struct KernelRun {
     pub note: String,
     pub schedule_name: String,
     pub params: BTreeMap<String, String>,
+    pub cmdline: String,
+    pub oracle: Oracle,
     pub trials_per_boot: u32,
     pub counts: Counts,
     pub held: bool,
@@ -75,6 +77,10 @@ pub struct KernelPlan<'a> {
     pub schedule: &'a Schedule,
     pub schedule_name: String,
     pub params: BTreeMap<String, String>,
+    /// Kernel command line after the scenario's.
+    pub cmdline: String,
+    /// How this kernel's trials are judged.
+    pub oracle: Oracle,
     pub trials: u32,
     pub trials_per_boot: u32,
 }
@@ -115,9 +121,12 @@ fn boot_vm(
     let cfg = VmConfig {
         kernel: ctx.vmlinux.to_path_buf(),
         initramfs,
-        cmdline: format!("{BASE_CMDLINE} {}", ctx.scenario.vm.cmdline)
-            .trim()
-            .to_string(),
+        cmdline: [BASE_CMDLINE, &ctx.scenario.vm.cmdline, &plan.cmdline]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" "),
         cpus: ctx.scenario.vm.cpus,
         mem_mib,
         run_dir: dir,
@@ -144,6 +153,8 @@ pub fn run_kernel(
         note: plan.note.clone(),
         schedule_name: plan.schedule_name.clone(),
         params: plan.params.clone(),
+        cmdline: plan.cmdline.clone(),
+        oracle: plan.oracle.clone(),
         trials_per_boot: plan.trials_per_boot,
         counts: Counts::default(),
         held: false,
@@ -205,7 +216,7 @@ pub fn run_kernel(
             }
             // A kernel report may be printed after the schedule ended (at the oracle's access).
             run.kernel_report = engine.kernel_report();
-            let (verdict, why) = classify(&run, &expected_hits, &ctx.scenario.oracle);
+            let (verdict, why) = classify(&run, &expected_hits, &plan.oracle);
             if out.counts.reproduced == 0 {
                 out.console_excerpt = engine.console_tail();
             }

@@ -29,12 +29,10 @@ pub fn classify(
     expected_hits: &[String],
     oracle: &Oracle,
 ) -> (TrialVerdict, String) {
-    let kernel_hit = run.kernel_report.as_ref().filter(|r| {
-        oracle
-            .kernel
-            .iter()
-            .any(|p| r.headline.contains(p) || r.lines.iter().any(|l| l.contains(p)))
-    });
+    let kernel_hit = run
+        .kernel_report
+        .as_ref()
+        .filter(|r| oracle.kernel.iter().any(|p| r.mentions(p)));
     let guest = run.oracle.as_ref().map(|(o, d)| (o.as_str(), d.as_str()));
     let in_order = run.hits == expected_hits;
     let out_of_order = || {
@@ -226,6 +224,7 @@ mod tests {
                 headline: h.into(),
                 panicked: true,
                 lines: vec![h.into()],
+                further: vec![],
             }),
             seconds: 0.1,
             trace: vec![],
