@@ -4,6 +4,7 @@ pub mod backend;
 pub mod boot;
 pub mod console;
 pub mod debug;
+pub mod fsutil;
 pub mod guest;
 pub mod initramfs;
 pub mod kernel;
