@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod boot;
+pub mod child;
 pub mod console;
 pub mod debug;
 pub mod fsutil;
