@@ -2,7 +2,7 @@
 //! conditions, replay, bounded infeasibility, and schedule errors caught before boot.
 
 mod common;
-use common::{kernel_dir, memrace, text};
+use common::{kernel_dir, memrace, output_within, text, COMMAND_LIMIT};
 use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 fn run_scenario(scenario: &str, out: &Path, extra: &[&str]) -> (std::process::Output, Value) {
     let mut cmd = memrace();
     cmd.args(["run", scenario, "--out"]).arg(out).args(extra);
-    let output = cmd.output().expect("memrace runs");
+    let output = output_within(&mut cmd, COMMAND_LIMIT);
     let result = std::fs::read_to_string(out.join("result.json"))
         .map(|t| serde_json::from_str(&t).expect("valid result.json"))
         .unwrap_or(Value::Null);
@@ -68,11 +68,10 @@ fn replay_reproduces_the_recorded_hit_order() {
     let out = tempfile::tempdir().unwrap();
     let (output, _) = run_scenario("syscall-order", out.path(), &["--trials", "3"]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output).1);
-    let replay = memrace()
-        .arg("replay")
-        .arg(out.path().join("result.json"))
-        .output()
-        .unwrap();
+    let replay = output_within(
+        memrace().arg("replay").arg(out.path().join("result.json")),
+        COMMAND_LIMIT,
+    );
     let (stdout, stderr) = text(&replay);
     assert_eq!(replay.status.code(), Some(0), "{stdout}{stderr}");
     assert!(
