@@ -81,7 +81,16 @@ fn missing_qemu_binary_names_the_package() {
     std::fs::write(&k, data).unwrap();
     let out = output_within(
         memrace()
-            .args(["boot", "--kernel", k.to_str().unwrap(), "--", "true"])
+            // Explicitly qemu: `auto` picks kvm on a host with hardware virtualization.
+            .args([
+                "boot",
+                "--backend",
+                "qemu",
+                "--kernel",
+                k.to_str().unwrap(),
+                "--",
+                "true",
+            ])
             .env("MEMRACE_QEMU", "/nonexistent/qemu-system-x86_64"),
         COMMAND_LIMIT,
     );
