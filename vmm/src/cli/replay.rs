@@ -51,6 +51,7 @@ pub fn run(args: ReplayArgs) -> Result<i32> {
     let scenario = Scenario::parse(Path::new(&rec.scenario_file), &rec.scenario_text, 4)?;
     let baseline = scenario.schedule.without_breakpoints();
     let accel = super::boot::choose_qemu(args.backend)?;
+    super::run::check_vm_breakpoints(&scenario, accel)?;
     let dir = args.result.with_file_name("replay");
     std::fs::create_dir_all(&dir)?;
     let rows: Vec<&Recorded> = rec

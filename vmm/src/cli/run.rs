@@ -303,6 +303,9 @@ pub fn run(args: RunArgs) -> Result<i32> {
         .iter()
         .map(|n| file::find(&dir, n, MAX_BREAKPOINTS))
         .collect::<Result<Vec<_>, _>>()?;
+    for s in &scenarios {
+        check_vm_breakpoints(s, accel)?;
+    }
     let mut summary = Vec::new();
     for s in &scenarios {
         let r = run_scenario(s, &args, accel)?;
@@ -327,4 +330,14 @@ pub fn run(args: RunArgs) -> Result<i32> {
         eprintln!("memrace: EXPECTATIONS NOT MET (see the reports above)");
     }
     Ok(if held { 0 } else { 3 })
+}
+
+/// QEMU with KVM acceleration holds 4 breakpoints for the whole VM, not per vCPU:
+/// refuse a schedule that arms more at once before anything boots.
+pub fn check_vm_breakpoints(scenario: &Scenario, accel: QemuAccel) -> Result<()> {
+    if let Some((armed, line)) = scenario.schedule.peak_armed() {
+        memrace::backend::qemu::check_vm_breakpoints(accel, armed)
+            .with_context(|| format!("{}:{line}", scenario.path.display()))?;
+    }
+    Ok(())
 }

@@ -346,6 +346,43 @@ impl Schedule {
             .collect()
     }
 
+    /// The most breakpoints armed at once over all vCPUs, and the first line where
+    /// that many are (None without breakpoints): for backends whose limit is per VM.
+    /// Arming follows `check`: a breakpoint stays armed until disarmed, or until the
+    /// vCPU parked on it is released.
+    pub fn peak_armed(&self) -> Option<(usize, usize)> {
+        let mut armed: BTreeSet<&str> = BTreeSet::new();
+        let mut parked: BTreeMap<VcpuId, &str> = BTreeMap::new();
+        let mut cpu_of: BTreeMap<&str, VcpuId> = BTreeMap::new();
+        let mut peak: Option<(usize, usize)> = None;
+        for step in &self.steps {
+            match &step.action {
+                Action::Break { name, cpu, .. } => {
+                    armed.insert(name);
+                    cpu_of.insert(name, *cpu);
+                    if peak.is_none_or(|(n, _)| armed.len() > n) {
+                        peak = Some((armed.len(), step.line));
+                    }
+                }
+                Action::Hit { name } => {
+                    if let Some(cpu) = cpu_of.get(name.as_str()) {
+                        parked.insert(*cpu, name);
+                    }
+                }
+                Action::Disarm { name } => {
+                    armed.remove(name.as_str());
+                }
+                Action::Release { cpu } => {
+                    if let Some(name) = parked.remove(cpu) {
+                        armed.remove(name);
+                    }
+                }
+                Action::Wait { .. } | Action::Open { .. } => {}
+            }
+        }
+        peak
+    }
+
     /// Names of the breakpoints that must be hit, in schedule order.
     pub fn expected_hits(&self) -> Vec<String> {
         self.steps
@@ -446,6 +483,28 @@ steps = [
         assert!(e.contains("exactly one"), "{e}");
         let e = err("[schedule]\nsteps = [\n { wait = \"RESULT\", bogus = 1 },\n]\n");
         assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn peak_armed_counts_every_vcpu_and_frees_on_release_and_disarm() {
+        let s = parse(
+            r#"[schedule]
+steps = [
+  { break = "f", cpu = 0, name = "a" },
+  { break = "g", cpu = 1, name = "b" },
+  { hit = "a" },
+  { release = 0 },
+  { disarm = "b" },
+  { break = "h", cpu = 2, name = "c" },
+  { break = "i", cpu = 0, name = "d" },
+  { break = "j", cpu = 1, name = "e" },
+]
+"#,
+        )
+        .unwrap();
+        // a and b (2 at line 4) are freed by release and disarm; c, d, e make 3 at line 10.
+        assert_eq!(s.peak_armed(), Some((3, 10)));
+        assert_eq!(s.without_breakpoints().peak_armed(), None);
     }
 
     #[test]
