@@ -80,6 +80,70 @@ fn replay_reproduces_the_recorded_hit_order() {
     );
 }
 
+/// `memrace replay` of `result` after `tamper` changed the first kernel row.
+fn replay_tampered(
+    result: &Path,
+    tamper: impl Fn(&mut Value),
+    extra: &[&str],
+) -> (std::process::Output, String) {
+    let mut json: Value = serde_json::from_str(&std::fs::read_to_string(result).unwrap()).unwrap();
+    tamper(&mut json["kernels"][0]);
+    let tampered = result.with_file_name("tampered.json");
+    std::fs::write(&tampered, serde_json::to_vec(&json).unwrap()).unwrap();
+    let out = output_within(
+        memrace().arg("replay").arg(&tampered).args(extra),
+        COMMAND_LIMIT,
+    );
+    let (stdout, stderr) = text(&out);
+    (out, format!("{stdout}{stderr}"))
+}
+
+#[test]
+fn replay_refuses_another_kernel_build_or_schedule_and_empty_rows_unless_forced() {
+    kernel_dir("base");
+    let out = tempfile::tempdir().unwrap();
+    let (output, result) = run_scenario("syscall-order", out.path(), &["--trials", "2"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output).1);
+    let row = &result["kernels"][0];
+    let hash = row["kernel_hash"].as_str().unwrap();
+    assert_eq!(hash.len(), 16, "{row}");
+    assert_eq!(row["schedule_hash"].as_str().unwrap().len(), 16, "{row}");
+    let path = out.path().join("result.json");
+
+    let other = |r: &mut Value| r["kernel_hash"] = "0123456789abcdef".into();
+    let (refused, text) = replay_tampered(&path, other, &[]);
+    assert_eq!(refused.status.code(), Some(1), "{text}");
+    for needle in ["recorded on kernel build 0123456789abcdef", hash, "--force"] {
+        assert!(text.contains(needle), "{needle:?} in:\n{text}");
+    }
+    // Results written before hashes were recorded are refused too.
+    let old = |r: &mut Value| {
+        r.as_object_mut().unwrap().remove("kernel_hash");
+    };
+    let (refused, text) = replay_tampered(&path, old, &[]);
+    assert_eq!(refused.status.code(), Some(1), "{text}");
+    assert!(text.contains("records no kernel build"), "{text}");
+    let schedule = |r: &mut Value| r["schedule_hash"] = "fedcba9876543210".into();
+    let (refused, text) = replay_tampered(&path, schedule, &[]);
+    assert_eq!(refused.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("recorded with schedule fedcba9876543210"),
+        "{text}"
+    );
+    // Zero trials would compare nothing: refused, even with --force.
+    let empty = |r: &mut Value| r["trials"] = serde_json::json!([]);
+    let (refused, text) = replay_tampered(&path, empty, &["--force"]);
+    assert_eq!(refused.status.code(), Some(1), "{text}");
+    assert!(text.contains("recorded 0 trials"), "{text}");
+    // --force replays, and says loudly what it overrode.
+    let (forced, text) = replay_tampered(&path, other, &["--force"]);
+    assert_eq!(forced.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("WARNING: --force") && text.contains("hit order identical in 2/2 trials"),
+        "{text}"
+    );
+}
+
 fn scenario_file(dir: &Path, steps: &str, step_timeout_ms: u64) -> String {
     // The harness gives up on an unopened gate after 8 s: the trial then ends by itself.
     let text = format!(

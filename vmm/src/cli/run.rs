@@ -44,6 +44,7 @@ pub struct RunArgs {
 
 pub struct Loaded {
     symbols: Symbols,
+    hash: String,
 }
 
 pub fn load_kernel(
@@ -56,7 +57,8 @@ pub fn load_kernel(
     let k = super::kernel::ensure(variant)?;
     let symbols = Symbols::load(&k.vmlinux())
         .with_context(|| format!("loading symbols of {}", k.vmlinux().display()))?;
-    let v = (k.vmlinux(), std::rc::Rc::new(Loaded { symbols }));
+    let hash = k.manifest.hash.clone();
+    let v = (k.vmlinux(), std::rc::Rc::new(Loaded { symbols, hash }));
     cache.insert(variant.to_string(), v.clone());
     Ok(v)
 }
@@ -94,6 +96,7 @@ pub fn run_planned(
         scenario,
         accel,
         vmlinux: &vmlinux,
+        kernel_hash: &loaded.hash,
         intro: &intro,
         out_dir: dir,
         verbose,

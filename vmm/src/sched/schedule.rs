@@ -383,6 +383,22 @@ impl Schedule {
         peak
     }
 
+    /// A hash of what the schedule does (every step as the trace names it, its bound
+    /// and flags, and the fallback order; not line numbers or comments): `memrace
+    /// replay` checks that it replays the schedule a result was recorded with.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for s in &self.steps {
+            h.update(format!(
+                "{}\t{}\t{}\n",
+                s.action, s.timeout_ms, s.allow_irqs_off
+            ));
+        }
+        h.update(format!("fallback {:?}", self.fallback));
+        hex::encode(h.finalize())[..16].to_string()
+    }
+
     /// Names of the breakpoints that must be hit, in schedule order.
     pub fn expected_hits(&self) -> Vec<String> {
         self.steps
@@ -505,6 +521,19 @@ steps = [
         // a and b (2 at line 4) are freed by release and disarm; c, d, e make 3 at line 10.
         assert_eq!(s.peak_armed(), Some((3, 10)));
         assert_eq!(s.without_breakpoints().peak_armed(), None);
+    }
+
+    #[test]
+    fn the_fingerprint_follows_what_the_schedule_does_not_its_layout() {
+        let a = parse(GOOD).unwrap();
+        let moved = parse(&GOOD.replace("[schedule]", "# a comment\n\n[schedule]")).unwrap();
+        assert_ne!(a.steps[0].line, moved.steps[0].line);
+        assert_eq!(a.fingerprint(), moved.fingerprint());
+        assert_eq!(a.fingerprint().len(), 16);
+        assert_ne!(a.fingerprint(), a.without_breakpoints().fingerprint());
+        let mut slower = a.clone();
+        slower.steps[0].timeout_ms += 1;
+        assert_ne!(a.fingerprint(), slower.fingerprint());
     }
 
     #[test]
