@@ -2,8 +2,10 @@
 
 pub mod backend;
 pub mod boot;
+pub mod child;
 pub mod console;
 pub mod debug;
+pub mod fsutil;
 pub mod guest;
 pub mod initramfs;
 pub mod kernel;

@@ -1,7 +1,7 @@
 //! Bad input gives a clear error naming the problem and the fix, and a non-zero exit.
 
 mod common;
-use common::{memrace, run, text};
+use common::{memrace, output_within, run, text, COMMAND_LIMIT};
 
 fn fails_with(args: &[&str], needles: &[&str]) {
     let (out, _) = run(args);
@@ -58,11 +58,12 @@ fn unknown_variant() {
 fn malformed_recipe() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("recipe.toml"), "[source]\npackage = 3\n").unwrap();
-    let out = memrace()
-        .args(["kernel", "list"])
-        .env("MEMRACE_IMAGES", dir.path())
-        .output()
-        .unwrap();
+    let out = output_within(
+        memrace()
+            .args(["kernel", "list"])
+            .env("MEMRACE_IMAGES", dir.path()),
+        COMMAND_LIMIT,
+    );
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -78,11 +79,21 @@ fn missing_qemu_binary_names_the_package() {
     let mut data = vec![0u8; 0x400];
     data[0x202..0x206].copy_from_slice(b"HdrS");
     std::fs::write(&k, data).unwrap();
-    let out = memrace()
-        .args(["boot", "--kernel", k.to_str().unwrap(), "--", "true"])
-        .env("MEMRACE_QEMU", "/nonexistent/qemu-system-x86_64")
-        .output()
-        .unwrap();
+    let out = output_within(
+        memrace()
+            // Explicitly qemu: `auto` picks kvm on a host with hardware virtualization.
+            .args([
+                "boot",
+                "--backend",
+                "qemu",
+                "--kernel",
+                k.to_str().unwrap(),
+                "--",
+                "true",
+            ])
+            .env("MEMRACE_QEMU", "/nonexistent/qemu-system-x86_64"),
+        COMMAND_LIMIT,
+    );
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(

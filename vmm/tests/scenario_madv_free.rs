@@ -3,7 +3,7 @@
 //! run and are reported.
 
 mod common;
-use common::{kernel_dir, memrace, text};
+use common::{kernel_dir, memrace, output_within, text, COMMAND_LIMIT};
 use serde_json::Value;
 
 fn row<'a>(rows: &'a [Value], label: &str) -> &'a Value {
@@ -18,18 +18,19 @@ fn unpatched_reproduces_on_every_trial_patched_passes_and_controls_hold() {
         kernel_dir(k);
     }
     let out = tempfile::tempdir().unwrap();
-    let output = memrace()
-        .args([
-            "run",
-            "madv-free-dio",
-            "--trials",
-            "20",
-            "--controls",
-            "--out",
-        ])
-        .arg(out.path())
-        .output()
-        .unwrap();
+    let output = output_within(
+        memrace()
+            .args([
+                "run",
+                "madv-free-dio",
+                "--trials",
+                "20",
+                "--controls",
+                "--out",
+            ])
+            .arg(out.path()),
+        COMMAND_LIMIT,
+    );
     let (stdout, stderr) = text(&output);
     println!("{stdout}");
     assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");

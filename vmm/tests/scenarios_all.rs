@@ -3,7 +3,7 @@
 //! holds, through `memrace run --all --controls` and its summary table.
 
 mod common;
-use common::{kernel_dir, memrace, text};
+use common::{kernel_dir, memrace, output_within, text, COMMAND_LIMIT};
 use serde_json::Value;
 
 #[test]
@@ -18,11 +18,12 @@ fn every_scenario_meets_its_expectations_over_10_trials_per_kernel() {
         kernel_dir(k);
     }
     let out = tempfile::tempdir().unwrap();
-    let output = memrace()
-        .args(["run", "--all", "--controls", "--trials", "10", "--out"])
-        .arg(out.path())
-        .output()
-        .unwrap();
+    let output = output_within(
+        memrace()
+            .args(["run", "--all", "--controls", "--trials", "10", "--out"])
+            .arg(out.path()),
+        COMMAND_LIMIT,
+    );
     let (stdout, stderr) = text(&output);
     println!("{stdout}");
     assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");

@@ -216,10 +216,16 @@ pub fn boot(args: &BootArgs, backend: Chosen) -> Result<(BootReport, PathBuf)> {
     );
     vm.kill();
     let _ = std::io::stdout().flush();
-    let _ = std::fs::write(
-        dir.join("boot-report.json"),
-        serde_json::to_vec_pretty(&report)?,
-    );
+    // A failed write must not hide the verdict or the guest's status: say so, loudly.
+    let report_path = dir.join("boot-report.json");
+    if let Err(e) =
+        memrace::fsutil::write_atomic(&report_path, &serde_json::to_vec_pretty(&report)?)
+    {
+        eprintln!(
+            "memrace: WARNING: boot report NOT written to {}: {e}",
+            report_path.display()
+        );
+    }
     Ok((report, dir))
 }
 

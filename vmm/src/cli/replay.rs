@@ -1,9 +1,15 @@
 //! `memrace replay RESULT.json`: run a recorded scenario again and check that every
 //! trial's breakpoint hits occur in the recorded order.
+//!
+//! A replay only means something on the same kernel build and schedule: it refuses
+//! rows recorded on another build (or before builds were recorded) unless `--force`,
+//! and rows without trials, which would compare nothing.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use memrace::kernel::{self, recipe::Images, DEFAULT_ARCH};
 use memrace::scenario::file::{Expect, Oracle, Scenario};
+use memrace::sched::schedule::Schedule;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -16,6 +22,10 @@ pub struct ReplayArgs {
     pub kernel: Option<String>,
     #[arg(long, value_enum, default_value_t = super::boot::BackendKind::Auto)]
     pub backend: super::boot::BackendKind,
+    /// Replay even if the kernel build or the schedule differs from the recorded one
+    /// (the comparison is then between different kernels or schedules).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// One recorded kernel row, as far as a replay needs it.
@@ -23,8 +33,13 @@ pub struct ReplayArgs {
 struct Recorded {
     label: String,
     variant: String,
+    /// Absent in results written before memrace recorded it.
+    #[serde(default)]
+    kernel_hash: Option<String>,
     expect: Expect,
     schedule_name: String,
+    #[serde(default)]
+    schedule_hash: Option<String>,
     params: BTreeMap<String, String>,
     cmdline: String,
     oracle: Oracle,
@@ -54,6 +69,7 @@ pub fn run(args: ReplayArgs) -> Result<i32> {
     let scenario = Scenario::parse(Path::new(&rec.scenario_file), &rec.scenario_text, 4)?;
     let baseline = scenario.schedule.without_breakpoints();
     let accel = super::boot::choose_qemu(args.backend)?;
+    super::run::check_vm_breakpoints(&scenario, accel)?;
     let dir = args.result.with_file_name("replay");
     std::fs::create_dir_all(&dir)?;
     let rows: Vec<&Recorded> = rec
@@ -69,14 +85,18 @@ pub fn run(args: ReplayArgs) -> Result<i32> {
             args.kernel.unwrap_or_default()
         );
     }
-    let mut cache = super::run::KernelCache::new();
-    let mut all_same = true;
-    for r in rows {
-        let schedule = if r.schedule_name == "scenario" {
+    let schedule_of = |r: &Recorded| {
+        if r.schedule_name == "scenario" {
             &scenario.schedule
         } else {
             &baseline
-        };
+        }
+    };
+    check_rows(&args, &rows, &schedule_of)?;
+    let mut cache = super::run::KernelCache::new();
+    let mut all_same = true;
+    for r in rows {
+        let schedule = schedule_of(r);
         let planned = memrace::scenario::run::KernelPlan {
             control: false,
             label: r.label.clone(),
@@ -123,4 +143,72 @@ pub fn run(args: ReplayArgs) -> Result<i32> {
         all_same &= same_hits == n && again.trials.len() == n;
     }
     Ok(if all_same { 0 } else { 3 })
+}
+
+/// Refuse what a replay cannot compare: rows without trials, and (unless `--force`,
+/// which says loudly what it overrides) rows recorded on another kernel build or
+/// with another schedule than the one replayed now.
+fn check_rows<'s>(
+    args: &ReplayArgs,
+    rows: &[&Recorded],
+    schedule_of: &dyn Fn(&Recorded) -> &'s Schedule,
+) -> Result<()> {
+    if let Some(empty) = rows.iter().find(|r| r.trials.is_empty()) {
+        bail!(
+            "{}: kernel row {:?} recorded 0 trials (the run ended before its first trial?): \
+             there is nothing to compare; replay another row with --kernel",
+            args.result.display(),
+            empty.label
+        );
+    }
+    let images = Images::open(&kernel::default_images_dir())?;
+    let mut problems = Vec::new();
+    for r in rows {
+        let now = kernel::current_hash(&images, DEFAULT_ARCH, &images.variant(&r.variant)?)?;
+        match &r.kernel_hash {
+            Some(then) if *then == now => {}
+            Some(then) => problems.push(format!(
+                "{}: recorded on kernel build {then}, but {} builds as {now} now (its recipe, \
+                 patches, config or gcc changed)",
+                r.label, r.variant
+            )),
+            None => problems.push(format!(
+                "{}: the result records no kernel build (written by an older memrace); the \
+                 current build of {} is {now}",
+                r.label, r.variant
+            )),
+        }
+        let schedule_now = schedule_of(r).fingerprint();
+        match &r.schedule_hash {
+            Some(then) if *then == schedule_now => {}
+            Some(then) => problems.push(format!(
+                "{}: recorded with schedule {then}, but the recorded scenario parses to \
+                 schedule {schedule_now} now",
+                r.label
+            )),
+            None => problems.push(format!(
+                "{}: the result records no schedule hash (written by an older memrace)",
+                r.label
+            )),
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    if !args.force {
+        bail!(
+            "{} cannot be replayed faithfully:\n  {}\n  rerun `memrace run` to record a new \
+             result, or pass --force to replay anyway",
+            args.result.display(),
+            problems.join("\n  ")
+        );
+    }
+    for p in &problems {
+        eprintln!("memrace: WARNING: --force: replaying although {p}");
+    }
+    eprintln!(
+        "memrace: WARNING: --force: hit orders and verdicts below compare DIFFERENT kernels or \
+         schedules"
+    );
+    Ok(())
 }

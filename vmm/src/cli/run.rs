@@ -44,6 +44,7 @@ pub struct RunArgs {
 
 pub struct Loaded {
     symbols: Symbols,
+    hash: String,
 }
 
 pub fn load_kernel(
@@ -56,7 +57,8 @@ pub fn load_kernel(
     let k = super::kernel::ensure(variant)?;
     let symbols = Symbols::load(&k.vmlinux())
         .with_context(|| format!("loading symbols of {}", k.vmlinux().display()))?;
-    let v = (k.vmlinux(), std::rc::Rc::new(Loaded { symbols }));
+    let hash = k.manifest.hash.clone();
+    let v = (k.vmlinux(), std::rc::Rc::new(Loaded { symbols, hash }));
     cache.insert(variant.to_string(), v.clone());
     Ok(v)
 }
@@ -94,6 +96,7 @@ pub fn run_planned(
         scenario,
         accel,
         vmlinux: &vmlinux,
+        kernel_hash: &loaded.hash,
         intro: &intro,
         out_dir: dir,
         verbose,
@@ -291,7 +294,7 @@ pub fn run_scenario(
     result.complete = true;
     result.write(&dir)?;
     let md = dir.join("report.md");
-    std::fs::write(&md, report::markdown(&result))
+    memrace::fsutil::write_atomic(&md, report::markdown(&result).as_bytes())
         .with_context(|| format!("writing {}", md.display()))?;
     println!(
         "{}",
@@ -328,6 +331,9 @@ pub fn run(args: RunArgs) -> Result<i32> {
         .iter()
         .map(|n| file::find(&dir, n, MAX_BREAKPOINTS))
         .collect::<Result<Vec<_>, _>>()?;
+    for s in &scenarios {
+        check_vm_breakpoints(s, accel)?;
+    }
     if !args.all {
         let r = run_scenario(&scenarios[0], &args, accel)?;
         if !r.held {
@@ -369,4 +375,14 @@ pub fn run(args: RunArgs) -> Result<i32> {
         eprintln!("memrace: EXPECTATIONS NOT MET (see the summary above)");
     }
     Ok(if held { 0 } else { 3 })
+}
+
+/// QEMU with KVM acceleration holds 4 breakpoints for the whole VM, not per vCPU:
+/// refuse a schedule that arms more at once before anything boots.
+pub fn check_vm_breakpoints(scenario: &Scenario, accel: QemuAccel) -> Result<()> {
+    if let Some((armed, line)) = scenario.schedule.peak_armed() {
+        memrace::backend::qemu::check_vm_breakpoints(accel, armed)
+            .with_context(|| format!("{}:{line}", scenario.path.display()))?;
+    }
+    Ok(())
 }

@@ -3,7 +3,6 @@
 //! its identity; anything unreadable or stale is silently rebuilt.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -75,21 +74,10 @@ impl Index {
         (index.version == VERSION && index.key == *key).then_some(index)
     }
 
-    /// Writes atomically (temp file + rename), so a concurrent reader sees
-    /// the old index or the new one, never half of one.
+    /// Writes atomically, so a concurrent reader sees the old index or the new
+    /// one, never half of one.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(format!(".tmp{}", std::process::id()));
-        let tmp = PathBuf::from(tmp);
-        let result = (|| {
-            let mut file = fs::File::create(&tmp)?;
-            file.write_all(&serde_json::to_vec(self)?)?;
-            fs::rename(&tmp, path)
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+        crate::fsutil::write_atomic(path, &serde_json::to_vec(self)?)
     }
 }
 

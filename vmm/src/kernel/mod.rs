@@ -8,14 +8,18 @@
 pub mod build;
 pub mod config;
 pub mod image;
+mod lock;
 pub mod recipe;
 pub mod source;
 
+use crate::child::{self, ChildError};
+use lock::CacheLock;
 use recipe::{Images, Variant};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 pub const DEFAULT_ARCH: &str = "x86_64";
 pub const DEFAULT_VARIANT: &str = "base";
@@ -47,6 +51,15 @@ pub enum KernelError {
     ConfigDropped(Vec<String>),
     #[error("kernel build failed; full log: {log}\n{tail}")]
     BuildFailed { log: PathBuf, tail: String },
+    #[error("the kernel build did not finish within {} min and was stopped; full log: {log}\n  run it again to resume (make is incremental); if the machine is just slow, build with fewer other jobs running", .limit.as_secs() / 60)]
+    BuildTimeout { log: PathBuf, limit: Duration },
+    #[error("{lock} ({what}) is still locked after {} min, by {holder}\n  if that process is stuck, stop it (the lock is freed when it exits) and run again", .waited.as_secs() / 60)]
+    LockTimeout {
+        lock: PathBuf,
+        what: String,
+        holder: String,
+        waited: Duration,
+    },
 }
 
 impl KernelError {
@@ -58,27 +71,46 @@ impl KernelError {
     }
 }
 
-/// Run a command; on failure return its stderr tail in the error.
+/// Bound of each pipeline step other than `make` (download, unpack, patch, config).
+pub const STEP_LIMIT: Duration = Duration::from_secs(20 * 60);
+/// Bound of `make vmlinux bzImage`: a cold build takes about 10 min on 2 cores.
+pub const MAKE_LIMIT: Duration = Duration::from_secs(60 * 60);
+/// How long to wait for another process's build of the same variant: longer than a
+/// build bounded by the limits above, so only a stuck holder ends the wait.
+const BUILD_LOCK_WAIT: Duration = Duration::from_secs(100 * 60);
+
+/// Run a command within [`STEP_LIMIT`]; on failure return its stderr tail in the error.
 pub fn run_checked(cmd: &mut Command, what: &str) -> Result<(), KernelError> {
-    let out = cmd.output().map_err(|e| KernelError::Spawn {
-        what: what.to_string(),
-        why: e.to_string(),
-    })?;
+    let tail = |stderr: &[u8]| {
+        let text = String::from_utf8_lossy(stderr);
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    };
+    let out = match child::output_within(cmd, STEP_LIMIT) {
+        Ok(out) => out,
+        Err(ChildError::Timeout { output, .. }) => {
+            return Err(KernelError::Command {
+                what: what.to_string(),
+                why: format!(
+                    "did not finish within {} min and was stopped\n{}",
+                    STEP_LIMIT.as_secs() / 60,
+                    tail(&output.stderr)
+                ),
+            })
+        }
+        Err(e) => {
+            return Err(KernelError::Spawn {
+                what: what.to_string(),
+                why: e.to_string(),
+            })
+        }
+    };
     if out.status.success() {
         return Ok(());
     }
-    let text = String::from_utf8_lossy(&out.stderr);
-    let tail: Vec<&str> = text
-        .lines()
-        .rev()
-        .take(15)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
     Err(KernelError::Command {
         what: what.to_string(),
-        why: format!("{}\n{}", out.status, tail.join("\n")),
+        why: format!("{}\n{}", out.status, tail(&out.stderr)),
     })
 }
 
@@ -175,14 +207,14 @@ pub fn variant_hash(
     Ok(hex::encode(h.finalize())[..16].to_string())
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), KernelError> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| KernelError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| KernelError::io(path, e))
-}
-
 fn read_manifest(dir: &Path) -> Option<Manifest> {
     serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).ok()?).ok()
+}
+
+/// The content address `variant` has now (built or not): what a recorded kernel hash
+/// is compared with.
+pub fn current_hash(images: &Images, arch: &str, variant: &Variant) -> Result<String, KernelError> {
+    variant_hash(images, arch, variant, &toolchain())
 }
 
 /// The kernel for `variant` if it is already built.
@@ -203,7 +235,11 @@ pub fn build(images: &Images, arch: &str, variant: &Variant) -> Result<Kernel, K
     }
     // Concurrent builders of one variant (parallel tests, two shells) take turns;
     // the second finds the manifest the first wrote.
-    let _lock = BuildLock::take(&cache.join("kernels").join(format!("{hash}.lock")))?;
+    let _lock = CacheLock::take(
+        &cache.join("kernels").join(format!("{hash}.lock")),
+        &format!("the build of {}", variant.name),
+        BUILD_LOCK_WAIT,
+    )?;
     if let Some(manifest) = read_manifest(&dir) {
         return Ok(Kernel { dir, manifest });
     }
@@ -233,7 +269,14 @@ pub fn build(images: &Images, arch: &str, variant: &Variant) -> Result<Kernel, K
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(1400);
     let label = format!("{} ({hash})", variant.name);
-    let steps = build::make(&tree, &build_dir, &["vmlinux", "bzImage"], hint, &label)?;
+    let steps = build::make(
+        &tree,
+        &build_dir,
+        &["vmlinux", "bzImage"],
+        hint,
+        &label,
+        MAKE_LIMIT,
+    )?;
     if steps > 100 {
         let _ = std::fs::write(&hint_path, steps.to_string());
     }
@@ -247,6 +290,8 @@ pub fn build(images: &Images, arch: &str, variant: &Variant) -> Result<Kernel, K
         std::fs::hard_link(&src, &dst)
             .or_else(|_| std::fs::copy(&src, &dst).map(|_| ()))
             .map_err(|e| KernelError::io(&src, e))?;
+        // On disk before the manifest that declares the kernel complete.
+        crate::fsutil::sync_file(&dst).map_err(|e| KernelError::io(&dst, e))?;
     }
     let manifest = Manifest {
         variant: variant.name.clone(),
@@ -265,29 +310,10 @@ pub fn build(images: &Images, arch: &str, variant: &Variant) -> Result<Kernel, K
         build_steps: steps,
     };
     let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
-    write_atomically(&dir.join("manifest.json"), &json)?;
+    let manifest_path = dir.join("manifest.json");
+    crate::fsutil::write_atomic(&manifest_path, &json)
+        .map_err(|e| KernelError::io(&manifest_path, e))?;
     Ok(Kernel { dir, manifest })
-}
-
-/// An exclusive flock(2) on a file, released when dropped (or when the process dies).
-struct BuildLock {
-    _held: std::fs::File,
-}
-
-impl BuildLock {
-    fn take(path: &Path) -> Result<BuildLock, KernelError> {
-        use std::os::unix::io::AsRawFd;
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| KernelError::io(parent, e))?;
-        }
-        let file = std::fs::File::create(path).map_err(|e| KernelError::io(path, e))?;
-        // SAFETY: flock on a file descriptor we own for the lifetime of the call.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-        if rc != 0 {
-            return Err(KernelError::io(path, std::io::Error::last_os_error()));
-        }
-        Ok(BuildLock { _held: file })
-    }
 }
 
 /// Every finished kernel in the cache.

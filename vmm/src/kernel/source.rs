@@ -1,10 +1,17 @@
 //! Fetching and unpacking Debian's kernel source package, verified by SHA-256.
 
+use super::lock::CacheLock;
 use super::recipe::Source;
-use super::{run_checked, KernelError};
+use super::{run_checked, KernelError, STEP_LIMIT};
+use crate::fsutil::write_atomic;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
+
+/// How long to wait for another process that unpacks the same source: longer than
+/// its bounded download and unpack.
+const UNPACK_LOCK_WAIT: Duration = STEP_LIMIT.saturating_mul(3);
 
 /// File name `apt-get download` gives the package (epoch colons are escaped as `%3a`).
 fn deb_name(source: &Source) -> String {
@@ -59,11 +66,20 @@ pub fn fetch(source: &Source, cache: &Path) -> Result<PathBuf, KernelError> {
 
 /// The pristine source tree for `source`, unpacked once under `<cache>/src/<version>/`.
 pub fn unpack(source: &Source, cache: &Path) -> Result<PathBuf, KernelError> {
-    let root = cache
-        .join("src")
-        .join(source.version.replace(['~', ':'], "_"));
+    let name = source.version.replace(['~', ':'], "_");
+    let root = cache.join("src").join(&name);
     let done = root.join(".memrace-complete");
     let tree = root.join("linux");
+    if done.is_file() {
+        return Ok(tree);
+    }
+    // Variants built for the first time at once share this tree: one process
+    // unpacks it, the others wait and then find it complete.
+    let _lock = CacheLock::take(
+        &cache.join("src").join(format!("{name}.lock")),
+        &format!("unpacking {} {}", source.package, source.version),
+        UNPACK_LOCK_WAIT,
+    )?;
     if done.is_file() {
         return Ok(tree);
     }
@@ -97,7 +113,7 @@ pub fn unpack(source: &Source, cache: &Path) -> Result<PathBuf, KernelError> {
     let _ = std::fs::remove_dir_all(&tree);
     std::fs::rename(top.path(), &tree).map_err(|e| KernelError::io(&tree, e))?;
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::write(&done, &source.version).map_err(|e| KernelError::io(&done, e))?;
+    write_atomic(&done, source.version.as_bytes()).map_err(|e| KernelError::io(&done, e))?;
     Ok(tree)
 }
 
@@ -157,7 +173,7 @@ pub fn patched_tree(
             why: e.to_string(),
         })?;
     }
-    std::fs::write(&done, "").map_err(|e| KernelError::io(&done, e))?;
+    write_atomic(&done, b"").map_err(|e| KernelError::io(&done, e))?;
     Ok(())
 }
 

@@ -46,9 +46,13 @@ pub struct TrialRecord {
 pub struct KernelRun {
     pub label: String,
     pub variant: String,
+    /// The kernel build's content address (`memrace kernel list`), for `memrace replay`.
+    pub kernel_hash: String,
     pub expect: Expect,
     pub note: String,
     pub schedule_name: String,
+    /// `Schedule::fingerprint` of the schedule the trials ran.
+    pub schedule_hash: String,
     pub params: BTreeMap<String, String>,
     pub cmdline: String,
     pub oracle: Oracle,
@@ -90,6 +94,8 @@ pub struct RunContext<'a> {
     pub scenario: &'a Scenario,
     pub accel: QemuAccel,
     pub vmlinux: &'a Path,
+    /// Content address of the kernel build `vmlinux` belongs to.
+    pub kernel_hash: &'a str,
     pub intro: &'a dyn Introspect,
     pub out_dir: &'a Path,
     pub verbose: bool,
@@ -149,9 +155,11 @@ pub fn run_kernel(
     let mut out = KernelRun {
         label: plan.label.clone(),
         variant: plan.variant.clone(),
+        kernel_hash: ctx.kernel_hash.to_string(),
         expect: plan.expect,
         note: plan.note.clone(),
         schedule_name: plan.schedule_name.clone(),
+        schedule_hash: plan.schedule.fingerprint(),
         params: plan.params.clone(),
         cmdline: plan.cmdline.clone(),
         oracle: plan.oracle.clone(),

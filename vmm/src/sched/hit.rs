@@ -15,12 +15,28 @@ pub struct Task {
 
 fn read_u64(vm: &mut dyn Backend, cpu: VcpuId, addr: u64) -> Result<u64, String> {
     let b = vm.read_virt(cpu, addr, 8).map_err(|e| e.to_string())?;
-    Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    let b: [u8; 8] = b
+        .try_into()
+        .map_err(|b: Vec<u8>| format!("short read at {addr:#x}: {} of 8 bytes", b.len()))?;
+    Ok(u64::from_le_bytes(b))
 }
 
 fn read_u32(vm: &mut dyn Backend, cpu: VcpuId, addr: u64) -> Result<u64, String> {
     let b = vm.read_virt(cpu, addr, 4).map_err(|e| e.to_string())?;
-    Ok(u32::from_le_bytes(b.try_into().expect("4 bytes")) as u64)
+    let b: [u8; 4] = b
+        .try_into()
+        .map_err(|b: Vec<u8>| format!("short read at {addr:#x}: {} of 4 bytes", b.len()))?;
+    Ok(u32::from_le_bytes(b) as u64)
+}
+
+/// `base + offset`, where `base` came from guest memory or registers: untrusted, so
+/// an overflow is an error naming what was being read, never a wrapped address.
+fn guest_addr(what: &str, base: u64, offset: u64) -> Result<u64, String> {
+    base.checked_add(offset).ok_or_else(|| {
+        format!(
+            "{what}: {base:#x} + {offset:#x} overflows the address space (corrupt guest pointer?)"
+        )
+    })
 }
 
 /// The current task on stopped `cpu`: the per-CPU `current_task` pointer, then
@@ -36,13 +52,32 @@ pub fn read_task(
     let base = if regs.gs_base >= 0xffff_8000_0000_0000 {
         regs.gs_base
     } else {
-        read_u64(vm, cpu, layout.per_cpu_offset + 8 * cpu as u64)?
+        let slot = (cpu as u64)
+            .checked_mul(8)
+            .ok_or_else(|| format!("__per_cpu_offset[{cpu}] overflows"))?;
+        read_u64(
+            vm,
+            cpu,
+            guest_addr("__per_cpu_offset[cpu]", layout.per_cpu_offset, slot)?,
+        )?
     };
-    let current = read_u64(vm, cpu, base.wrapping_add(layout.current_task))?;
-    let tid = read_u32(vm, cpu, current + layout.pid)?;
-    let tgid = read_u32(vm, cpu, current + layout.tgid)?;
+    let current = read_u64(
+        vm,
+        cpu,
+        guest_addr("the per-CPU current_task", base, layout.current_task)?,
+    )?;
+    let tid = read_u32(vm, cpu, guest_addr("task_struct.pid", current, layout.pid)?)?;
+    let tgid = read_u32(
+        vm,
+        cpu,
+        guest_addr("task_struct.tgid", current, layout.tgid)?,
+    )?;
     let comm = vm
-        .read_virt(cpu, current + layout.comm, 16)
+        .read_virt(
+            cpu,
+            guest_addr("task_struct.comm", current, layout.comm)?,
+            16,
+        )
         .map_err(|e| e.to_string())?;
     let comm = String::from_utf8_lossy(comm.split(|b| *b == 0).next().unwrap_or(&[])).into_owned();
     Ok(Task { tid, tgid, comm })
@@ -141,6 +176,19 @@ pub fn register(r: &Regs, name: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_corrupt_guest_pointer_is_an_error_not_a_wrapped_address() {
+        assert_eq!(
+            guest_addr("task_struct.pid", 0xffff_8880_0000_0000, 0x9a8),
+            Ok(0xffff_8880_0000_09a8)
+        );
+        let err = guest_addr("task_struct.pid", u64::MAX - 4, 0x9a8).unwrap_err();
+        assert!(
+            err.contains("task_struct.pid") && err.contains("overflows"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn looks_up_registers_bindings_and_the_task() {

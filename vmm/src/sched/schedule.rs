@@ -379,6 +379,59 @@ impl Schedule {
             .collect()
     }
 
+    /// The most breakpoints armed at once over all vCPUs, and the first line where
+    /// that many are (None without breakpoints): for backends whose limit is per VM.
+    /// Arming follows `check`: a breakpoint stays armed until disarmed, or until the
+    /// vCPU parked on it is released.
+    pub fn peak_armed(&self) -> Option<(usize, usize)> {
+        let mut armed: BTreeSet<&str> = BTreeSet::new();
+        let mut parked: BTreeMap<VcpuId, &str> = BTreeMap::new();
+        let mut cpu_of: BTreeMap<&str, VcpuId> = BTreeMap::new();
+        let mut peak: Option<(usize, usize)> = None;
+        for step in &self.steps {
+            match &step.action {
+                Action::Break { name, cpu, .. } => {
+                    armed.insert(name);
+                    cpu_of.insert(name, *cpu);
+                    if peak.is_none_or(|(n, _)| armed.len() > n) {
+                        peak = Some((armed.len(), step.line));
+                    }
+                }
+                Action::Hit { name } => {
+                    if let Some(cpu) = cpu_of.get(name.as_str()) {
+                        parked.insert(*cpu, name);
+                    }
+                }
+                Action::Disarm { name } => {
+                    armed.remove(name.as_str());
+                }
+                Action::Release { cpu } => {
+                    if let Some(name) = parked.remove(cpu) {
+                        armed.remove(name);
+                    }
+                }
+                Action::Wait { .. } | Action::Open { .. } => {}
+            }
+        }
+        peak
+    }
+
+    /// A hash of what the schedule does (every step as the trace names it, its bound
+    /// and flags, and the fallback order; not line numbers or comments): `memrace
+    /// replay` checks that it replays the schedule a result was recorded with.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for s in &self.steps {
+            h.update(format!(
+                "{}\t{}\t{}\n",
+                s.action, s.timeout_ms, s.allow_irqs_off
+            ));
+        }
+        h.update(format!("fallback {:?}", self.fallback));
+        hex::encode(h.finalize())[..16].to_string()
+    }
+
     /// Names of the breakpoints that must be hit, in schedule order.
     pub fn expected_hits(&self) -> Vec<String> {
         self.steps
@@ -500,6 +553,41 @@ steps = [
             s.steps.iter().map(|s| s.timeout_ms).collect::<Vec<_>>(),
             [500, 9]
         );
+    }
+
+    #[test]
+    fn peak_armed_counts_every_vcpu_and_frees_on_release_and_disarm() {
+        let s = parse(
+            r#"[schedule]
+steps = [
+  { break = "f", cpu = 0, name = "a" },
+  { break = "g", cpu = 1, name = "b" },
+  { hit = "a" },
+  { release = 0 },
+  { disarm = "b" },
+  { break = "h", cpu = 2, name = "c" },
+  { break = "i", cpu = 0, name = "d" },
+  { break = "j", cpu = 1, name = "e" },
+]
+"#,
+        )
+        .unwrap();
+        // a and b (2 at line 4) are freed by release and disarm; c, d, e make 3 at line 10.
+        assert_eq!(s.peak_armed(), Some((3, 10)));
+        assert_eq!(s.without_breakpoints().peak_armed(), None);
+    }
+
+    #[test]
+    fn the_fingerprint_follows_what_the_schedule_does_not_its_layout() {
+        let a = parse(GOOD).unwrap();
+        let moved = parse(&GOOD.replace("[schedule]", "# a comment\n\n[schedule]")).unwrap();
+        assert_ne!(a.steps[0].line, moved.steps[0].line);
+        assert_eq!(a.fingerprint(), moved.fingerprint());
+        assert_eq!(a.fingerprint().len(), 16);
+        assert_ne!(a.fingerprint(), a.without_breakpoints().fingerprint());
+        let mut slower = a.clone();
+        slower.steps[0].timeout_ms += 1;
+        assert_ne!(a.fingerprint(), slower.fingerprint());
     }
 
     #[test]

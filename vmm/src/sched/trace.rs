@@ -60,16 +60,12 @@ impl TraceEvent {
     }
 }
 
-/// Write `value` as JSON to `path` atomically (temp file, fsync, rename): a reader
-/// never sees a half-written file, and a crash leaves the previous version intact.
+/// Write `value` as JSON to `path` with [`crate::fsutil::write_atomic`]: a reader never
+/// sees a half-written file, and a crash leaves the previous version intact.
 pub fn write_json_atomically<T: Serialize>(
     path: &std::path::Path,
     value: &T,
 ) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    let json = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+    crate::fsutil::write_atomic(path, &json)
 }

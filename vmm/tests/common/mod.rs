@@ -1,19 +1,46 @@
-//! Helpers shared by the integration tests: run the real `memrace` binary.
+//! Helpers shared by the integration tests: run the real `memrace` binary, always
+//! within a bound, and report levels that cannot run here.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod not_run;
+
+use memrace::child::{self, ChildError};
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+
+/// Bound of one memrace command in a test. The slowest command the tests run
+/// (`run --all --trials 10`) takes about 1.5 min here: only a hang gets near this.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(30 * 60);
+/// `memrace kernel path` may build a kernel from scratch (about 10 min cold here).
+pub const KERNEL_LIMIT: Duration = Duration::from_secs(90 * 60);
 
 pub fn memrace() -> Command {
     Command::new(env!("CARGO_BIN_EXE_memrace"))
 }
 
-/// Run memrace with `args`; returns the output and how long it took.
+/// `cmd`'s output; if it runs longer than `limit` it is killed with everything it
+/// started (QEMU, make) and the test fails with what it printed: a hang never hangs
+/// the suite.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Output {
+    match child::output_within(cmd, limit) {
+        Ok(out) => out,
+        Err(ChildError::Timeout { what, output, .. }) => {
+            let (stdout, stderr) = text(&output);
+            panic!(
+                "{what} did not finish within {limit:?} and was killed (a hang?)\n\
+                 --- stdout:\n{stdout}\n--- stderr:\n{stderr}"
+            )
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Run memrace with `args` within [`COMMAND_LIMIT`]; returns the output and how long it took.
 pub fn run(args: &[&str]) -> (Output, Duration) {
     let started = Instant::now();
-    let out = memrace().args(args).output().expect("memrace runs");
+    let out = output_within(memrace().args(args), COMMAND_LIMIT);
     (out, started.elapsed())
 }
 
@@ -27,7 +54,7 @@ pub fn text(out: &Output) -> (String, String) {
 /// The cached kernel directory of `variant`, building it if needed. Panics (fails the
 /// test) with memrace's own error if no kernel can be had: never a silent pass.
 pub fn kernel_dir(variant: &str) -> PathBuf {
-    let (out, _) = run(&["kernel", "path", variant]);
+    let out = output_within(memrace().args(["kernel", "path", variant]), KERNEL_LIMIT);
     let (stdout, stderr) = text(&out);
     assert!(
         out.status.success(),

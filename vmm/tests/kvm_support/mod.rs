@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 use memrace::backend::kvm::{self, KvmOptions, KvmVm};
 use memrace::backend::{Backend, VmEvent};
 
-/// Print `LEVEL NOT RUN: ...` past libtest's output capture (straight to fd 2),
-/// so a skipped level is visible even when the test "passes".
-pub fn level_not_run(what: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "\nLEVEL NOT RUN: {what}");
-}
+/// `LEVEL NOT RUN: ...` past libtest's capture, and into scripts/test's summary.
+/// (Binaries with both `common` and `kvm_support` compile the file twice, harmlessly.)
+#[allow(clippy::duplicate_mod)]
+#[path = "../common/not_run.rs"]
+mod not_run;
+pub use not_run::level_not_run;
 
 /// Options for this host, or `None` (after a loud line) when there is no usable KVM.
 pub fn kvm_or_report(level: &str) -> Option<KvmOptions> {

@@ -5,6 +5,10 @@
 //! the vCPUs it names, which is what lets a schedule park one vCPU while others run.
 //! gdb breakpoints in QEMU apply to every vCPU; per-vCPU breakpoints are emulated
 //! here: a hit on a vCPU that did not ask for that address is stepped over silently.
+//! QEMU therefore holds the union of all vCPUs' breakpoints. With TCG that is a list
+//! per vCPU without a fixed size (accel/tcg, `cpu_breakpoint_insert`); with KVM it is
+//! one list of 4 for the whole VM, programmed into every vCPU's debug registers
+//! (target/i386/kvm/kvm.c, `nb_hw_breakpoint`): see [`check_vm_breakpoints`].
 
 pub mod gdb;
 mod link;
@@ -33,6 +37,19 @@ pub enum QemuError {
     Timeout { request: String, seconds: u64 },
     #[error("this VM was started without a debugger (VmConfig::debug = false)")]
     NotDebugging,
+    #[error("{wanted} breakpoints armed at once: QEMU with KVM acceleration has {limit} hardware breakpoints for the whole VM (one set of debug registers, programmed on every vCPU), not {limit} per vCPU. Disarm breakpoints, or release the vCPUs parked on them, before arming more (TCG, used on hosts without hardware virtualization, has no such limit)")]
+    VmBreakpoints { wanted: usize, limit: usize },
+}
+
+/// Refuse `armed` breakpoints at once if QEMU with `accel` cannot hold them all.
+pub fn check_vm_breakpoints(accel: Accel, armed: usize) -> Result<(), QemuError> {
+    match accel {
+        Accel::Kvm if armed > HW_BREAKPOINTS => Err(QemuError::VmBreakpoints {
+            wanted: armed,
+            limit: HW_BREAKPOINTS,
+        }),
+        Accel::Kvm | Accel::Tcg => Ok(()),
+    }
 }
 
 /// x86 has four debug address registers; the engine keeps the same per-vCPU budget on
@@ -47,6 +64,7 @@ const REG_NAMES: [&str; 20] = [
 
 pub struct QemuVm {
     process: Process,
+    accel: Accel,
     link: GdbLink,
     cpus: usize,
     /// gdb thread id of each vCPU, in vCPU order.
@@ -122,6 +140,7 @@ impl QemuVm {
             .map_err(|e| QemuError::Io(e.to_string()))?;
         let mut vm = QemuVm {
             process,
+            accel,
             link: GdbLink::new(gdb, rx, &cfg.run_dir),
             cpus: cfg.cpus,
             threads: Vec::new(),
@@ -401,6 +420,12 @@ impl Backend for QemuVm {
         if !self.link.attached() {
             return Err(QemuError::NotDebugging.into());
         }
+        let union: BTreeSet<u64> = (self.wanted.iter().enumerate())
+            .filter(|(v, _)| *v != vcpu)
+            .flat_map(|(_, a)| a.iter().copied())
+            .chain(addrs.iter().copied())
+            .collect();
+        check_vm_breakpoints(self.accel, union.len())?;
         self.wanted[vcpu] = addrs.to_vec();
         self.while_stopped(|vm| vm.sync_breakpoints())
     }
@@ -520,6 +545,9 @@ impl Backend for QemuVm {
     }
 
     fn read_virt(&mut self, vcpu: VcpuId, addr: u64, len: usize) -> Result<Vec<u8>, BackendError> {
+        // `addr` is often a pointer read from guest memory: untrusted. Once the whole
+        // range is known not to wrap, `addr + out.len()` below cannot overflow.
+        check_range(addr, len)?;
         self.select(vcpu)?;
         let mut out = Vec::with_capacity(len);
         while out.len() < len {
@@ -562,8 +590,49 @@ impl Backend for QemuVm {
     }
 }
 
+/// `addr..addr + len` must not wrap past the top of the address space.
+fn check_range(addr: u64, len: usize) -> Result<(), BackendError> {
+    let last = (len as u64).checked_sub(1).map(|n| addr.checked_add(n));
+    match last {
+        Some(None) => Err(BackendError::Memory {
+            addr,
+            len,
+            why: "the range wraps past the end of the address space (corrupt guest pointer?)"
+                .into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 impl Drop for QemuVm {
     fn drop(&mut self) {
         self.process.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kvm_acceleration_has_four_breakpoints_for_the_whole_vm_tcg_no_fixed_limit() {
+        assert!(check_vm_breakpoints(Accel::Kvm, 4).is_ok());
+        let err = check_vm_breakpoints(Accel::Kvm, 5).unwrap_err().to_string();
+        assert!(
+            err.contains("5 breakpoints armed at once") && err.contains("whole VM"),
+            "{err}"
+        );
+        assert!(check_vm_breakpoints(Accel::Tcg, 12).is_ok());
+    }
+
+    #[test]
+    fn a_guest_range_that_wraps_is_refused() {
+        assert!(
+            check_range(0xffff_ffff_ffff_fff0, 16).is_ok(),
+            "ends at the top"
+        );
+        assert!(check_range(u64::MAX, 0).is_ok());
+        let err = check_range(0xffff_ffff_ffff_fff0, 17).unwrap_err();
+        assert!(err.to_string().contains("wraps"), "{err}");
     }
 }
