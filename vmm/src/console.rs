@@ -30,11 +30,13 @@ pub struct KernelReport {
 }
 
 impl KernelReport {
-    /// Does any line of this report, or of a later one, contain `pattern`?
-    pub fn mentions(&self, pattern: &str) -> bool {
-        self.headline.contains(pattern)
-            || self.lines.iter().any(|l| l.contains(pattern))
-            || self.further.iter().any(|l| l.contains(pattern))
+    /// The first line of this report, or of a later one, that contains `pattern`.
+    pub fn line_mentioning(&self, pattern: &str) -> Option<&str> {
+        std::iter::once(&self.headline)
+            .chain(&self.lines)
+            .chain(&self.further)
+            .find(|l| l.contains(pattern))
+            .map(|l| ConsoleWatch::body(l))
     }
 }
 
@@ -152,9 +154,14 @@ mod tests {
         w.push("[    2.0] BUG: KASAN: slab-use-after-free in unlink_anon_vmas+0x3/0x4");
         let r = w.report().unwrap();
         assert!(r.headline.starts_with("WARNING: CPU: 0"));
-        assert!(r.mentions("at mm/rmap.c:473 unlink_anon_vmas"));
-        assert!(r.mentions("BUG: KASAN: slab-use-after-free"));
-        assert!(!r.mentions("kernel BUG at"));
+        assert!(r
+            .line_mentioning("at mm/rmap.c:473 unlink_anon_vmas")
+            .is_some());
+        assert_eq!(
+            r.line_mentioning("BUG: KASAN: slab-use-after-free"),
+            Some("BUG: KASAN: slab-use-after-free in unlink_anon_vmas+0x3/0x4")
+        );
+        assert!(r.line_mentioning("kernel BUG at").is_none());
     }
 
     #[test]

@@ -14,6 +14,8 @@ fn every_scenario_meets_its_expectations_over_10_trials_per_kernel() {
         "mremap-unpatched",
         "fork-anon-vma-unpatched",
         "thp-early-pte",
+        "base-kasan",
+        "fork-anon-vma-unpatched-kasan",
     ] {
         kernel_dir(k);
     }

@@ -83,8 +83,9 @@ pub fn resolve_kernel(spec: &str) -> Result<PathBuf> {
             _ => Ok(path),
         };
     }
-    // vmlinux boots through PVH, skipping the bzImage decompressor: the fastest path.
-    Ok(super::kernel::ensure(spec)?.vmlinux())
+    // vmlinux boots through PVH, skipping the bzImage decompressor: the fastest path,
+    // unless the variant says otherwise.
+    Ok(super::kernel::ensure(spec)?.boot_image())
 }
 
 /// QEMU's accelerator on a host with this KVM, and why.

@@ -58,7 +58,8 @@ pub fn load_kernel(
     let symbols = Symbols::load(&k.vmlinux())
         .with_context(|| format!("loading symbols of {}", k.vmlinux().display()))?;
     let hash = k.manifest.hash.clone();
-    let v = (k.vmlinux(), std::rc::Rc::new(Loaded { symbols, hash }));
+    // Symbols always come from the vmlinux; the guest boots what the variant says.
+    let v = (k.boot_image(), std::rc::Rc::new(Loaded { symbols, hash }));
     cache.insert(variant.to_string(), v.clone());
     Ok(v)
 }
@@ -90,12 +91,12 @@ pub fn run_planned(
     cache: &mut KernelCache,
     snapshot: &mut dyn FnMut(&KernelRun),
 ) -> Result<KernelRun> {
-    let (vmlinux, loaded) = load_kernel(&plan.variant, cache)?;
+    let (image, loaded) = load_kernel(&plan.variant, cache)?;
     let intro = memrace::debug::KernelIntrospect::new(&loaded.symbols);
     let ctx = RunContext {
         scenario,
         accel,
-        vmlinux: &vmlinux,
+        image: &image,
         kernel_hash: &loaded.hash,
         intro: &intro,
         out_dir: dir,

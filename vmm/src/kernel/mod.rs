@@ -154,9 +154,18 @@ pub struct Manifest {
 pub struct Kernel {
     pub dir: PathBuf,
     pub manifest: Manifest,
+    /// What its variant boots (a cache listing does not know: vmlinux).
+    pub boot: recipe::BootImage,
 }
 
 impl Kernel {
+    /// The image the guest boots: its variant's choice.
+    pub fn boot_image(&self) -> PathBuf {
+        match self.boot {
+            recipe::BootImage::Vmlinux => self.vmlinux(),
+            recipe::BootImage::BzImage => self.bzimage(),
+        }
+    }
     pub fn vmlinux(&self) -> PathBuf {
         self.dir.join("vmlinux")
     }
@@ -221,7 +230,11 @@ pub fn current_hash(images: &Images, arch: &str, variant: &Variant) -> Result<St
 pub fn find(images: &Images, arch: &str, variant: &Variant) -> Result<Option<Kernel>, KernelError> {
     let hash = variant_hash(images, arch, variant, &toolchain())?;
     let dir = cache_root().join("kernels").join(&hash);
-    Ok(read_manifest(&dir).map(|manifest| Kernel { dir, manifest }))
+    Ok(read_manifest(&dir).map(|manifest| Kernel {
+        dir,
+        manifest,
+        boot: variant.boot,
+    }))
 }
 
 /// Build `variant` (or return the cached build).
@@ -231,7 +244,11 @@ pub fn build(images: &Images, arch: &str, variant: &Variant) -> Result<Kernel, K
     let cache = cache_root();
     let dir = cache.join("kernels").join(&hash);
     if let Some(manifest) = read_manifest(&dir) {
-        return Ok(Kernel { dir, manifest });
+        return Ok(Kernel {
+            dir,
+            manifest,
+            boot: variant.boot,
+        });
     }
     // Concurrent builders of one variant (parallel tests, two shells) take turns;
     // the second finds the manifest the first wrote.
@@ -241,7 +258,11 @@ pub fn build(images: &Images, arch: &str, variant: &Variant) -> Result<Kernel, K
         BUILD_LOCK_WAIT,
     )?;
     if let Some(manifest) = read_manifest(&dir) {
-        return Ok(Kernel { dir, manifest });
+        return Ok(Kernel {
+            dir,
+            manifest,
+            boot: variant.boot,
+        });
     }
     let a = images.arch(arch)?;
     let started = std::time::Instant::now();
@@ -313,7 +334,11 @@ pub fn build(images: &Images, arch: &str, variant: &Variant) -> Result<Kernel, K
     let manifest_path = dir.join("manifest.json");
     crate::fsutil::write_atomic(&manifest_path, &json)
         .map_err(|e| KernelError::io(&manifest_path, e))?;
-    Ok(Kernel { dir, manifest })
+    Ok(Kernel {
+        dir,
+        manifest,
+        boot: variant.boot,
+    })
 }
 
 /// Every finished kernel in the cache.
@@ -326,6 +351,7 @@ pub fn list() -> Vec<Kernel> {
             read_manifest(&e.path()).map(|manifest| Kernel {
                 dir: e.path(),
                 manifest,
+                boot: recipe::BootImage::default(),
             })
         })
         .collect();

@@ -63,6 +63,22 @@ pub struct Variant {
     pub patches: Vec<String>,
     #[serde(default)]
     pub fragments: Vec<String>,
+    /// Which image the guest boots (the build makes both; symbols come from vmlinux).
+    #[serde(default)]
+    pub boot: BootImage,
+}
+
+/// The kernel image a variant boots.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum BootImage {
+    /// The ELF through its PVH entry: no decompressor, the fastest boot.
+    #[default]
+    #[serde(rename = "vmlinux")]
+    Vmlinux,
+    /// Through the bzImage's decompressor and 64-bit boot protocol; for kernels whose
+    /// PVH path cannot run (KASAN: the early PVH C code runs before the shadow exists).
+    #[serde(rename = "bzImage")]
+    BzImage,
 }
 
 /// The `images/` directory: recipe, fragments, patches, variants.

@@ -89,12 +89,13 @@ pub struct KernelPlan<'a> {
     pub trials_per_boot: u32,
 }
 
-/// One kernel's run: its vmlinux and symbols, where results go.
+/// One kernel's run: the image it boots and its symbols, where results go.
 pub struct RunContext<'a> {
     pub scenario: &'a Scenario,
     pub accel: QemuAccel,
-    pub vmlinux: &'a Path,
-    /// Content address of the kernel build `vmlinux` belongs to.
+    /// The vmlinux (PVH) or bzImage the guest boots.
+    pub image: &'a Path,
+    /// Content address of the kernel build `image` belongs to.
     pub kernel_hash: &'a str,
     pub intro: &'a dyn Introspect,
     pub out_dir: &'a Path,
@@ -125,7 +126,7 @@ fn boot_vm(
     guest::build_initramfs(&initramfs, &job, &[])?;
     let mem_mib = ctx.scenario.mem_mib;
     let cfg = VmConfig {
-        kernel: ctx.vmlinux.to_path_buf(),
+        kernel: ctx.image.to_path_buf(),
         initramfs,
         cmdline: [BASE_CMDLINE, &ctx.scenario.vm.cmdline, &plan.cmdline]
             .iter()

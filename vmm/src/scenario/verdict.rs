@@ -29,10 +29,11 @@ pub fn classify(
     expected_hits: &[String],
     oracle: &Oracle,
 ) -> (TrialVerdict, String) {
-    let kernel_hit = run
+    // The kernel oracle: the first console line that matches one of its patterns.
+    let kernel_hit: Option<&str> = run
         .kernel_report
         .as_ref()
-        .filter(|r| oracle.kernel.iter().any(|p| r.mentions(p)));
+        .and_then(|r| oracle.kernel.iter().find_map(|p| r.line_mentioning(p)));
     let guest = run.oracle.as_ref().map(|(o, d)| (o.as_str(), d.as_str()));
     let in_order = run.hits == expected_hits;
     let out_of_order = || {
@@ -49,15 +50,14 @@ pub fn classify(
             .unwrap_or_else(|| "nothing".into())
     };
     let fired = match (kernel_hit, guest_repro) {
-        (Some(r), true) => Some(format!("kernel: {}; oracle: {}", r.headline, guest_text())),
+        (Some(line), true) => Some(format!("kernel: {line}; oracle: {}", guest_text())),
         (None, false) => None,
         // `all`: one oracle alone is not the bug (e.g. a WARN without the rmap miss).
-        (Some(r), false) if oracle.all => {
+        (Some(line), false) if oracle.all => {
             return (
                 TrialVerdict::Error,
                 format!(
-                    "kernel: {}, but the guest's oracle said {} (every oracle is required)",
-                    r.headline,
+                    "kernel: {line}, but the guest's oracle said {} (every oracle is required)",
                     guest_text()
                 ),
             )
@@ -72,7 +72,7 @@ pub fn classify(
                 ),
             )
         }
-        (Some(r), false) => Some(format!("kernel: {}", r.headline)),
+        (Some(line), false) => Some(format!("kernel: {line}")),
         (None, true) => Some(format!("oracle {}", guest_text())),
     };
     if let Some(what) = fired {
