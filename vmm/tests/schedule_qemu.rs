@@ -156,6 +156,29 @@ fn scenario_file(dir: &Path, steps: &str, step_timeout_ms: u64) -> String {
 }
 
 #[test]
+fn a_parked_vcpu_takes_the_tlb_shootdown_ipi_another_vcpu_waits_for() {
+    kernel_dir("base");
+    let out = tempfile::tempdir().unwrap();
+    let (output, result) = run_scenario("parked-ipi", out.path(), &["--trials", "5"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output).1);
+    let trials = trials(&result, 0);
+    assert_eq!(trials.len(), 5);
+    for t in &trials {
+        assert_eq!(t["verdict"], "passed", "{t}");
+        assert_eq!(
+            t["hits"],
+            serde_json::json!(["a-parked", "b-after-munmap"]),
+            "b got past its munmap while a was parked"
+        );
+        assert!(
+            t["serviced"].as_u64().unwrap() > 0,
+            "the parked vCPU was re-entered to take the IPI: {}",
+            t["serviced"]
+        );
+    }
+}
+
+#[test]
 fn a_breakpoint_that_is_never_reached_is_infeasible_within_its_bound() {
     kernel_dir("base");
     let dir = tempfile::tempdir().unwrap();

@@ -2,6 +2,9 @@
 //! calls getppid(2) and thread "b" (CPU b_cpu) calls getpid(2) once their gates open,
 //! while a "noise" thread on a's CPU calls getppid(2) in a loop, so that a breakpoint
 //! on __x64_sys_getppid is also hit by a task the schedule's condition must filter out.
+//! With `b_unmaps 1`, b first unmaps a page it touched: the TLB shootdown IPIs every CPU
+//! of the mm, including a's, so if a is parked in the kernel b only gets to getpid once
+//! the bench re-enters a's vCPU to take the IPI (the engine's parked-vCPU servicing).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
@@ -14,6 +17,7 @@ use super::{Trial, Workload};
 use crate::error::Res;
 use crate::gate::Gate;
 use crate::job::Params;
+use crate::mem::{Mapping, PAGE};
 use crate::pin;
 
 /// The noise thread stops after this long even if the racers never finish.
@@ -23,6 +27,7 @@ pub struct SyscallPair {
     a_cpu: usize,
     b_cpu: usize,
     noise: bool,
+    b_unmaps: bool,
     start: StartMode,
 }
 
@@ -32,6 +37,7 @@ impl SyscallPair {
             a_cpu: params.take_cpu("a_cpu", 1)?,
             b_cpu: params.take_cpu("b_cpu", 2)?,
             noise: params.take_bool("noise", true)?,
+            b_unmaps: params.take_bool("b_unmaps", false)?,
             start: StartMode::from_params(params)?,
         })
     }
@@ -80,11 +86,22 @@ impl Workload for SyscallPair {
                 }),
             };
             let pid_ref = &pid;
+            let b_unmaps = self.b_unmaps;
             let b = Racer {
                 name: "b",
                 cpu: self.b_cpu,
                 setup: Box::new(move || -> Res<Action> {
+                    let page = if b_unmaps {
+                        let m = Mapping::private(PAGE)?;
+                        m.fill(0x5B);
+                        Some(m)
+                    } else {
+                        None
+                    };
                     Ok(Box::new(move || {
+                        // munmap of a present page: a synchronous TLB-flush IPI to every
+                        // other CPU running this mm.
+                        drop(page);
                         // SAFETY: getpid has no arguments and no memory effects.
                         pid_ref.store(unsafe { libc::getpid() } as u64, Ordering::SeqCst);
                         Ok(())
