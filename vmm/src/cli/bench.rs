@@ -3,7 +3,10 @@
 //! kvm: port-IO and breakpoint exit round trips and VM create+destroy on synthetic
 //! guests, and launch to `start_kernel` on the real kernel. qemu: launch to
 //! `start_kernel`, a breakpoint round trip on a hot kernel function, and boot to
-//! /init through the same code path as `memrace boot` (median of `--boots`).
+//! /init through the same code path as `memrace boot` (median of `--boots`). Both: the
+//! cost of a condition on the current task at a stopped hit, through the schedule
+//! engine's own code (registers, the per-CPU `current` pointer, `task_struct` fields,
+//! the comparison).
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
@@ -11,7 +14,10 @@ use memrace::backend::kvm::{self, bench, KvmOptions};
 use memrace::backend::qemu::{QemuAccel, QemuVm};
 use memrace::backend::{Backend, VmConfig, VmEvent};
 use memrace::boot::BASE_CMDLINE;
-use memrace::debug::Symbols;
+use memrace::debug::{KernelIntrospect, Symbols};
+use memrace::sched::cond::Condition;
+use memrace::sched::engine::{Introspect, TaskLayout};
+use memrace::sched::hit::{self, Bindings};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -114,14 +120,11 @@ pub fn run(cmd: BenchCommand) -> Result<i32> {
             qemu: na("qemu: see boot to /init (a QEMU process per VM)"),
         },
     ];
-    let task = TaskAt {
-        current_task: symbols.symbol("pcpu_hot")?
-            + symbols.field_offset("pcpu_hot", "current_task")?,
-        pid: symbols.field_offset("task_struct", "pid")?,
-        comm: symbols.field_offset("task_struct", "comm")?,
-    };
+    let task = KernelIntrospect::new(&symbols)
+        .task_layout()
+        .context("the kernel's DWARF has no task_struct layout")?;
     let (qemu_start, qemu_bp, qemu_cond) =
-        match qemu_breakpoints(&vmlinux, &scratch, accel, start_kernel, hot, &task) {
+        match qemu_breakpoints(&vmlinux, &scratch, accel, start_kernel, hot, task) {
             Ok((start, bp, cond)) => (Cell::Took(start), Cell::Took(bp), Cell::Took(cond)),
             Err(e) => {
                 let why = format!("qemu: failed: {e:#}");
@@ -139,7 +142,7 @@ pub fn run(cmd: BenchCommand) -> Result<i32> {
     });
     rows.push(Row {
         name: "condition check (regs+task)",
-        kvm: na("kvm: not measured (KVM_GET_REGS plus a page-table walk in memrace's memory)"),
+        kvm: kvm_cell(&|| kvm_condition(&vmlinux, &scratch, &opts, start_kernel, task)),
         qemu: qemu_cond,
     });
     rows.push(Row {
@@ -232,11 +235,52 @@ fn median_boot(args: &BootArgs, backend: Chosen, boots: usize) -> Result<Duratio
     Ok(times[times.len() / 2])
 }
 
-/// Where the current task's fields are, as the schedule engine reads them.
-struct TaskAt {
-    current_task: u64,
-    pid: u64,
-    comm: u64,
+/// The engine's per-hit work for a task condition on stopped `cpu`, averaged over
+/// `CONDITION_CHECKS`: registers, the current task (pointer, pid, tgid, comm), the
+/// comparison. `condition` must hold, which proves the task was read.
+fn condition_cost(
+    vm: &mut dyn Backend,
+    layout: TaskLayout,
+    cpu: usize,
+    condition: &str,
+) -> Result<Duration> {
+    let cond = Condition::parse(condition)?;
+    let bindings = Bindings::default();
+    let started = Instant::now();
+    for _ in 0..CONDITION_CHECKS {
+        let regs = vm.regs(cpu)?;
+        let task = hit::read_task(vm, Some(layout), cpu, &regs);
+        let holds = cond.eval(&mut |o| bindings.lookup(o, &regs, &task, 1))?;
+        anyhow::ensure!(
+            holds,
+            "`{condition}` does not hold for the current task {:?}",
+            task.map(|t| (t.tid, t.comm))
+        );
+    }
+    Ok(started.elapsed() / CONDITION_CHECKS)
+}
+
+/// kvm: stop vCPU 0 at `start_kernel` (the furthest this host's KVM may get), then the
+/// condition cost there.
+fn kvm_condition(
+    vmlinux: &Path,
+    scratch: &Path,
+    opts: &KvmOptions,
+    start_kernel: u64,
+    layout: TaskLayout,
+) -> Result<Duration> {
+    let cfg = debug_config(vmlinux, PathBuf::new(), scratch.join("kvm-condition"));
+    let mut vm = kvm::launch(&cfg, opts)?;
+    let all: Vec<usize> = (0..cfg.cpus).collect();
+    let measured = (|| {
+        vm.set_breakpoints(0, &[start_kernel])?;
+        vm.resume(&all)?;
+        next_hit(&mut vm, &all, Instant::now() + LIMIT, start_kernel)?;
+        // At start_kernel the current task is init_task.
+        condition_cost(&mut vm, layout, 0, "tid == 0 && comm == \"swapper\"")
+    })();
+    vm.kill();
+    measured
 }
 
 /// qemu under its gdb stub: launch to the `start_kernel` hit, then the mean round trip
@@ -248,7 +292,7 @@ fn qemu_breakpoints(
     accel: QemuAccel,
     start_kernel: u64,
     hot: u64,
-    task: &TaskAt,
+    task: TaskLayout,
 ) -> Result<(Duration, Duration, Duration)> {
     let initramfs = scratch.join("initramfs.cpio");
     let job = memrace::guest::Job::Command(vec!["/bin/sh".into(), "-c".into(), "exit 0".into()]);
@@ -271,21 +315,15 @@ fn qemu_breakpoints(
         hits += 1;
     }
     let per_hit = started.elapsed() / hits as u32;
-    let checked = Instant::now();
-    for _ in 0..CONDITION_CHECKS {
-        let regs = vm.regs(0)?;
-        let ptr = vm.read_virt(0, regs.gs_base.wrapping_add(task.current_task), 8)?;
-        let current = u64::from_le_bytes(ptr.try_into().expect("8 bytes"));
-        vm.read_virt(0, current + task.pid, 4)?;
-        vm.read_virt(0, current + task.comm, 16)?;
-    }
-    let per_check = checked.elapsed() / CONDITION_CHECKS;
+    // Whatever task runs the hot function: a condition that holds for any task still
+    // reads all of it.
+    let per_check = condition_cost(&mut vm, task, 0, "tid >= 0")?;
     vm.kill();
     Ok((to_start_kernel, per_hit, per_check))
 }
 
 /// Wait for vCPU 0 to hit `addr`, skipping console output and other vCPUs' hits.
-fn next_hit(vm: &mut QemuVm, all: &[usize], deadline: Instant, addr: u64) -> Result<()> {
+fn next_hit(vm: &mut dyn Backend, all: &[usize], deadline: Instant, addr: u64) -> Result<()> {
     loop {
         match vm.next_event(deadline)? {
             None => anyhow::bail!("no hit at {addr:#x} within {LIMIT:?}"),
