@@ -15,11 +15,13 @@
 //! is still true when the caller gets to it (no lost or stale hits).
 //!
 //! The VMM thread sends a `Command`, kicks the thread (see `kick`), and waits
-//! a bounded time for the `Reply`. Before a running vCPU stops, it re-enters
+//! a bounded time for the `Reply` (matched by sequence number, see `link`). Before a running vCPU stops, it re-enters
 //! `KVM_RUN` with `immediate_exit = 1` so a pending port/MMIO access completes
 //! and the guest state is consistent while it is stopped.
 
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
+mod link;
+
+use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -31,6 +33,7 @@ use super::devices::{Devices, Lifecycle, StopReason};
 use super::kick;
 use super::memory::GuestRam;
 use crate::backend::{Regs, VcpuId, VmEvent};
+use link::{HostEnd, LinkError, VcpuEnd};
 
 /// How long the VMM waits for a vCPU thread to answer a command. A vCPU
 /// answers within one guest exit; only a wedged host gets anywhere near this.
@@ -113,8 +116,7 @@ enum Reply {
 /// The VMM side of one vCPU thread.
 pub struct VcpuHandle {
     id: VcpuId,
-    commands: Sender<Command>,
-    replies: Receiver<Reply>,
+    link: HostEnd<Command, Reply>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -138,8 +140,7 @@ impl VcpuHandle {
         start_running: bool,
     ) -> Result<Self, VcpuError> {
         kick::install_handler().map_err(VcpuError::KickHandler)?;
-        let (commands, command_rx) = channel();
-        let (reply_tx, replies) = channel();
+        let (host_end, vcpu_end) = link::link();
         let state = if start_running {
             RunState::Running
         } else {
@@ -149,8 +150,7 @@ impl VcpuHandle {
             id,
             fd,
             ctx,
-            commands: command_rx,
-            replies: reply_tx,
+            link: vcpu_end,
             state,
             breakpoints: Vec::new(),
             hits: 0,
@@ -161,8 +161,7 @@ impl VcpuHandle {
             .map_err(|source| VcpuError::Spawn { vcpu: id, source })?;
         Ok(VcpuHandle {
             id,
-            commands,
-            replies,
+            link: host_end,
             thread: Some(thread),
         })
     }
@@ -173,7 +172,7 @@ impl VcpuHandle {
     }
 
     fn send(&self, command: Command) -> Result<(), VcpuError> {
-        self.commands
+        self.link
             .send(command)
             .map_err(|_| VcpuError::Gone { vcpu: self.id })?;
         if let Some(thread) = self.pthread() {
@@ -183,12 +182,10 @@ impl VcpuHandle {
     }
 
     fn reply(&self) -> Result<Reply, VcpuError> {
-        self.replies
-            .recv_timeout(REPLY_TIMEOUT)
-            .map_err(|e| match e {
-                RecvTimeoutError::Timeout => VcpuError::Unresponsive { vcpu: self.id },
-                RecvTimeoutError::Disconnected => VcpuError::Gone { vcpu: self.id },
-            })
+        self.link.reply(REPLY_TIMEOUT).map_err(|e| match e {
+            LinkError::Timeout => VcpuError::Unresponsive { vcpu: self.id },
+            LinkError::Closed => VcpuError::Gone { vcpu: self.id },
+        })
     }
 
     /// Ask the vCPU to run, re-enter at its breakpoint, or stop; the answer comes from
@@ -253,8 +250,7 @@ struct VcpuThread {
     id: VcpuId,
     fd: VcpuFd,
     ctx: VcpuContext,
-    commands: Receiver<Command>,
-    replies: Sender<Reply>,
+    link: VcpuEnd<Command, Reply>,
     state: RunState,
     breakpoints: Vec<u64>,
     /// Breakpoint exits reported so far.
@@ -278,13 +274,12 @@ impl VcpuThread {
                 // so one landing before this line has its command visible below, and one
                 // landing after it makes the next KVM_RUN return at once.
                 self.fd.set_kvm_immediate_exit(0);
-                match self.commands.try_recv() {
-                    Ok(command) => Some(command),
-                    Err(TryRecvError::Empty) => None,
-                    Err(TryRecvError::Disconnected) => return,
+                match self.link.try_recv() {
+                    Ok(command) => command,
+                    Err(_) => return,
                 }
             } else {
-                match self.commands.recv() {
+                match self.link.recv() {
                     Ok(command) => Some(command),
                     Err(_) => return,
                 }
@@ -301,8 +296,7 @@ impl VcpuThread {
     }
 
     fn answer(&self, reply: Reply) {
-        // The VMM side only drops its receiver when tearing the VM down.
-        let _ = self.replies.send(reply);
+        self.link.answer(reply);
     }
 
     fn handle(&mut self, command: Command) {
