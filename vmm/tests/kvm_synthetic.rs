@@ -59,6 +59,11 @@ fn two_vcpus_reach_uarts_ports_mmio_and_the_exit_device() {
         unclaimed.contains(&(Space::Mmio, fixtures::UNCLAIMED_MMIO)),
         "{unclaimed:?}"
     );
+    assert_eq!(
+        vm.unlogged_unclaimed_accesses(),
+        0,
+        "two addresses, far below the cap"
+    );
     assert!(matches!(
         vm.next_event(std::time::Instant::now() + LIMIT),
         Err(BackendError::Exited)

@@ -23,7 +23,7 @@ mod vm;
 pub use boot::{
     BootError, BootProtocol, CpuidPolicy, DebugError, LoadError, MptableError, PagingError,
 };
-pub use devices::{Space, StopReason, EXIT_MMIO, EXIT_PORT};
+pub use devices::{Space, StopReason, EXIT_MMIO, EXIT_PORT, UNCLAIMED_LOGGED};
 pub use memory::MemoryError;
 pub use probe::{describe, probe, probe_device, KvmLevel};
 pub use vcpu::VcpuError;
@@ -280,9 +280,15 @@ impl KvmVm {
         Ok(buf)
     }
 
-    /// Port and MMIO addresses the guest touched that no device claims.
+    /// Port and MMIO addresses the guest touched that no device claims (the first
+    /// `UNCLAIMED_LOGGED` of them).
     pub fn unclaimed_accesses(&self) -> Vec<(Space, u64)> {
         self.devices.unclaimed()
+    }
+
+    /// Unclaimed accesses beyond the first `UNCLAIMED_LOGGED` addresses: counted, not logged.
+    pub fn unlogged_unclaimed_accesses(&self) -> u64 {
+        self.devices.unclaimed_unlogged()
     }
 
     /// Tell every vCPU what to do, then collect the answers, so the set starts together.
