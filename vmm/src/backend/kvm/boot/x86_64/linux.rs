@@ -276,6 +276,18 @@ fn load_initrd(
     Ok((addr, size))
 }
 
+/// The longest command line (without its NUL) a bzImage takes: `cmdline_size`
+/// from boot protocol 2.06 on, 255 before (Documentation/arch/x86/boot.rst).
+fn bzimage_cmdline_max(header: &setup_header) -> usize {
+    const CMDLINE_SIZE_SINCE: u16 = 0x0206;
+    const OLD_CMDLINE_MAX: usize = 255;
+    if header.version >= CMDLINE_SIZE_SINCE {
+        header.cmdline_size as usize
+    } else {
+        OLD_CMDLINE_MAX
+    }
+}
+
 fn write_cmdline(ram: &GuestRam, cmdline: &str) -> Result<(), LoadError> {
     let bad = |why: String| LoadError::Cmdline {
         len: cmdline.len(),
@@ -345,23 +357,26 @@ fn write_pvh_start_info(ram: &GuestRam, initrd: Option<(u64, u64)>) -> Result<u6
 fn write_zero_page(
     ram: &GuestRam,
     header: Option<setup_header>,
-    cmdline_len: usize,
     initrd: Option<(u64, u64)>,
 ) -> Result<u64, LoadError> {
     let hdr = header.unwrap_or(setup_header {
-        // A vmlinux has no setup header: describe a relocatable kernel loaded where it is.
+        // A vmlinux has no setup header: describe a relocatable kernel loaded where
+        // it is, whose command line may be as long as x86's COMMAND_LINE_SIZE allows.
         boot_flag: BOOT_FLAG,
         header: HDR_MAGIC,
         kernel_alignment: 0x0100_0000,
+        cmdline_size: (CMDLINE_MAX_SIZE - 1) as u32,
         ..Default::default()
     });
     let mut params = boot_params {
         hdr,
         ..Default::default()
     };
+    // cmdline_size is the kernel's limit, for the loader to read: it stays as the
+    // kernel gave it (`load_linux` checked the line against it). Only the pointer
+    // tells the kernel where the line is.
     params.hdr.type_of_loader = LOADER_UNDEFINED;
     params.hdr.cmd_line_ptr = CMDLINE_START as u32;
-    params.hdr.cmdline_size = cmdline_len as u32;
     if let Some((addr, size)) = initrd {
         params.hdr.ramdisk_image = addr as u32;
         params.hdr.ramdisk_size = size as u32;
@@ -418,6 +433,16 @@ pub fn load_linux(
             BzImage::load(ram.mmap(), None, &mut file, himem).map_err(loader)?
         }
     };
+    if let Some(header) = &loaded.setup_header {
+        let max = bzimage_cmdline_max(header);
+        if image.cmdline.len() > max {
+            return Err(LoadError::Cmdline {
+                len: image.cmdline.len(),
+                max,
+                why: "longer than the bzImage's cmdline_size".into(),
+            });
+        }
+    }
     write_cmdline(ram, image.cmdline)?;
     let kernel_end = loaded.kernel_end.max(load_end);
     let initrd = image
@@ -436,7 +461,7 @@ pub fn load_linux(
                 Some(_) => loaded.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET,
                 None => loaded.kernel_load.0,
             };
-            let boot_info = write_zero_page(ram, header, image.cmdline.len(), initrd)?;
+            let boot_info = write_zero_page(ram, header, initrd)?;
             Ok(LoadedKernel {
                 protocol: BootProtocol::Linux64,
                 entry,
@@ -527,6 +552,19 @@ mod tests {
             matches!(result, Err(LoadError::Invalid { .. })),
             "{result:?}"
         );
+    }
+
+    #[test]
+    fn a_bzimage_limits_the_command_line_as_its_protocol_version_says() {
+        let header = |version, cmdline_size| setup_header {
+            version,
+            cmdline_size,
+            ..Default::default()
+        };
+        assert_eq!(bzimage_cmdline_max(&header(0x020f, 2047)), 2047);
+        assert_eq!(bzimage_cmdline_max(&header(0x0206, 100)), 100);
+        // Before 2.06 the field did not exist: the limit was 255.
+        assert_eq!(bzimage_cmdline_max(&header(0x0205, 0)), 255);
     }
 
     #[test]
