@@ -126,7 +126,7 @@ fn stopping_freezes_counters_exactly_and_resume_runs_only_the_named_vcpu() {
 }
 
 #[test]
-fn hardware_breakpoint_hits_exactly_n_times_stepping_past_each_hit() {
+fn hardware_breakpoint_hits_exactly_n_times_resuming_past_each_hit() {
     let Some(opts) = kvm_or_report("kvm synthetic guests") else {
         return;
     };
@@ -163,6 +163,98 @@ fn hardware_breakpoint_hits_exactly_n_times_stepping_past_each_hit() {
             fixtures::BreakpointLoop::EXIT_CODE
         )))
     );
+    eprintln!(
+        "breakpoint resume on this host: {:?}",
+        vm.breakpoint_resume()
+    );
+}
+
+/// Resume `vm` (vCPU 0) past every hit until it exits; `at_hit(n)` runs at the n-th hit.
+fn hits_until_exit(
+    vm: &mut kvm::KvmVm,
+    target: u64,
+    mut at_hit: impl FnMut(&kvm::KvmVm, u64),
+) -> u64 {
+    vm.resume(&[0]).unwrap();
+    let mut hits = 0;
+    loop {
+        let events = events_until(vm, LIMIT, |e| {
+            matches!(e, VmEvent::Breakpoint { .. } | VmEvent::Exited(_))
+        });
+        match events.last() {
+            Some(VmEvent::Breakpoint { vcpu: 0, addr }) => {
+                assert_eq!(*addr, target);
+                at_hit(vm, hits);
+                hits += 1;
+                vm.resume(&[0]).unwrap();
+            }
+            Some(VmEvent::Exited(VmExit::GuestStopped)) => return hits,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_breakpoint_on_a_repeated_string_instruction_hits_once_per_execution() {
+    let Some(opts) = kvm_or_report("kvm synthetic guests") else {
+        return;
+    };
+    const N: u64 = 5;
+    let fx = fixtures::repeat_loop(N);
+    let mut vm = launch_program(&fx.program, &opts).unwrap();
+    vm.set_breakpoints(0, &[fx.target]).unwrap();
+    let hits = hits_until_exit(&mut vm, fx.target, |vm, n| {
+        assert_eq!(read_u64(vm, fx.completed), n, "stopped before fill {n}");
+    });
+    assert_eq!(
+        hits, N,
+        "one hit per rep stosb, however many bytes it stores"
+    );
+    assert_eq!(read_u64(&vm, fx.completed), N);
+    let len = fixtures::RepeatLoop::LEN as usize;
+    assert_eq!(
+        vm.read_phys(fx.buffer, len).unwrap(),
+        vec![fixtures::RepeatLoop::FILL; len]
+    );
+    assert_eq!(
+        vm.stop_reason(),
+        Some(StopReason::ExitDevice(u32::from(
+            fixtures::RepeatLoop::EXIT_CODE
+        )))
+    );
+    eprintln!("breakpoint resume: {:?}", vm.breakpoint_resume());
+}
+
+#[test]
+fn a_breakpoint_on_a_faulting_instruction_hits_once_per_execution() {
+    let Some(opts) = kvm_or_report("kvm synthetic guests") else {
+        return;
+    };
+    const N: u64 = 5;
+    let fx = fixtures::faulting_loop(N);
+    let mut vm = launch_program(&fx.program, &opts).unwrap();
+    vm.set_breakpoints(0, &[fx.target]).unwrap();
+    let hits = hits_until_exit(&mut vm, fx.target, |vm, n| {
+        assert_eq!(read_u64(vm, fx.completed), n, "stopped before div {n}");
+        assert_eq!(
+            read_u64(vm, fx.handled),
+            n,
+            "#DE handler not yet run for div {n}"
+        );
+    });
+    assert_eq!(
+        hits, N,
+        "the retried div after the #DE handler is the same hit"
+    );
+    assert_eq!(read_u64(&vm, fx.handled), N, "every div faulted once");
+    assert_eq!(read_u64(&vm, fx.completed), N);
+    assert_eq!(
+        vm.stop_reason(),
+        Some(StopReason::ExitDevice(u32::from(
+            fixtures::FaultingLoop::EXIT_CODE
+        )))
+    );
+    eprintln!("breakpoint resume: {:?}", vm.breakpoint_resume());
 }
 
 #[test]

@@ -26,7 +26,7 @@ pub use boot::{
 pub use devices::{Space, StopReason, EXIT_MMIO, EXIT_PORT, UNCLAIMED_LOGGED};
 pub use memory::MemoryError;
 pub use probe::{describe, probe, probe_device, KvmLevel};
-pub use vcpu::VcpuError;
+pub use vcpu::{BreakpointResume, VcpuError};
 pub use vm::VmError;
 
 use std::fs::File;
@@ -40,7 +40,7 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use super::{Backend, BackendError, Regs, VcpuId, VmConfig, VmEvent};
 use devices::{DeviceError, Devices, Lifecycle};
 use memory::GuestRam;
-use vcpu::{RunRequest, VcpuContext, VcpuHandle};
+use vcpu::{ResumeMethod, RunRequest, VcpuContext, VcpuHandle};
 
 /// How long `kill` waits for each vCPU thread to end.
 const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -169,12 +169,14 @@ fn start(parts: Assembly, start_running: bool) -> Result<KvmVm, KvmError> {
         events: (tx, rx),
     } = parts;
     let step = boot::StepMode::query(&vm);
+    let resume = Arc::new(ResumeMethod::default());
     let ctx = VcpuContext {
         devices: devices.clone(),
         lifecycle: lifecycle.clone(),
         events: tx,
         step,
-        _ram: ram.clone(),
+        resume: resume.clone(),
+        ram: ram.clone(),
     };
     let mut vcpus = Vec::with_capacity(vcpu_fds.len());
     for (index, fd) in vcpu_fds.into_iter().enumerate() {
@@ -187,6 +189,7 @@ fn start(parts: Assembly, start_running: bool) -> Result<KvmVm, KvmError> {
     Ok(KvmVm {
         seen_hits: vec![0; vcpus.len()],
         vcpus,
+        resume,
         events: rx,
         lifecycle,
         devices,
@@ -249,6 +252,7 @@ pub struct KvmVm {
     vcpus: Vec<VcpuHandle>,
     /// Breakpoint events `next_event` has handed out, per vCPU.
     seen_hits: Vec<u64>,
+    resume: Arc<ResumeMethod>,
     events: Receiver<VmEvent>,
     lifecycle: Arc<Lifecycle>,
     devices: Arc<Devices>,
@@ -264,6 +268,12 @@ impl KvmVm {
     /// Why the VM stopped, once it has (exit-device code, reset, failure).
     pub fn stop_reason(&self) -> Option<StopReason> {
         self.lifecycle.reason()
+    }
+
+    /// How vCPUs resume past breakpoints on this VM: `ResumeFlag` until KVM has
+    /// shown, at the first resume, that it ignores it.
+    pub fn breakpoint_resume(&self) -> BreakpointResume {
+        self.resume.current()
     }
 
     /// How the Linux kernel was entered (`None` for bare programs).

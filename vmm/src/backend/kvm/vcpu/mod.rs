@@ -4,7 +4,7 @@
 //!            Run                    breakpoint exit
 //!   Paused ───────► Running ───────────────────────► Parked{addr}
 //!     ▲    ◄─────── │   ▲                                 │
-//!     │      Stop   │   ├──── Run (single-step past it) ──┤
+//!     │      Stop   │   ├──── Run (resume past it) ───────┤
 //!     │             │   └──── Service (re-enter on it) ───┘
 //!     └─────────────┴──► Exited (guest stopped, VMM failure, Quit)
 //! ```
@@ -18,8 +18,14 @@
 //! a bounded time for the `Reply` (matched by sequence number, see `link`). Before a running vCPU stops, it re-enters
 //! `KVM_RUN` with `immediate_exit = 1` so a pending port/MMIO access completes
 //! and the guest state is consistent while it is stopped.
+//!
+//! How `Run` gets past the breakpoint (RFLAGS.RF, or single steps where KVM
+//! ignores it) is in `resume`.
 
 mod link;
+mod resume;
+
+pub use resume::{BreakpointResume, ResumeMethod};
 
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
@@ -127,8 +133,9 @@ pub struct VcpuContext {
     pub lifecycle: Arc<Lifecycle>,
     pub events: Sender<VmEvent>,
     pub step: StepMode,
-    /// Keeps guest RAM mapped for as long as the vCPU fd can touch it.
-    pub _ram: Arc<GuestRam>,
+    pub resume: Arc<ResumeMethod>,
+    /// Guest RAM; holding it also keeps it mapped for as long as the vCPU fd can touch it.
+    pub ram: Arc<GuestRam>,
 }
 
 impl VcpuHandle {
@@ -154,6 +161,7 @@ impl VcpuHandle {
             state,
             breakpoints: Vec::new(),
             hits: 0,
+            suppressed_at: None,
         };
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
@@ -255,6 +263,8 @@ struct VcpuThread {
     breakpoints: Vec<u64>,
     /// Breakpoint exits reported so far.
     hits: u64,
+    /// The breakpoint a resume asked the CPU to skip, until the next breakpoint exit.
+    suppressed_at: Option<u64>,
 }
 
 impl VcpuThread {
@@ -352,7 +362,7 @@ impl VcpuThread {
             RunState::Parked { .. } if seen < self.hits => {}
             RunState::Parked { addr } => {
                 if step {
-                    self.step_over(addr);
+                    self.resume_past(addr);
                 }
                 if self.state.is_stopped() {
                     self.state = RunState::Running;
@@ -367,61 +377,15 @@ impl VcpuThread {
     /// Re-enter with `immediate_exit` so KVM finishes an access userspace just
     /// emulated, without running further guest instructions.
     fn complete_pending_access(&mut self) {
-        self.fd.set_kvm_immediate_exit(1);
         for _ in 0..MAX_COMPLETION_ROUNDS {
+            // Set on every round: settling an exit may single-step, which clears it.
+            self.fd.set_kvm_immediate_exit(1);
             let outcome = self.enter_guest();
             if !self.settle(outcome) {
                 break;
             }
         }
         self.fd.set_kvm_immediate_exit(0);
-    }
-
-    /// Execute the instruction at breakpoint `addr` once, without reporting
-    /// the breakpoint, then re-arm every breakpoint.
-    fn step_over(&mut self, addr: u64) {
-        let keep: Vec<u64> = self
-            .breakpoints
-            .iter()
-            .copied()
-            .filter(|&a| a != addr)
-            .collect();
-        if let Err(e) = boot::arm_single_step(&self.fd, &keep, self.ctx.step) {
-            return self.fail(format!(
-                "vCPU {}: cannot single-step over {addr:#x}: {e}",
-                self.id
-            ));
-        }
-        let mut stepped = false;
-        for _ in 0..MAX_COMPLETION_ROUNDS {
-            // A kick (this command's, or a later one's, whose command waits in the
-            // channel) must not cut the step short: clear it and take the step.
-            self.fd.set_kvm_immediate_exit(0);
-            match self.enter_guest() {
-                // The step's own debug exit (a kept breakpoint cannot sit on this instruction).
-                Outcome::Breakpoint(_) => {
-                    stepped = true;
-                    break;
-                }
-                Outcome::Access | Outcome::Interrupted => {}
-                outcome => {
-                    self.settle(outcome);
-                    return;
-                }
-            }
-        }
-        if !stepped {
-            return self.fail(format!(
-                "vCPU {}: the single step over {addr:#x} did not finish",
-                self.id
-            ));
-        }
-        if let Err(e) = boot::set_breakpoints(&self.fd, &self.breakpoints) {
-            self.fail(format!(
-                "vCPU {}: cannot re-arm breakpoints after a step: {e}",
-                self.id
-            ));
-        }
     }
 
     /// One `KVM_RUN`, with port/MMIO accesses handed to the device model.
@@ -467,6 +431,7 @@ impl VcpuThread {
         match outcome {
             Outcome::Access => true,
             Outcome::Interrupted => false,
+            Outcome::Breakpoint(addr) if self.swallow_ignored_suppression(addr) => false,
             Outcome::Breakpoint(addr) => {
                 self.state = RunState::Parked { addr };
                 self.hits += 1;

@@ -17,11 +17,13 @@ mod regs;
 
 pub use cpuid::{kernel_params, CpuidPolicy};
 pub use debug::{
-    arm_single_step, set_breakpoints, snapshot, DebugError, StepMode, MAX_BREAKPOINTS,
+    arm_single_step, cancel_suppression, interrupted_at, position, set_breakpoints, snapshot,
+    suppress_breakpoint_once, suppression_pending, DebugError, StepMode, MAX_BREAKPOINTS,
 };
 pub use linux::{load_linux, BootProtocol, LinuxImage, LoadError, LoadedKernel};
 pub use mptable::MptableError;
 pub use paging::{translate, PagingError, PagingState};
+pub use regs::LONG_MODE_CODE_SELECTOR;
 
 use kvm_bindings::{
     kvm_mp_state, kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE,

@@ -55,6 +55,9 @@ const CODE64: usize = 1;
 const DATA: usize = 2;
 const TSS: usize = 3;
 const CODE32: usize = 4;
+/// The selector of the 64-bit code segment every long-mode vCPU starts with
+/// (interrupt gates of bare programs name it).
+pub const LONG_MODE_CODE_SELECTOR: u16 = (CODE64 * 8) as u16;
 
 /// Pack a segment descriptor from its flags (type, S, DPL, P, AVL, L, D/B, G), base and limit.
 const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
