@@ -72,13 +72,15 @@ pub struct BootArgs {
     pub command: Vec<String>,
 }
 
-/// Resolve --kernel: an existing file must be a kernel; anything else names a variant.
-pub fn resolve_kernel(spec: &str) -> Result<PathBuf> {
+/// Resolve --kernel: an existing file must be a kernel `backend` can boot; anything
+/// else names a variant. QEMU boots an ELF vmlinux only through its PVH note; memrace's
+/// own VMM also enters one without the note, through its 64-bit entry point.
+pub fn resolve_kernel(spec: &str, backend: Chosen) -> Result<PathBuf> {
     let path = PathBuf::from(spec);
     if path.exists() || spec.contains('/') {
-        return match image::inspect(&path)? {
-            ImageKind::Elf { pvh: false } => {
-                bail!("{spec} is an ELF without a PVH entry note; build it with CONFIG_PVH=y or pass its bzImage")
+        return match (image::inspect(&path)?, backend) {
+            (ImageKind::Elf { pvh: false }, Chosen::Qemu(_)) => {
+                bail!("{spec} is an ELF without a PVH entry note, which QEMU needs; build it with CONFIG_PVH=y, pass its bzImage, or use --backend kvm (64-bit entry)")
             }
             _ => Ok(path),
         };
@@ -164,7 +166,7 @@ pub fn boot(args: &BootArgs, backend: Chosen) -> Result<(BootReport, PathBuf)> {
     }
     let mem_mib =
         memrace::backend::parse_mem_mib(&args.mem).map_err(|e| anyhow::anyhow!("--mem: {e}"))?;
-    let kernel = resolve_kernel(&args.kernel)?;
+    let kernel = resolve_kernel(&args.kernel, backend)?;
     if let Chosen::Qemu(_) = backend {
         memrace::backend::qemu::find_qemu()?;
     }
