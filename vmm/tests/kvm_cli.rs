@@ -91,3 +91,30 @@ fn an_elf_without_a_pvh_note_is_refused_on_qemu_with_advice() {
         "{stderr}"
     );
 }
+
+#[test]
+fn cpuid_mask_names_are_checked_and_only_the_kvm_backend_takes_them() {
+    let (out, _) = run(&["boot", "--cpuid-mask", "xsave,avx3", "--", "true"]);
+    let (_, stderr) = text(&out);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("unknown CPU feature \"avx3\"") && stderr.contains("known: xsave, avx,"),
+        "{stderr}"
+    );
+    let (out, _) = run(&[
+        "boot",
+        "--backend",
+        "qemu",
+        "--cpuid-mask",
+        "avx",
+        "--",
+        "true",
+    ]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--cpuid-mask applies to memrace's own VMM")
+            && stderr.contains("--backend kvm"),
+        "{stderr}"
+    );
+}

@@ -21,7 +21,8 @@ mod vcpu;
 mod vm;
 
 pub use boot::{
-    BootError, BootProtocol, CpuidPolicy, DebugError, LoadError, MptableError, PagingError,
+    BootError, BootProtocol, CpuFeature, CpuidError, CpuidPolicy, DebugError, LoadError,
+    MptableError, PagingError, KVM_PV_FEATURES_OFFERED, KVM_SIGNATURE,
 };
 pub use devices::{Space, StopReason, EXIT_MMIO, EXIT_PORT, UNCLAIMED_LOGGED};
 pub use memory::MemoryError;
@@ -77,15 +78,27 @@ pub struct KvmOptions {
 }
 
 impl KvmOptions {
-    /// Defaults for this host: XSAVE and friends are hidden on a software KVM.
+    /// Defaults for this host: on a software KVM, whose emulator cannot run
+    /// `xrstor`, XSAVE and everything that needs it are hidden.
     pub fn for_host() -> Self {
+        let cpuid = if probe().needs_xsave_masked() {
+            CpuidPolicy::masking(&[CpuFeature::Xsave])
+        } else {
+            CpuidPolicy::default()
+        };
         KvmOptions {
             device: PathBuf::from("/dev/kvm"),
-            cpuid: CpuidPolicy {
-                mask_xsave: probe().needs_xsave_masked(),
-            },
+            cpuid,
             prefer_pvh: true,
         }
+    }
+
+    /// These options, also hiding `features` (and what depends on them) from the guest.
+    pub fn hiding(self, features: &[CpuFeature]) -> Self {
+        let cpuid = features
+            .iter()
+            .fold(self.cpuid, |policy, &f| policy.with(f));
+        KvmOptions { cpuid, ..self }
     }
 }
 
