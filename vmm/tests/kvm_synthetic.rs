@@ -9,6 +9,7 @@ use kvm_support::{events_until, kvm_or_report, next_breakpoint, read_u64};
 use memrace::backend::kvm::fixtures::{self, DeviceTour};
 use memrace::backend::kvm::{self, launch_program, Space, StopReason};
 use memrace::backend::{Backend, BackendError, ControlMessage, VmEvent, VmExit};
+use memrace::boot::{self, exit_code, Limits};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -488,4 +489,38 @@ fn servicing_a_parked_vcpu_re_fires_its_breakpoint_without_stepping() {
         1,
         "one increment after the services"
     );
+}
+
+/// How a guest that ends in a triple fault (Linux's `reboot=t`) is judged by the
+/// same code as `memrace boot`: a clean end is the harness's EXIT before the reset.
+#[test]
+fn a_triple_fault_after_exit_is_a_clean_end_and_without_it_is_not() {
+    let Some(opts) = kvm_or_report("kvm synthetic guests") else {
+        return;
+    };
+    let limits = Limits {
+        boot: LIMIT,
+        run: LIMIT,
+    };
+    let panic_line = "[    1.0] Kernel panic - not syncing: Attempted to kill init!\n";
+    for (console, control, expected_code) in [
+        ("", "HELLO 1\nEXIT 7\n", 7),
+        ("", "HELLO 1\n", exit_code::NO_STATUS),
+        (panic_line, "HELLO 1\nEXIT 0\n", exit_code::KERNEL_PANIC),
+    ] {
+        let program = fixtures::write_then_triple_fault(console, control);
+        let mut vm = launch_program(&program, &opts).unwrap();
+        let report = boot::run(&mut vm, limits, &mut |_, _| {}, &mut |_| {});
+        assert_eq!(
+            vm.stop_reason(),
+            Some(StopReason::TripleFault),
+            "{report:?}"
+        );
+        assert_eq!(
+            report.verdict.exit_code(),
+            expected_code,
+            "{control:?} then a triple fault: {:?}",
+            report.verdict
+        );
+    }
 }
