@@ -15,9 +15,10 @@
 //! is still true when the caller gets to it (no lost or stale hits).
 //!
 //! The VMM thread sends a `Command`, kicks the thread (see `kick`), and waits
-//! a bounded time for the `Reply` (matched by sequence number, see `link`). Before a running vCPU stops, it re-enters
-//! `KVM_RUN` with `immediate_exit = 1` so a pending port/MMIO access completes
-//! and the guest state is consistent while it is stopped.
+//! a bounded time for the `Reply` (matched by sequence number, see `link`).
+//! Before a running vCPU stops, it re-enters `KVM_RUN` with `immediate_exit = 1`
+//! so a pending port/MMIO access completes and the guest state is consistent
+//! while it is stopped.
 //!
 //! How `Run` gets past the breakpoint (RFLAGS.RF, or single steps where KVM
 //! ignores it) is in `resume`.
@@ -84,7 +85,7 @@ pub enum RunState {
 /// What `VcpuHandle::request` asks of a vCPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunRequest {
-    /// Run; step past the breakpoint it is parked on.
+    /// Run; resume past the breakpoint it is parked on.
     Run,
     /// Run; if parked, re-enter at the breakpoint without stepping past it, so pending
     /// interrupts are delivered (guest IF=1) and the breakpoint fires again.
@@ -99,7 +100,7 @@ impl RunState {
 }
 
 enum Command {
-    /// Run; a vCPU parked on a hit the caller has seen (`seen` hits) steps past it.
+    /// Run; a vCPU parked on a hit the caller has seen (`seen` hits) resumes past it.
     Run {
         seen: u64,
     },
