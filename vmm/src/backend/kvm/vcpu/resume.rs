@@ -118,7 +118,7 @@ impl VcpuThread {
             ))
         };
         let hit = match boot::position(&self.fd) {
-            Ok(at) => at,
+            Ok(hit) => hit,
             Err(e) => return fail(self, "cannot read the position", &e),
         };
         let keep: Vec<u64> = self
@@ -153,18 +153,20 @@ impl VcpuThread {
             match phase {
                 // Still on the instruction (one iteration of a repeated string operation done).
                 Phase::OnInstruction if now == hit => {}
-                Phase::OnInstruction => match boot::interrupted_at(&self.fd, &self.ctx.ram, hit) {
-                    Ok(true) => {
-                        // Nothing may fire inside the handler: it is part of this one hit.
-                        phase = Phase::InHandler;
-                        armed = boot::arm_single_step(&self.fd, &[], self.ctx.step);
+                Phase::OnInstruction => {
+                    match boot::interrupted_at(&self.fd, &self.ctx.ram, hit, now) {
+                        Ok(true) => {
+                            // Nothing may fire inside the handler: it is part of this one hit.
+                            phase = Phase::InHandler;
+                            armed = boot::arm_single_step(&self.fd, &[], self.ctx.step);
+                        }
+                        Ok(false) => break,
+                        Err(e) => return fail(self, "cannot read the stack", &e),
                     }
-                    Ok(false) => break,
-                    Err(e) => return fail(self, "cannot read the stack", &e),
-                },
+                }
                 // Returning restores the interrupted stack pointer; a handler that resumes
                 // elsewhere (an exception fixup) ends the instruction there.
-                Phase::InHandler if now.sp == hit.sp && now.cs == hit.cs => {
+                Phase::InHandler if now.sp == hit.sp => {
                     if now.pc != hit.pc {
                         break;
                     }

@@ -132,41 +132,55 @@ pub fn cancel_suppression(vcpu: &VcpuFd) -> Result<(), DebugError> {
     vcpu.set_regs(&regs).map_err(ioctl("clear RFLAGS.RF"))
 }
 
-/// Where a vCPU is: instruction pointer, stack pointer and code segment.
+/// Where a vCPU is: instruction and stack pointer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Position {
     pub pc: u64,
     pub sp: u64,
-    pub cs: u16,
 }
 
 pub fn position(vcpu: &VcpuFd) -> Result<Position, DebugError> {
     let regs = vcpu.get_regs().map_err(ioctl("read registers"))?;
-    let sregs = vcpu.get_sregs().map_err(ioctl("read system registers"))?;
     Ok(Position {
         pc: regs.rip,
         sp: regs.rsp,
-        cs: sregs.cs.selector,
     })
 }
 
 /// Whether an exception or interrupt has just interrupted the instruction at
-/// `at.pc` before it completed: the current stack holds a long-mode event frame
-/// (RIP, CS, RFLAGS, RSP, SS) returning to exactly `at` — its instruction, code
-/// segment and stack pointer. The frame is looked for at the stack pointer and
-/// one or two slots above it (an error code; a push by the handler's first
-/// instruction, which an emulated single step may already have executed).
-pub fn interrupted_at(vcpu: &VcpuFd, ram: &GuestRam, at: Position) -> Result<bool, DebugError> {
-    let (regs, paging) = snapshot(vcpu)?;
+/// `hit` before it completed, the vCPU now being at `now`: the stack holds a
+/// long-mode event frame (RIP, CS, RFLAGS, RSP, SS) whose RIP and RSP are the
+/// hit's. The frame is looked for at the stack pointer and one or two slots
+/// above it (an error code; a push by the handler's first instruction, which an
+/// emulated single step may already have run).
+pub fn interrupted_at(
+    vcpu: &VcpuFd,
+    ram: &GuestRam,
+    hit: Position,
+    now: Position,
+) -> Result<bool, DebugError> {
+    const FRAME_RSP: u64 = 24;
+    // The common case, answered without an ioctl: a frame is 40 bytes at least,
+    // so a stack pointer within one slot of the hit's cannot be below one (and
+    // an event taken on another stack does not land right next to this one).
+    if now.sp.abs_diff(hit.sp) <= 8 {
+        return Ok(false);
+    }
+    let sregs = vcpu.get_sregs().map_err(ioctl("read system registers"))?;
+    // Taking an event does not switch page tables: the current ones are the hit's.
+    let paging = PagingState {
+        cr0: sregs.cr0,
+        cr3: sregs.cr3,
+        cr4: sregs.cr4,
+        efer: sregs.efer,
+    };
     let read = |gva: u64| -> Option<u64> {
         let gpa = translate(ram, &paging, gva).ok()?;
         ram.read_u64(gpa).ok()
     };
     Ok((0..3).any(|slot| {
-        let frame = regs.rsp.wrapping_add(slot * 8);
-        read(frame) == Some(at.pc)
-            && read(frame.wrapping_add(8)) == Some(u64::from(at.cs))
-            && read(frame.wrapping_add(24)) == Some(at.sp)
+        let frame = now.sp.wrapping_add(slot * 8);
+        read(frame) == Some(hit.pc) && read(frame.wrapping_add(FRAME_RSP)) == Some(hit.sp)
     }))
 }
 
