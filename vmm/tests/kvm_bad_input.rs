@@ -3,8 +3,9 @@
 mod kvm_support;
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
-use kvm_support::kvm_or_report;
+use kvm_support::{kvm_or_report, level_not_run};
 use memrace::backend::kvm::{
     fixtures, launch, launch_program, BootError, KvmError, KvmOptions, LoadError, VmError,
 };
@@ -222,4 +223,68 @@ fn an_initrd_that_does_not_fit_is_refused() {
         ),
         "{err:?}"
     );
+}
+
+/// `setpriv` arguments that run a command as nobody, with no supplementary groups.
+const AS_NOBODY: [&str; 3] = ["--reuid=65534", "--regid=65534", "--clear-groups"];
+
+/// Whether nobody can open /dev/kvm for reading and writing (then there is nothing to refuse).
+fn nobody_can_open_kvm() -> Option<bool> {
+    let status = Command::new("setpriv")
+        .args(AS_NOBODY)
+        .args(["test", "-r", "/dev/kvm", "-a", "-w", "/dev/kvm"])
+        .status()
+        .ok()?;
+    // `test` answers 0 or 1; anything else (setpriv failing to switch users) is no answer.
+    match status.code() {
+        Some(0) => Some(true),
+        Some(1) => Some(false),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_kvm_device_without_permission_says_what_to_do() {
+    let what = "kvm bad input: /dev/kvm without permission";
+    if !Path::new("/dev/kvm").exists() {
+        return level_not_run(&format!("{what} — this host has no /dev/kvm"));
+    }
+    match nobody_can_open_kvm() {
+        None => {
+            return level_not_run(&format!(
+                "{what} — cannot run a command as uid 65534 (needs setpriv and root)"
+            ))
+        }
+        Some(true) => {
+            return level_not_run(&format!(
+                "{what} — /dev/kvm is open to everyone here, so no user lacks permission"
+            ))
+        }
+        Some(false) => {}
+    }
+    // A copy of the binary that nobody may execute (the build tree's directories may not be).
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("memrace");
+    std::fs::copy(env!("CARGO_BIN_EXE_memrace"), &bin).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for (path, mode) in [(dir.path(), 0o755), (bin.as_path(), 0o755)] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let out = Command::new("setpriv")
+        .args(AS_NOBODY)
+        .arg(&bin)
+        .args(["boot", "--backend", "kvm", "--", "true"])
+        .env("MEMRACE_CACHE", dir.path().join("cache"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for needle in [
+        "/dev/kvm is not accessible",
+        "Permission denied",
+        "usermod -aG kvm",
+        "--backend qemu",
+    ] {
+        assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+    }
 }

@@ -160,6 +160,7 @@ pub fn run(cmd: BenchCommand) -> Result<i32> {
         timeout: LIMIT.as_secs(),
         files: Vec::new(),
         verbose: false,
+        cpuid_mask: Vec::new(),
         command: vec!["/bin/sh".into(), "-c".into(), "exit 0".into()],
     };
     let kvm_boot = if level.boots_linux_fully() {

@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use control_proto::Stream;
-use memrace::backend::kvm::{self, KvmLevel, KvmOptions};
+use memrace::backend::kvm::{self, CpuFeature, KvmLevel, KvmOptions};
 use memrace::backend::qemu::{QemuAccel, QemuVm};
 use memrace::backend::{Backend, VmConfig};
 use memrace::boot::{self, BootReport, Limits, Verdict, BASE_CMDLINE};
@@ -67,18 +67,30 @@ pub struct BootArgs {
     /// Echo the guest console to stderr.
     #[arg(long, short)]
     pub verbose: bool,
+    /// CPU features to hide from the guest (kvm backend), comma-separated: xsave, avx,
+    /// avx2, avx512, amx, fma, f16c, x2apic, pcid, rdrand, rdseed, rdtscp, pdpe1gb, la57.
+    /// Hiding one hides what needs it (xsave: avx and amx too). On a software KVM
+    /// xsave is always hidden.
+    #[arg(long, value_name = "FEATURES", value_delimiter = ',', value_parser = parse_cpu_feature)]
+    pub cpuid_mask: Vec<CpuFeature>,
     /// The command to run in the guest.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
 }
 
-/// Resolve --kernel: an existing file must be a kernel; anything else names a variant.
-pub fn resolve_kernel(spec: &str) -> Result<PathBuf> {
+fn parse_cpu_feature(name: &str) -> Result<CpuFeature, String> {
+    CpuFeature::from_name(name).map_err(|e| e.to_string())
+}
+
+/// Resolve --kernel: an existing file must be a kernel `backend` can boot; anything
+/// else names a variant. QEMU boots an ELF vmlinux only through its PVH note; memrace's
+/// own VMM also enters one without the note, through its 64-bit entry point.
+pub fn resolve_kernel(spec: &str, backend: Chosen) -> Result<PathBuf> {
     let path = PathBuf::from(spec);
     if path.exists() || spec.contains('/') {
-        return match image::inspect(&path)? {
-            ImageKind::Elf { pvh: false } => {
-                bail!("{spec} is an ELF without a PVH entry note; build it with CONFIG_PVH=y or pass its bzImage")
+        return match (image::inspect(&path)?, backend) {
+            (ImageKind::Elf { pvh: false }, Chosen::Qemu(_)) => {
+                bail!("{spec} is an ELF without a PVH entry note, which QEMU needs; build it with CONFIG_PVH=y, pass its bzImage, or use --backend kvm (64-bit entry)")
             }
             _ => Ok(path),
         };
@@ -163,9 +175,12 @@ pub fn boot(args: &BootArgs, backend: Chosen) -> Result<(BootReport, PathBuf)> {
     if args.cpus == 0 {
         bail!("--cpus 0: a VM needs at least one vCPU");
     }
+    if !args.cpuid_mask.is_empty() && backend != Chosen::Kvm {
+        bail!("--cpuid-mask applies to memrace's own VMM; this boot runs on {backend}. Use --backend kvm, or drop --cpuid-mask");
+    }
     let mem_mib =
         memrace::backend::parse_mem_mib(&args.mem).map_err(|e| anyhow::anyhow!("--mem: {e}"))?;
-    let kernel = resolve_kernel(&args.kernel)?;
+    let kernel = resolve_kernel(&args.kernel, backend)?;
     if let Chosen::Qemu(_) = backend {
         memrace::backend::qemu::find_qemu()?;
     }
@@ -192,7 +207,10 @@ pub fn boot(args: &BootArgs, backend: Chosen) -> Result<(BootReport, PathBuf)> {
         debug: false,
     };
     let mut vm: Box<dyn Backend> = match backend {
-        Chosen::Kvm => Box::new(kvm::launch(&cfg, &KvmOptions::for_host())?),
+        Chosen::Kvm => Box::new(kvm::launch(
+            &cfg,
+            &KvmOptions::for_host().hiding(&args.cpuid_mask),
+        )?),
         Chosen::Qemu(accel) => Box::new(QemuVm::launch(&cfg, accel)?),
     };
     let limits = Limits {

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::fixtures;
-use super::{launch, launch_program, KvmError, KvmOptions, KvmVm};
+use super::{launch, launch_program, BreakpointResume, KvmError, KvmOptions, KvmVm};
 use crate::backend::{Backend, BackendError, VmConfig, VmEvent};
 
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +87,9 @@ pub fn port_io_round_trip(
     })
 }
 
-/// One hardware-breakpoint exit, reported as an event, and an RF resume.
+/// One hardware-breakpoint exit, reported as an event, and the resume past it:
+/// RFLAGS.RF where KVM honours it, else single steps (see `KvmVm::breakpoint_resume`,
+/// which the measurement's name reports).
 pub fn breakpoint_round_trip(
     opts: &KvmOptions,
     iterations: u64,
@@ -111,10 +113,14 @@ pub fn breakpoint_round_trip(
             }
         }
     }
+    let total = start.elapsed();
     Ok(Measurement {
-        name: "breakpoint exit round trip",
+        name: match vm.breakpoint_resume() {
+            BreakpointResume::ResumeFlag => "breakpoint exit round trip (RF resume)",
+            BreakpointResume::SingleStep => "breakpoint exit round trip (single-step resume)",
+        },
         iterations,
-        total: start.elapsed(),
+        total,
     })
 }
 

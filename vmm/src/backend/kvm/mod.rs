@@ -21,12 +21,13 @@ mod vcpu;
 mod vm;
 
 pub use boot::{
-    BootError, BootProtocol, CpuidPolicy, DebugError, LoadError, MptableError, PagingError,
+    BootError, BootProtocol, CpuFeature, CpuidError, CpuidPolicy, DebugError, LoadError,
+    MptableError, PagingError, KVM_PV_FEATURES_OFFERED, KVM_SIGNATURE,
 };
-pub use devices::{Space, StopReason, EXIT_MMIO, EXIT_PORT};
+pub use devices::{Space, StopReason, EXIT_MMIO, EXIT_PORT, UNCLAIMED_LOGGED};
 pub use memory::MemoryError;
 pub use probe::{describe, probe, probe_device, KvmLevel};
-pub use vcpu::VcpuError;
+pub use vcpu::{BreakpointResume, VcpuError};
 pub use vm::VmError;
 
 use std::fs::File;
@@ -40,7 +41,7 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use super::{Backend, BackendError, Regs, VcpuId, VmConfig, VmEvent};
 use devices::{DeviceError, Devices, Lifecycle};
 use memory::GuestRam;
-use vcpu::{RunRequest, VcpuContext, VcpuHandle};
+use vcpu::{ResumeMethod, RunRequest, VcpuContext, VcpuHandle};
 
 /// How long `kill` waits for each vCPU thread to end.
 const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -77,15 +78,27 @@ pub struct KvmOptions {
 }
 
 impl KvmOptions {
-    /// Defaults for this host: XSAVE and friends are hidden on a software KVM.
+    /// Defaults for this host: on a software KVM, whose emulator cannot run
+    /// `xrstor`, XSAVE and everything that needs it are hidden.
     pub fn for_host() -> Self {
+        let cpuid = if probe().needs_xsave_masked() {
+            CpuidPolicy::masking(&[CpuFeature::Xsave])
+        } else {
+            CpuidPolicy::default()
+        };
         KvmOptions {
             device: PathBuf::from("/dev/kvm"),
-            cpuid: CpuidPolicy {
-                mask_xsave: probe().needs_xsave_masked(),
-            },
+            cpuid,
             prefer_pvh: true,
         }
+    }
+
+    /// These options, also hiding `features` (and what depends on them) from the guest.
+    pub fn hiding(self, features: &[CpuFeature]) -> Self {
+        let cpuid = features
+            .iter()
+            .fold(self.cpuid, |policy, &f| policy.with(f));
+        KvmOptions { cpuid, ..self }
     }
 }
 
@@ -169,12 +182,14 @@ fn start(parts: Assembly, start_running: bool) -> Result<KvmVm, KvmError> {
         events: (tx, rx),
     } = parts;
     let step = boot::StepMode::query(&vm);
+    let resume = Arc::new(ResumeMethod::default());
     let ctx = VcpuContext {
         devices: devices.clone(),
         lifecycle: lifecycle.clone(),
         events: tx,
         step,
-        _ram: ram.clone(),
+        resume: resume.clone(),
+        ram: ram.clone(),
     };
     let mut vcpus = Vec::with_capacity(vcpu_fds.len());
     for (index, fd) in vcpu_fds.into_iter().enumerate() {
@@ -187,6 +202,7 @@ fn start(parts: Assembly, start_running: bool) -> Result<KvmVm, KvmError> {
     Ok(KvmVm {
         seen_hits: vec![0; vcpus.len()],
         vcpus,
+        resume,
         events: rx,
         lifecycle,
         devices,
@@ -249,6 +265,7 @@ pub struct KvmVm {
     vcpus: Vec<VcpuHandle>,
     /// Breakpoint events `next_event` has handed out, per vCPU.
     seen_hits: Vec<u64>,
+    resume: Arc<ResumeMethod>,
     events: Receiver<VmEvent>,
     lifecycle: Arc<Lifecycle>,
     devices: Arc<Devices>,
@@ -266,6 +283,12 @@ impl KvmVm {
         self.lifecycle.reason()
     }
 
+    /// How vCPUs resume past breakpoints on this VM: `ResumeFlag` until KVM has
+    /// shown, at the first resume, that it ignores it.
+    pub fn breakpoint_resume(&self) -> BreakpointResume {
+        self.resume.current()
+    }
+
     /// How the Linux kernel was entered (`None` for bare programs).
     pub fn boot_protocol(&self) -> Option<BootProtocol> {
         self.protocol
@@ -280,9 +303,15 @@ impl KvmVm {
         Ok(buf)
     }
 
-    /// Port and MMIO addresses the guest touched that no device claims.
+    /// Port and MMIO addresses the guest touched that no device claims (the first
+    /// `UNCLAIMED_LOGGED` of them).
     pub fn unclaimed_accesses(&self) -> Vec<(Space, u64)> {
         self.devices.unclaimed()
+    }
+
+    /// Unclaimed accesses beyond the first `UNCLAIMED_LOGGED` addresses: counted, not logged.
+    pub fn unlogged_unclaimed_accesses(&self) -> u64 {
+        self.devices.unclaimed_unlogged()
     }
 
     /// Tell every vCPU what to do, then collect the answers, so the set starts together.

@@ -3,6 +3,9 @@
 
 use std::path::Path;
 
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::Kvm;
+
 use super::vm::open_kvm;
 
 /// The host's KVM, from most to least capable.
@@ -50,8 +53,17 @@ impl KvmLevel {
     }
 }
 
-fn module_loaded(name: &str) -> bool {
+/// A kernel module exists, loaded or built in (built-in code with parameters has a
+/// `/sys/module` entry too, whether or not its initialisation succeeded).
+fn module_present(name: &str) -> bool {
     Path::new("/sys/module").join(name).exists()
+}
+
+/// A loadable module whose initialisation succeeded (built-in code has no `initstate`).
+/// A loaded `kvm_intel`/`kvm_amd` is KVM's vendor module: only one can register.
+fn module_live(name: &str) -> bool {
+    std::fs::read_to_string(Path::new("/sys/module").join(name).join("initstate"))
+        .is_ok_and(|state| state.trim() == "live")
 }
 
 fn cpu_flags() -> Vec<String> {
@@ -64,22 +76,63 @@ fn cpu_flags() -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Classify a working KVM from the loaded modules and the host CPU flags.
-fn classify(pvm: bool, intel_or_amd_module: Option<&str>, flags: &[String]) -> KvmLevel {
-    if let Some(module) = intel_or_amd_module {
+/// Whether `/dev/kvm` offers VMX or SVM to its guests (nested virtualization):
+/// only a KVM on hardware virtualization can, never a software one.
+fn offers_nested_virtualization(kvm: &Kvm) -> Option<&'static str> {
+    const VMX: (u32, u32) = (0x1, 1 << 5); // leaf 1 ECX
+    const SVM: (u32, u32) = (0x8000_0001, 1 << 2); // leaf 0x8000_0001 ECX
+    let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).ok()?;
+    let has = |(leaf, bit): (u32, u32)| {
+        cpuid
+            .as_slice()
+            .iter()
+            .any(|e| e.function == leaf && e.index == 0 && e.ecx & bit != 0)
+    };
+    [("vmx", VMX), ("svm", SVM)]
+        .into_iter()
+        .find(|&(_, feature)| has(feature))
+        .map(|(name, _)| name)
+}
+
+/// What the host shows about the KVM behind a working `/dev/kvm`.
+#[derive(Debug, Default)]
+struct Evidence {
+    /// VMX/SVM that KVM offers to guests.
+    nested: Option<&'static str>,
+    /// A loaded (not built-in) kvm_intel or kvm_amd.
+    live_vendor_module: Option<&'static str>,
+    /// kvm_pvm loaded or built in.
+    pvm: bool,
+    /// vmx/svm in the host CPU's flags.
+    cpu_flag: Option<String>,
+}
+
+/// Classify a working KVM, strongest evidence first. PVM can sit next to a
+/// built-in kvm_intel on a CPU with vmx, so neither the CPU flag nor a built-in
+/// vendor module proves that `/dev/kvm` is the hardware one; what KVM itself
+/// offers, or a vendor module that loaded, does.
+fn classify(evidence: &Evidence) -> KvmLevel {
+    if let Some(feature) = evidence.nested {
+        return KvmLevel::Hardware {
+            reason: format!(
+                "/dev/kvm offers {feature} to guests: it runs on hardware virtualization"
+            ),
+        };
+    }
+    if let Some(module) = evidence.live_vendor_module {
         return KvmLevel::Hardware {
             reason: format!("{module} is loaded: guests run on VMX/SVM hardware"),
         };
     }
-    if pvm {
+    if evidence.pvm {
         return KvmLevel::Software {
             reason: "/dev/kvm is PVM (kvm_pvm, software): guests run in KVM's instruction emulator"
                 .into(),
         };
     }
-    match flags.iter().find(|f| *f == "vmx" || *f == "svm") {
+    match &evidence.cpu_flag {
         Some(flag) => KvmLevel::Hardware {
-            reason: format!("host CPU has {flag} and /dev/kvm works"),
+            reason: format!("host CPU has {flag}, /dev/kvm works and no software KVM is present"),
         },
         None => KvmLevel::Software {
             reason: "/dev/kvm works but the CPU shows neither vmx nor svm: assuming a software KVM"
@@ -99,12 +152,14 @@ pub fn probe_device(path: &Path) -> KvmLevel {
         Err(e) => KvmLevel::Unavailable {
             reason: e.to_string(),
         },
-        Ok(_) => {
-            let module = ["kvm_intel", "kvm_amd"]
+        Ok(kvm) => classify(&Evidence {
+            nested: offers_nested_virtualization(&kvm),
+            live_vendor_module: ["kvm_intel", "kvm_amd"]
                 .into_iter()
-                .find(|m| module_loaded(m));
-            classify(module_loaded("kvm_pvm"), module, &cpu_flags())
-        }
+                .find(|m| module_live(m)),
+            pvm: module_present("kvm_pvm"),
+            cpu_flag: cpu_flags().into_iter().find(|f| f == "vmx" || f == "svm"),
+        }),
     }
 }
 
@@ -119,16 +174,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hardware_modules_win_then_pvm_then_cpu_flags() {
-        let flags = vec!["fpu".to_string(), "svm".to_string()];
-        assert!(classify(true, Some("kvm_amd"), &flags).boots_linux_fully());
+    fn kvm_itself_then_a_loaded_vendor_module_then_pvm_then_cpu_flags() {
+        let hardware = |e: &Evidence| classify(e).boots_linux_fully();
+        let svm = Some("svm".to_string());
+        // PVM next to a built-in kvm_amd on an SVM CPU: software, unless KVM proves otherwise.
+        let pvm_on_svm_cpu = Evidence {
+            pvm: true,
+            cpu_flag: svm.clone(),
+            ..Evidence::default()
+        };
+        assert!(!hardware(&pvm_on_svm_cpu));
+        assert!(hardware(&Evidence {
+            nested: Some("svm"),
+            ..pvm_on_svm_cpu
+        }));
+        assert!(hardware(&Evidence {
+            live_vendor_module: Some("kvm_amd"),
+            pvm: true,
+            ..Evidence::default()
+        }));
+        assert!(hardware(&Evidence {
+            cpu_flag: svm,
+            ..Evidence::default()
+        }));
         assert!(matches!(
-            classify(true, None, &flags),
-            KvmLevel::Software { .. }
-        ));
-        assert!(classify(false, None, &flags).boots_linux_fully());
-        assert!(matches!(
-            classify(false, None, &[]),
+            classify(&Evidence::default()),
             KvmLevel::Software { .. }
         ));
     }

@@ -2,7 +2,9 @@
 //! memrace guest needs (two 16550 UARTs, a power/exit device, an i8042 stub).
 //!
 //! Accesses nobody claims are answered with all-ones (reads) or dropped
-//! (writes) and reported once per address: a confused guest never crashes the VMM.
+//! (writes) and reported once per address, for the first `UNCLAIMED_LOGGED`
+//! addresses; after that they are only counted, so a guest sweeping the address
+//! space can neither crash the VMM nor flood its log or memory.
 
 mod power;
 mod uart;
@@ -30,6 +32,8 @@ pub const EXIT_MMIO: u64 = 0xd000_0000;
 const EXIT_LEN: u64 = 4;
 const I8042_PORT: u64 = 0x60;
 const POST_CODE_PORT: u64 = 0x80;
+/// Distinct unclaimed addresses logged (and remembered) before the rest are only counted.
+pub const UNCLAIMED_LOGGED: usize = 64;
 
 /// A device on a bus; `offset` is relative to the start of its range.
 pub trait BusDevice: Send {
@@ -120,11 +124,19 @@ pub enum Space {
     Mmio,
 }
 
+/// What the guest touched that no device claims: the first `UNCLAIMED_LOGGED`
+/// distinct addresses, then a count of accesses to any other address.
+#[derive(Default)]
+struct Unclaimed {
+    logged: BTreeSet<(Space, u64)>,
+    unlogged: u64,
+}
+
 /// Both buses plus the record of unclaimed accesses.
 pub struct Devices {
     pio: Bus,
     mmio: Bus,
-    unclaimed: Mutex<BTreeSet<(Space, u64)>>,
+    unclaimed: Mutex<Unclaimed>,
 }
 
 impl Devices {
@@ -132,7 +144,7 @@ impl Devices {
         Devices {
             pio,
             mmio,
-            unclaimed: Mutex::new(BTreeSet::new()),
+            unclaimed: Mutex::new(Unclaimed::default()),
         }
     }
 
@@ -152,14 +164,18 @@ impl Devices {
         self.write(Space::Mmio, addr, data);
     }
 
-    /// Every unclaimed (space, address) the guest touched, in order.
+    fn unclaimed_record(&self) -> MutexGuard<'_, Unclaimed> {
+        self.unclaimed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The logged unclaimed (space, address) pairs the guest touched, in order.
     pub fn unclaimed(&self) -> Vec<(Space, u64)> {
-        self.unclaimed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .copied()
-            .collect()
+        self.unclaimed_record().logged.iter().copied().collect()
+    }
+
+    /// Unclaimed accesses past the logged addresses (counted, not logged).
+    pub fn unclaimed_unlogged(&self) -> u64 {
+        self.unclaimed_record().unlogged
     }
 
     fn bus(&self, space: Space) -> &Bus {
@@ -187,13 +203,30 @@ impl Devices {
     }
 
     fn note_unclaimed(&self, space: Space, addr: u64, what: &str) {
-        let first = self
-            .unclaimed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((space, addr));
-        if first {
+        let mut record = self.unclaimed_record();
+        if record.logged.contains(&(space, addr)) {
+            return;
+        }
+        if record.logged.len() < UNCLAIMED_LOGGED {
+            record.logged.insert((space, addr));
             eprintln!("memrace kvm: guest {what} of unemulated {space:?} address {addr:#x} ignored (reported once)");
+            return;
+        }
+        if record.unlogged == 0 {
+            eprintln!("memrace kvm: more than {UNCLAIMED_LOGGED} distinct unemulated addresses; further ones are ignored and only counted");
+        }
+        record.unlogged += 1;
+    }
+}
+
+impl Drop for Devices {
+    /// The count the log promised, once, when the VM's devices go away.
+    fn drop(&mut self) {
+        let unlogged = self.unclaimed_record().unlogged;
+        if unlogged > 0 {
+            eprintln!(
+                "memrace kvm: {unlogged} further unemulated accesses were ignored without logging"
+            );
         }
     }
 }
@@ -278,5 +311,21 @@ mod tests {
             devices.unclaimed(),
             vec![(Space::Pio, 0x99), (Space::Mmio, 0x1000)]
         );
+        assert_eq!(devices.unclaimed_unlogged(), 0);
+    }
+
+    #[test]
+    fn a_guest_sweeping_addresses_is_logged_up_to_the_cap_then_counted() {
+        let devices = Devices::new(Bus::new("pio"), Bus::new("mmio"));
+        let mut byte = [0];
+        for addr in 0..1000u64 {
+            devices.mmio_read(0x1000 + addr, &mut byte);
+        }
+        // Logged addresses stay silent, however often they are touched.
+        devices.mmio_read(0x1000, &mut byte);
+        let logged = devices.unclaimed();
+        assert_eq!(logged.len(), UNCLAIMED_LOGGED);
+        assert_eq!(logged[UNCLAIMED_LOGGED - 1], (Space::Mmio, 0x1000 + 63));
+        assert_eq!(devices.unclaimed_unlogged(), 1000 - UNCLAIMED_LOGGED as u64);
     }
 }

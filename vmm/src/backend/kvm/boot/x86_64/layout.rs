@@ -7,7 +7,8 @@
 /// Global descriptor table used for the boot vCPU state.
 pub const GDT_START: u64 = 0x500;
 /// An empty IDT: interrupts stay disabled until the kernel installs its own.
-pub const IDT_START: u64 = 0x520;
+/// After the GDT's five slots (0x500–0x527).
+pub const IDT_START: u64 = 0x540;
 /// PVH `hvm_start_info`, followed by its module list and memory map.
 pub const PVH_INFO_START: u64 = 0x6000;
 /// Linux `boot_params` ("zero page") for the 64-bit boot protocol.

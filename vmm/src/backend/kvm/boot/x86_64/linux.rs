@@ -4,6 +4,8 @@
 //!
 //! Images are checked before anything is copied, so a truncated file or a
 //! kernel bigger than the guest gets its own error instead of a loader failure.
+//! Header values are untrusted input: every sum of offsets and sizes read from
+//! the file is checked, so a crafted header is an error, never an overflow.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -33,6 +35,8 @@ pub enum LoadError {
     UnknownFormat { path: PathBuf },
     #[error("{path} is truncated: {detail} (rebuild or re-copy the kernel)")]
     Truncated { path: PathBuf, detail: String },
+    #[error("{path} has an invalid header: {detail} (is it really a kernel?)")]
+    Invalid { path: PathBuf, detail: String },
     #[error("kernel {path} needs guest memory up to {need_mib} MiB but the guest has {have_mib} MiB of low memory; raise mem_mib")]
     KernelTooLarge {
         path: PathBuf,
@@ -124,6 +128,10 @@ fn inspect(path: &Path, file: &mut File) -> Result<Format, LoadError> {
         path: path.to_path_buf(),
         detail,
     };
+    let invalid = |detail: String| LoadError::Invalid {
+        path: path.to_path_buf(),
+        detail,
+    };
     let len = file.metadata().map_err(read)?.len();
     let mut head = vec![0u8; len.min(0x400) as usize];
     read_at(file, 0, &mut head).map_err(read)?;
@@ -142,14 +150,24 @@ fn inspect(path: &Path, file: &mut File) -> Result<Format, LoadError> {
             });
         }
         let phoff = le_u64(&head, 0x20);
+        let phentsize = u64::from(le_u16(&head, 0x36));
         let phnum = u64::from(le_u16(&head, 0x38));
-        let table_end = phoff + phnum * PHDR_LEN;
-        if table_end > len {
-            return Err(truncated(format!(
-                "program headers end at {table_end:#x}, file has {len:#x} bytes"
+        if phentsize != PHDR_LEN {
+            return Err(invalid(format!(
+                "program header entries of {phentsize} bytes, ELF64 has {PHDR_LEN}"
             )));
         }
-        let mut phdrs = vec![0u8; (phnum * PHDR_LEN) as usize];
+        // phnum is 16 bits: the table size fits; the offset is the file's word.
+        let table_len = phnum * PHDR_LEN;
+        match phoff.checked_add(table_len) {
+            Some(end) if end <= len => {}
+            _ => {
+                return Err(truncated(format!(
+                    "program headers at {phoff:#x} (+{table_len:#x}) run past {len:#x} bytes"
+                )))
+            }
+        }
+        let mut phdrs = vec![0u8; table_len as usize];
         read_at(file, phoff, &mut phdrs).map_err(read)?;
         let mut load_end = 0;
         for ph in phdrs.chunks_exact(PHDR_LEN as usize) {
@@ -162,12 +180,20 @@ fn inspect(path: &Path, file: &mut File) -> Result<Format, LoadError> {
                 le_u64(ph, 0x20),
                 le_u64(ph, 0x28),
             );
-            if offset + filesz > len {
-                return Err(truncated(format!(
-                    "segment at file offset {offset:#x} (+{filesz:#x}) runs past {len:#x}"
-                )));
+            match offset.checked_add(filesz) {
+                Some(end) if end <= len => {}
+                _ => {
+                    return Err(truncated(format!(
+                        "segment at file offset {offset:#x} (+{filesz:#x}) runs past {len:#x}"
+                    )))
+                }
             }
-            load_end = load_end.max(paddr + memsz);
+            let end = paddr.checked_add(memsz).ok_or_else(|| {
+                invalid(format!(
+                    "segment at {paddr:#x} (+{memsz:#x}) ends past the 64-bit address space"
+                ))
+            })?;
+            load_end = load_end.max(end);
         }
         return Ok(Format::Elf { load_end });
     }
@@ -177,6 +203,7 @@ fn inspect(path: &Path, file: &mut File) -> Result<Format, LoadError> {
             0 => 4,
             n => u64::from(n),
         };
+        // Both come from 8- and 32-bit fields: the sum stays far below u64::MAX.
         let syssize = u64::from(le_u32(&head, 0x1f4)) * 16;
         let image_end = (setup_sects + 1) * 512 + syssize;
         if image_end > len {
@@ -249,6 +276,18 @@ fn load_initrd(
     Ok((addr, size))
 }
 
+/// The longest command line (without its NUL) a bzImage takes: `cmdline_size`
+/// from boot protocol 2.06 on, 255 before (Documentation/arch/x86/boot.rst).
+fn bzimage_cmdline_max(header: &setup_header) -> usize {
+    const CMDLINE_SIZE_SINCE: u16 = 0x0206;
+    const OLD_CMDLINE_MAX: usize = 255;
+    if header.version >= CMDLINE_SIZE_SINCE {
+        header.cmdline_size as usize
+    } else {
+        OLD_CMDLINE_MAX
+    }
+}
+
 fn write_cmdline(ram: &GuestRam, cmdline: &str) -> Result<(), LoadError> {
     let bad = |why: String| LoadError::Cmdline {
         len: cmdline.len(),
@@ -318,23 +357,26 @@ fn write_pvh_start_info(ram: &GuestRam, initrd: Option<(u64, u64)>) -> Result<u6
 fn write_zero_page(
     ram: &GuestRam,
     header: Option<setup_header>,
-    cmdline_len: usize,
     initrd: Option<(u64, u64)>,
 ) -> Result<u64, LoadError> {
     let hdr = header.unwrap_or(setup_header {
-        // A vmlinux has no setup header: describe a relocatable kernel loaded where it is.
+        // A vmlinux has no setup header: describe a relocatable kernel loaded where
+        // it is, whose command line may be as long as x86's COMMAND_LINE_SIZE allows.
         boot_flag: BOOT_FLAG,
         header: HDR_MAGIC,
         kernel_alignment: 0x0100_0000,
+        cmdline_size: (CMDLINE_MAX_SIZE - 1) as u32,
         ..Default::default()
     });
     let mut params = boot_params {
         hdr,
         ..Default::default()
     };
+    // cmdline_size is the kernel's limit, for the loader to read: it stays as the
+    // kernel gave it (`load_linux` checked the line against it). Only the pointer
+    // tells the kernel where the line is.
     params.hdr.type_of_loader = LOADER_UNDEFINED;
     params.hdr.cmd_line_ptr = CMDLINE_START as u32;
-    params.hdr.cmdline_size = cmdline_len as u32;
     if let Some((addr, size)) = initrd {
         params.hdr.ramdisk_image = addr as u32;
         params.hdr.ramdisk_size = size as u32;
@@ -391,6 +433,16 @@ pub fn load_linux(
             BzImage::load(ram.mmap(), None, &mut file, himem).map_err(loader)?
         }
     };
+    if let Some(header) = &loaded.setup_header {
+        let max = bzimage_cmdline_max(header);
+        if image.cmdline.len() > max {
+            return Err(LoadError::Cmdline {
+                len: image.cmdline.len(),
+                max,
+                why: "longer than the bzImage's cmdline_size".into(),
+            });
+        }
+    }
     write_cmdline(ram, image.cmdline)?;
     let kernel_end = loaded.kernel_end.max(load_end);
     let initrd = image
@@ -409,7 +461,7 @@ pub fn load_linux(
                 Some(_) => loaded.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET,
                 None => loaded.kernel_load.0,
             };
-            let boot_info = write_zero_page(ram, header, image.cmdline.len(), initrd)?;
+            let boot_info = write_zero_page(ram, header, initrd)?;
             Ok(LoadedKernel {
                 protocol: BootProtocol::Linux64,
                 entry,
@@ -439,6 +491,80 @@ mod tests {
                 (1 << 32, 16 << 20, E820_RAM),
             ]
         );
+    }
+
+    /// An ELF64 header with one PT_LOAD program header: (phoff, phentsize) in the
+    /// file header and (offset, paddr, filesz, memsz) in the program header.
+    fn crafted_elf(phoff: u64, phentsize: u16, segment: [u64; 4]) -> Vec<u8> {
+        let mut f = vec![0u8; 0x200];
+        f[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        f[0x20..0x28].copy_from_slice(&phoff.to_le_bytes());
+        f[0x36..0x38].copy_from_slice(&phentsize.to_le_bytes());
+        f[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
+        let [offset, paddr, filesz, memsz] = segment;
+        let ph = &mut f[0x40..0x78];
+        ph[0] = 1;
+        ph[8..16].copy_from_slice(&offset.to_le_bytes());
+        ph[0x18..0x20].copy_from_slice(&paddr.to_le_bytes());
+        ph[0x20..0x28].copy_from_slice(&filesz.to_le_bytes());
+        ph[0x28..0x30].copy_from_slice(&memsz.to_le_bytes());
+        f
+    }
+
+    #[test]
+    fn header_values_that_would_overflow_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let ram = GuestRam::new(&[(0, 64 << 20)]).unwrap();
+        let load = |name: &str, bytes: Vec<u8>| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            let image = LinuxImage {
+                kernel: &path,
+                initrd: None,
+                cmdline: "",
+            };
+            load_linux(&ram, &image, true)
+        };
+        let ok_segment = [0x100, 0x100_0000, 0x10, 0x10];
+        let result = load("phoff", crafted_elf(u64::MAX - 8, 56, ok_segment));
+        assert!(
+            matches!(result, Err(LoadError::Truncated { .. })),
+            "{result:?}"
+        );
+        let result = load("phentsize", crafted_elf(0x40, 32, ok_segment));
+        assert!(
+            matches!(result, Err(LoadError::Invalid { .. })),
+            "{result:?}"
+        );
+        let result = load(
+            "offset",
+            crafted_elf(0x40, 56, [u64::MAX, 0x100_0000, 2, 2]),
+        );
+        assert!(
+            matches!(result, Err(LoadError::Truncated { .. })),
+            "{result:?}"
+        );
+        let result = load(
+            "memsz",
+            crafted_elf(0x40, 56, [0x100, u64::MAX - 1, 0x10, 0x10]),
+        );
+        assert!(
+            matches!(result, Err(LoadError::Invalid { .. })),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn a_bzimage_limits_the_command_line_as_its_protocol_version_says() {
+        let header = |version, cmdline_size| setup_header {
+            version,
+            cmdline_size,
+            ..Default::default()
+        };
+        assert_eq!(bzimage_cmdline_max(&header(0x020f, 2047)), 2047);
+        assert_eq!(bzimage_cmdline_max(&header(0x0206, 100)), 100);
+        // Before 2.06 the field did not exist: the limit was 255.
+        assert_eq!(bzimage_cmdline_max(&header(0x0205, 0)), 255);
     }
 
     #[test]

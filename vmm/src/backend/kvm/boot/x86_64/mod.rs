@@ -15,13 +15,17 @@ mod msr;
 mod paging;
 mod regs;
 
-pub use cpuid::{kernel_params, CpuidPolicy};
+pub use cpuid::{
+    kernel_params, CpuFeature, CpuidError, CpuidPolicy, KVM_PV_FEATURES_OFFERED, KVM_SIGNATURE,
+};
 pub use debug::{
-    arm_single_step, set_breakpoints, snapshot, DebugError, StepMode, MAX_BREAKPOINTS,
+    arm_single_step, cancel_suppression, interrupted_at, position, set_breakpoints, snapshot,
+    suppress_breakpoint_once, suppression_pending, DebugError, StepMode, MAX_BREAKPOINTS,
 };
 pub use linux::{load_linux, BootProtocol, LinuxImage, LoadError, LoadedKernel};
 pub use mptable::MptableError;
 pub use paging::{translate, PagingError, PagingState};
+pub use regs::LONG_MODE_CODE_SELECTOR;
 
 use kvm_bindings::{
     kvm_mp_state, kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE,
@@ -52,6 +56,8 @@ pub enum BootError {
         what: &'static str,
         source: kvm_ioctls::Error,
     },
+    #[error(transparent)]
+    CpuidTable(#[from] CpuidError),
     #[error("KVM refused the CPUID table of vCPU {vcpu}: {source}")]
     Cpuid {
         vcpu: usize,
@@ -129,7 +135,7 @@ pub fn configure_vcpu(vcpu: &VcpuFd, index: usize, platform: &Platform) -> Resul
         index as u32,
         platform.cpus as u32,
         platform.policy,
-    );
+    )?;
     // CPUID before MSRs: KVM checks MSR writes against the advertised features.
     vcpu.set_cpuid2(&cpuid).map_err(|source| BootError::Cpuid {
         vcpu: index,

@@ -43,18 +43,26 @@ pub enum CpuMode {
 }
 
 /// GDT slots. The kernel loads its own GDT at once; these only seed the
-/// hidden descriptor caches, so one table serves both entry modes.
+/// hidden descriptor caches, so one table serves both entry modes. The 64-bit
+/// boot protocol names the slots: CS must be `__BOOT_CS` (0x10) and DS/ES/SS
+/// `__BOOT_DS` (0x18) (Documentation/arch/x86/boot.rst); PVH takes any flat
+/// 32-bit segments.
 const GDT: [u64; 5] = [
     0,                             // null
-    gdt_entry(0xa09b, 0, 0xfffff), // 1: 64-bit code
-    gdt_entry(0xc093, 0, 0xfffff), // 2: data
-    gdt_entry(0x808b, 0, 0xfffff), // 3: TSS
-    gdt_entry(0xc09b, 0, 0xfffff), // 4: 32-bit code
+    gdt_entry(0xc09b, 0, 0xfffff), // 1: 32-bit code
+    gdt_entry(0xa09b, 0, 0xfffff), // 2: 64-bit code, __BOOT_CS
+    gdt_entry(0xc093, 0, 0xfffff), // 3: data, __BOOT_DS
+    gdt_entry(0x808b, 0, 0xfffff), // 4: TSS
 ];
-const CODE64: usize = 1;
-const DATA: usize = 2;
-const TSS: usize = 3;
-const CODE32: usize = 4;
+const CODE32: usize = 1;
+const CODE64: usize = 2;
+const DATA: usize = 3;
+const TSS: usize = 4;
+// The IDT is written after the GDT: it must not overwrite a GDT slot.
+const _: () = assert!(GDT_START + GDT.len() as u64 * 8 <= IDT_START);
+/// The selector of the 64-bit code segment every long-mode vCPU starts with
+/// (interrupt gates of bare programs name it).
+pub const LONG_MODE_CODE_SELECTOR: u16 = (CODE64 * 8) as u16;
 
 /// Pack a segment descriptor from its flags (type, S, DPL, P, AVL, L, D/B, G), base and limit.
 const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
@@ -215,11 +223,23 @@ mod tests {
         let code64 = segment(CODE64);
         assert_eq!(
             (code64.l, code64.db, code64.type_, code64.selector),
-            (1, 0, 0xb, 8)
+            (1, 0, 0xb, 0x10),
+            "__BOOT_CS"
         );
         let code32 = segment(CODE32);
         assert_eq!((code32.l, code32.db, code32.limit), (0, 1, 0xffff_ffff));
-        assert_eq!(segment(DATA).type_, 3);
+        let data = segment(DATA);
+        assert_eq!((data.type_, data.selector), (3, 0x18), "__BOOT_DS");
+    }
+
+    #[test]
+    fn the_gdt_in_memory_is_the_one_the_segments_come_from() {
+        let ram = GuestRam::new(&[(0, 16 << 20)]).unwrap();
+        write_boot_tables(&ram).unwrap();
+        for (slot, &entry) in GDT.iter().enumerate() {
+            let at = GDT_START + slot as u64 * 8;
+            assert_eq!(ram.read_u64(at).unwrap(), entry, "GDT slot {slot}");
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //!            Run                    breakpoint exit
 //!   Paused ───────► Running ───────────────────────► Parked{addr}
 //!     ▲    ◄─────── │   ▲                                 │
-//!     │      Stop   │   ├──── Run (single-step past it) ──┤
+//!     │      Stop   │   ├──── Run (resume past it) ───────┤
 //!     │             │   └──── Service (re-enter on it) ───┘
 //!     └─────────────┴──► Exited (guest stopped, VMM failure, Quit)
 //! ```
@@ -15,11 +15,20 @@
 //! is still true when the caller gets to it (no lost or stale hits).
 //!
 //! The VMM thread sends a `Command`, kicks the thread (see `kick`), and waits
-//! a bounded time for the `Reply`. Before a running vCPU stops, it re-enters
-//! `KVM_RUN` with `immediate_exit = 1` so a pending port/MMIO access completes
-//! and the guest state is consistent while it is stopped.
+//! a bounded time for the `Reply` (matched by sequence number, see `link`).
+//! Before a running vCPU stops, it re-enters `KVM_RUN` with `immediate_exit = 1`
+//! so a pending port/MMIO access completes and the guest state is consistent
+//! while it is stopped.
+//!
+//! How `Run` gets past the breakpoint (RFLAGS.RF, or single steps where KVM
+//! ignores it) is in `resume`.
 
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
+mod link;
+mod resume;
+
+pub use resume::{BreakpointResume, ResumeMethod};
+
+use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -31,6 +40,7 @@ use super::devices::{Devices, Lifecycle, StopReason};
 use super::kick;
 use super::memory::GuestRam;
 use crate::backend::{Regs, VcpuId, VmEvent};
+use link::{HostEnd, LinkError, VcpuEnd};
 
 /// How long the VMM waits for a vCPU thread to answer a command. A vCPU
 /// answers within one guest exit; only a wedged host gets anywhere near this.
@@ -75,7 +85,7 @@ pub enum RunState {
 /// What `VcpuHandle::request` asks of a vCPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunRequest {
-    /// Run; step past the breakpoint it is parked on.
+    /// Run; resume past the breakpoint it is parked on.
     Run,
     /// Run; if parked, re-enter at the breakpoint without stepping past it, so pending
     /// interrupts are delivered (guest IF=1) and the breakpoint fires again.
@@ -90,7 +100,7 @@ impl RunState {
 }
 
 enum Command {
-    /// Run; a vCPU parked on a hit the caller has seen (`seen` hits) steps past it.
+    /// Run; a vCPU parked on a hit the caller has seen (`seen` hits) resumes past it.
     Run {
         seen: u64,
     },
@@ -113,8 +123,7 @@ enum Reply {
 /// The VMM side of one vCPU thread.
 pub struct VcpuHandle {
     id: VcpuId,
-    commands: Sender<Command>,
-    replies: Receiver<Reply>,
+    link: HostEnd<Command, Reply>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -125,8 +134,9 @@ pub struct VcpuContext {
     pub lifecycle: Arc<Lifecycle>,
     pub events: Sender<VmEvent>,
     pub step: StepMode,
-    /// Keeps guest RAM mapped for as long as the vCPU fd can touch it.
-    pub _ram: Arc<GuestRam>,
+    pub resume: Arc<ResumeMethod>,
+    /// Guest RAM; holding it also keeps it mapped for as long as the vCPU fd can touch it.
+    pub ram: Arc<GuestRam>,
 }
 
 impl VcpuHandle {
@@ -138,8 +148,7 @@ impl VcpuHandle {
         start_running: bool,
     ) -> Result<Self, VcpuError> {
         kick::install_handler().map_err(VcpuError::KickHandler)?;
-        let (commands, command_rx) = channel();
-        let (reply_tx, replies) = channel();
+        let (host_end, vcpu_end) = link::link();
         let state = if start_running {
             RunState::Running
         } else {
@@ -149,11 +158,11 @@ impl VcpuHandle {
             id,
             fd,
             ctx,
-            commands: command_rx,
-            replies: reply_tx,
+            link: vcpu_end,
             state,
             breakpoints: Vec::new(),
             hits: 0,
+            suppressed_at: None,
         };
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
@@ -161,8 +170,7 @@ impl VcpuHandle {
             .map_err(|source| VcpuError::Spawn { vcpu: id, source })?;
         Ok(VcpuHandle {
             id,
-            commands,
-            replies,
+            link: host_end,
             thread: Some(thread),
         })
     }
@@ -173,7 +181,7 @@ impl VcpuHandle {
     }
 
     fn send(&self, command: Command) -> Result<(), VcpuError> {
-        self.commands
+        self.link
             .send(command)
             .map_err(|_| VcpuError::Gone { vcpu: self.id })?;
         if let Some(thread) = self.pthread() {
@@ -183,12 +191,10 @@ impl VcpuHandle {
     }
 
     fn reply(&self) -> Result<Reply, VcpuError> {
-        self.replies
-            .recv_timeout(REPLY_TIMEOUT)
-            .map_err(|e| match e {
-                RecvTimeoutError::Timeout => VcpuError::Unresponsive { vcpu: self.id },
-                RecvTimeoutError::Disconnected => VcpuError::Gone { vcpu: self.id },
-            })
+        self.link.reply(REPLY_TIMEOUT).map_err(|e| match e {
+            LinkError::Timeout => VcpuError::Unresponsive { vcpu: self.id },
+            LinkError::Closed => VcpuError::Gone { vcpu: self.id },
+        })
     }
 
     /// Ask the vCPU to run, re-enter at its breakpoint, or stop; the answer comes from
@@ -253,12 +259,13 @@ struct VcpuThread {
     id: VcpuId,
     fd: VcpuFd,
     ctx: VcpuContext,
-    commands: Receiver<Command>,
-    replies: Sender<Reply>,
+    link: VcpuEnd<Command, Reply>,
     state: RunState,
     breakpoints: Vec<u64>,
     /// Breakpoint exits reported so far.
     hits: u64,
+    /// The breakpoint a resume asked the CPU to skip, until the next breakpoint exit.
+    suppressed_at: Option<u64>,
 }
 
 impl VcpuThread {
@@ -278,13 +285,12 @@ impl VcpuThread {
                 // so one landing before this line has its command visible below, and one
                 // landing after it makes the next KVM_RUN return at once.
                 self.fd.set_kvm_immediate_exit(0);
-                match self.commands.try_recv() {
-                    Ok(command) => Some(command),
-                    Err(TryRecvError::Empty) => None,
-                    Err(TryRecvError::Disconnected) => return,
+                match self.link.try_recv() {
+                    Ok(command) => command,
+                    Err(_) => return,
                 }
             } else {
-                match self.commands.recv() {
+                match self.link.recv() {
                     Ok(command) => Some(command),
                     Err(_) => return,
                 }
@@ -301,8 +307,7 @@ impl VcpuThread {
     }
 
     fn answer(&self, reply: Reply) {
-        // The VMM side only drops its receiver when tearing the VM down.
-        let _ = self.replies.send(reply);
+        self.link.answer(reply);
     }
 
     fn handle(&mut self, command: Command) {
@@ -358,7 +363,7 @@ impl VcpuThread {
             RunState::Parked { .. } if seen < self.hits => {}
             RunState::Parked { addr } => {
                 if step {
-                    self.step_over(addr);
+                    self.resume_past(addr);
                 }
                 if self.state.is_stopped() {
                     self.state = RunState::Running;
@@ -373,61 +378,15 @@ impl VcpuThread {
     /// Re-enter with `immediate_exit` so KVM finishes an access userspace just
     /// emulated, without running further guest instructions.
     fn complete_pending_access(&mut self) {
-        self.fd.set_kvm_immediate_exit(1);
         for _ in 0..MAX_COMPLETION_ROUNDS {
+            // Set on every round: settling an exit may single-step, which clears it.
+            self.fd.set_kvm_immediate_exit(1);
             let outcome = self.enter_guest();
             if !self.settle(outcome) {
                 break;
             }
         }
         self.fd.set_kvm_immediate_exit(0);
-    }
-
-    /// Execute the instruction at breakpoint `addr` once, without reporting
-    /// the breakpoint, then re-arm every breakpoint.
-    fn step_over(&mut self, addr: u64) {
-        let keep: Vec<u64> = self
-            .breakpoints
-            .iter()
-            .copied()
-            .filter(|&a| a != addr)
-            .collect();
-        if let Err(e) = boot::arm_single_step(&self.fd, &keep, self.ctx.step) {
-            return self.fail(format!(
-                "vCPU {}: cannot single-step over {addr:#x}: {e}",
-                self.id
-            ));
-        }
-        let mut stepped = false;
-        for _ in 0..MAX_COMPLETION_ROUNDS {
-            // A kick (this command's, or a later one's, whose command waits in the
-            // channel) must not cut the step short: clear it and take the step.
-            self.fd.set_kvm_immediate_exit(0);
-            match self.enter_guest() {
-                // The step's own debug exit (a kept breakpoint cannot sit on this instruction).
-                Outcome::Breakpoint(_) => {
-                    stepped = true;
-                    break;
-                }
-                Outcome::Access | Outcome::Interrupted => {}
-                outcome => {
-                    self.settle(outcome);
-                    return;
-                }
-            }
-        }
-        if !stepped {
-            return self.fail(format!(
-                "vCPU {}: the single step over {addr:#x} did not finish",
-                self.id
-            ));
-        }
-        if let Err(e) = boot::set_breakpoints(&self.fd, &self.breakpoints) {
-            self.fail(format!(
-                "vCPU {}: cannot re-arm breakpoints after a step: {e}",
-                self.id
-            ));
-        }
     }
 
     /// One `KVM_RUN`, with port/MMIO accesses handed to the device model.
@@ -473,6 +432,7 @@ impl VcpuThread {
         match outcome {
             Outcome::Access => true,
             Outcome::Interrupted => false,
+            Outcome::Breakpoint(addr) if self.swallow_ignored_suppression(addr) => false,
             Outcome::Breakpoint(addr) => {
                 self.state = RunState::Parked { addr };
                 self.hits += 1;
