@@ -266,3 +266,48 @@ fn linux_full_boot_to_harness_exit_code_on_hardware_kvm_only() {
         .count();
     assert_eq!(cpus, 2, "guest /proc/cpuinfo:\n{stdout}");
 }
+
+/// The schedule engine on memrace's own VMM with a real kernel: the syscall-order
+/// self-test through `memrace run --backend kvm`, hits in schedule order on every trial.
+/// Needs hardware virtualization (the same schedule runs on qemu in schedule_qemu.rs).
+#[test]
+fn scenario_schedule_on_the_kvm_backend_on_hardware_kvm_only() {
+    let level = kvm::probe();
+    if !level.boots_linux_fully() {
+        level_not_run(&format!(
+            "kvm scenario run (`memrace run syscall-order --backend kvm`) — host /dev/kvm is \
+             {} ({}); a full Linux boot needs VMX/SVM.",
+            level.name(),
+            level.reason()
+        ));
+        return;
+    }
+    kernel_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_memrace"))
+        .args([
+            "run",
+            "syscall-order",
+            "--backend",
+            "kvm",
+            "--trials",
+            "5",
+            "--out",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr:\n{stderr}");
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("result.json")).unwrap())
+            .unwrap();
+    assert!(result["backend"].as_str().unwrap().starts_with("kvm"));
+    for t in result["kernels"][0]["trials"].as_array().unwrap() {
+        assert_eq!(
+            t["hits"],
+            serde_json::json!(["a-in-getppid", "b-in-getpid"]),
+            "{t}"
+        );
+    }
+}

@@ -141,6 +141,45 @@ pub enum BackendError {
     Kvm(#[from] kvm::KvmError),
 }
 
+/// The backend a command boots its VMs on, chosen once (from `--backend`). Code above
+/// this module starts VMs through it and then only sees `dyn Backend`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Launcher {
+    /// memrace's own VMM with these options.
+    Kvm(kvm::KvmOptions),
+    /// qemu-system-x86_64 with this accelerator.
+    Qemu(qemu::QemuAccel),
+}
+
+impl Launcher {
+    pub fn launch(&self, cfg: &VmConfig) -> Result<Box<dyn Backend>, BackendError> {
+        Ok(match self {
+            Launcher::Kvm(opts) => Box::new(kvm::launch(cfg, opts)?),
+            Launcher::Qemu(accel) => Box::new(qemu::QemuVm::launch(cfg, *accel)?),
+        })
+    }
+
+    /// Refuse `armed` breakpoints at once (over all vCPUs) if this backend cannot hold
+    /// them: QEMU with KVM acceleration has one set of debug registers for the whole VM.
+    /// The per-vCPU budget is checked with the schedule itself.
+    pub fn check_vm_breakpoints(&self, armed: usize) -> Result<(), BackendError> {
+        match self {
+            Launcher::Kvm(_) => Ok(()),
+            Launcher::Qemu(accel) => Ok(qemu::check_vm_breakpoints(*accel, armed)?),
+        }
+    }
+}
+
+impl std::fmt::Display for Launcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Launcher::Kvm(_) => write!(f, "kvm (memrace's own VMM)"),
+            Launcher::Qemu(qemu::QemuAccel::Kvm) => write!(f, "qemu (kvm)"),
+            Launcher::Qemu(qemu::QemuAccel::Tcg) => write!(f, "qemu (tcg)"),
+        }
+    }
+}
+
 /// A running VM under a debugger. See the module doc for the execution model.
 pub trait Backend {
     /// "qemu" or "kvm", for reports.

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use memrace::backend::kvm::{self, bench, KvmOptions};
 use memrace::backend::qemu::{QemuAccel, QemuVm};
-use memrace::backend::{Backend, VmConfig, VmEvent};
+use memrace::backend::{Backend, Launcher, VmConfig, VmEvent};
 use memrace::boot::BASE_CMDLINE;
 use memrace::debug::{KernelIntrospect, Symbols};
 use memrace::sched::cond::Condition;
@@ -21,7 +21,7 @@ use memrace::sched::hit::{self, Bindings};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::boot::{BackendKind, BootArgs, Chosen};
+use super::boot::{BackendKind, BootArgs};
 
 /// Bound of every single measurement.
 const LIMIT: Duration = Duration::from_secs(120);
@@ -88,8 +88,9 @@ struct Row {
 pub fn run(cmd: BenchCommand) -> Result<i32> {
     let BenchCommand::Vmm(args) = cmd;
     let level = kvm::probe();
-    let accel = super::boot::choose_qemu(BackendKind::Qemu)?;
-    println!("{} | {}", kvm::describe(), Chosen::Qemu(accel));
+    let (accel, _) = super::boot::qemu_accel(&level);
+    let qemu = Launcher::Qemu(accel);
+    println!("{} | {qemu}", kvm::describe());
     let kernel = super::kernel::ensure(&args.kernel)?;
     let vmlinux = kernel.vmlinux();
     let symbols = Symbols::load(&vmlinux)
@@ -166,7 +167,11 @@ pub fn run(cmd: BenchCommand) -> Result<i32> {
     let kvm_boot = if level.boots_linux_fully() {
         Cell::of(
             "kvm",
-            median_boot(&boot_args(BackendKind::Kvm), Chosen::Kvm, args.boots),
+            median_boot(
+                &boot_args(BackendKind::Kvm),
+                &Launcher::Kvm(opts.clone()),
+                args.boots,
+            ),
         )
     } else {
         Cell::NotRun(format!(
@@ -179,14 +184,10 @@ pub fn run(cmd: BenchCommand) -> Result<i32> {
         kvm: kvm_boot,
         qemu: Cell::of(
             "qemu",
-            median_boot(
-                &boot_args(BackendKind::Qemu),
-                Chosen::Qemu(accel),
-                args.boots,
-            ),
+            median_boot(&boot_args(BackendKind::Qemu), &qemu, args.boots),
         ),
     });
-    print_table(&rows, &Chosen::Qemu(accel).to_string());
+    print_table(&rows, &qemu.to_string());
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(0)
 }
@@ -222,7 +223,7 @@ fn kvm_start_kernel(
 }
 
 /// Boot `args` `boots` times on `backend`; the median time to /init.
-fn median_boot(args: &BootArgs, backend: Chosen, boots: usize) -> Result<Duration> {
+fn median_boot(args: &BootArgs, backend: &Launcher, boots: usize) -> Result<Duration> {
     let mut times = Vec::new();
     for _ in 0..boots.max(1) {
         let (report, dir) = super::boot::boot(args, backend)?;

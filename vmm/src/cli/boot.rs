@@ -4,8 +4,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use control_proto::Stream;
 use memrace::backend::kvm::{self, CpuFeature, KvmLevel, KvmOptions};
-use memrace::backend::qemu::{QemuAccel, QemuVm};
-use memrace::backend::{Backend, VmConfig};
+use memrace::backend::qemu::QemuAccel;
+use memrace::backend::{Launcher, VmConfig};
 use memrace::boot::{self, BootReport, Limits, Verdict, BASE_CMDLINE};
 use memrace::guest::{self, Job};
 use memrace::kernel::image::{self, ImageKind};
@@ -21,23 +21,6 @@ pub enum BackendKind {
     Kvm,
     /// Pick the best backend this host supports and say why.
     Auto,
-}
-
-/// What `--backend` resolved to on this host.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Chosen {
-    Kvm,
-    Qemu(QemuAccel),
-}
-
-impl std::fmt::Display for Chosen {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Chosen::Kvm => write!(f, "kvm (memrace's own VMM)"),
-            Chosen::Qemu(QemuAccel::Kvm) => write!(f, "qemu (kvm)"),
-            Chosen::Qemu(QemuAccel::Tcg) => write!(f, "qemu (tcg)"),
-        }
-    }
 }
 
 #[derive(Args)]
@@ -85,11 +68,11 @@ fn parse_cpu_feature(name: &str) -> Result<CpuFeature, String> {
 /// Resolve --kernel: an existing file must be a kernel `backend` can boot; anything
 /// else names a variant. QEMU boots an ELF vmlinux only through its PVH note; memrace's
 /// own VMM also enters one without the note, through its 64-bit entry point.
-pub fn resolve_kernel(spec: &str, backend: Chosen) -> Result<PathBuf> {
+pub fn resolve_kernel(spec: &str, backend: &Launcher) -> Result<PathBuf> {
     let path = PathBuf::from(spec);
     if path.exists() || spec.contains('/') {
         return match (image::inspect(&path)?, backend) {
-            (ImageKind::Elf { pvh: false }, Chosen::Qemu(_)) => {
+            (ImageKind::Elf { pvh: false }, Launcher::Qemu(_)) => {
                 bail!("{spec} is an ELF without a PVH entry note, which QEMU needs; build it with CONFIG_PVH=y, pass its bzImage, or use --backend kvm (64-bit entry)")
             }
             _ => Ok(path),
@@ -101,7 +84,7 @@ pub fn resolve_kernel(spec: &str, backend: Chosen) -> Result<PathBuf> {
 }
 
 /// QEMU's accelerator on a host with this KVM, and why.
-fn qemu_accel(level: &KvmLevel) -> (QemuAccel, String) {
+pub fn qemu_accel(level: &KvmLevel) -> (QemuAccel, String) {
     match level {
         KvmLevel::Hardware { reason } => (QemuAccel::Kvm, reason.clone()),
         KvmLevel::Software { reason } => (
@@ -114,17 +97,19 @@ fn qemu_accel(level: &KvmLevel) -> (QemuAccel, String) {
 
 /// Resolve `--backend` for a full Linux boot, saying what was chosen and why (`qemu`
 /// stays quiet). `kvm` fails fast on a host whose KVM cannot boot Linux to the end.
-pub fn choose_backend(kind: BackendKind) -> Result<Chosen> {
+pub fn choose_backend(kind: BackendKind) -> Result<Launcher> {
     let level = kvm::probe();
     let (chosen, why) = match (kind, level.boots_linux_fully()) {
-        (BackendKind::Kvm | BackendKind::Auto, true) => (Chosen::Kvm, kvm::describe()),
+        (BackendKind::Kvm | BackendKind::Auto, true) => {
+            (Launcher::Kvm(KvmOptions::for_host()), kvm::describe())
+        }
         (BackendKind::Kvm, false) => bail!(kvm_refusal(&level)),
         (BackendKind::Qemu | BackendKind::Auto, _) => {
             let (accel, why) = qemu_accel(&level);
-            (Chosen::Qemu(accel), why)
+            (Launcher::Qemu(accel), why)
         }
     };
-    announce(kind, chosen, &why);
+    announce(kind, &chosen, &why);
     Ok(chosen)
 }
 
@@ -141,18 +126,8 @@ fn kvm_refusal(level: &KvmLevel) -> String {
     }
 }
 
-/// Resolve `--backend` for `memrace run`, whose scenarios drive QEMU only (for now).
-pub fn choose_qemu(kind: BackendKind) -> Result<QemuAccel> {
-    if kind == BackendKind::Kvm {
-        bail!("--backend kvm: `memrace run` drives scenarios on qemu only for now; use --backend qemu or auto (`memrace boot` takes --backend kvm)");
-    }
-    let (accel, why) = qemu_accel(&kvm::probe());
-    announce(kind, Chosen::Qemu(accel), &why);
-    Ok(accel)
-}
-
 /// Say which backend `--backend auto|kvm` chose and why; an explicit `qemu` stays quiet.
-fn announce(kind: BackendKind, chosen: Chosen, why: &str) {
+fn announce(kind: BackendKind, chosen: &Launcher, why: &str) {
     if kind != BackendKind::Qemu {
         eprintln!("memrace: backend {chosen} — {why}");
     }
@@ -171,17 +146,17 @@ fn run_dir(label: &str) -> Result<PathBuf> {
 
 /// Boot as `args` say on `backend` and drive the VM to its end: `memrace boot` without
 /// the verdict printing. Returns the report and the run directory (console.log).
-pub fn boot(args: &BootArgs, backend: Chosen) -> Result<(BootReport, PathBuf)> {
+pub fn boot(args: &BootArgs, backend: &Launcher) -> Result<(BootReport, PathBuf)> {
     if args.cpus == 0 {
         bail!("--cpus 0: a VM needs at least one vCPU");
     }
-    if !args.cpuid_mask.is_empty() && backend != Chosen::Kvm {
+    if !args.cpuid_mask.is_empty() && !matches!(backend, Launcher::Kvm(_)) {
         bail!("--cpuid-mask applies to memrace's own VMM; this boot runs on {backend}. Use --backend kvm, or drop --cpuid-mask");
     }
     let mem_mib =
         memrace::backend::parse_mem_mib(&args.mem).map_err(|e| anyhow::anyhow!("--mem: {e}"))?;
     let kernel = resolve_kernel(&args.kernel, backend)?;
-    if let Chosen::Qemu(_) = backend {
+    if let Launcher::Qemu(_) = backend {
         memrace::backend::qemu::find_qemu()?;
     }
     let extra = args
@@ -206,13 +181,11 @@ pub fn boot(args: &BootArgs, backend: Chosen) -> Result<(BootReport, PathBuf)> {
         run_dir: dir.clone(),
         debug: false,
     };
-    let mut vm: Box<dyn Backend> = match backend {
-        Chosen::Kvm => Box::new(kvm::launch(
-            &cfg,
-            &KvmOptions::for_host().hiding(&args.cpuid_mask),
-        )?),
-        Chosen::Qemu(accel) => Box::new(QemuVm::launch(&cfg, accel)?),
+    let launcher = match backend {
+        Launcher::Kvm(opts) => Launcher::Kvm(opts.clone().hiding(&args.cpuid_mask)),
+        other => other.clone(),
     };
+    let mut vm = launcher.launch(&cfg)?;
     let limits = Limits {
         boot: Duration::from_secs(args.boot_timeout),
         run: Duration::from_secs(args.timeout),
@@ -251,7 +224,7 @@ pub fn boot(args: &BootArgs, backend: Chosen) -> Result<(BootReport, PathBuf)> {
 pub fn run(args: BootArgs) -> Result<i32> {
     // Before the kernel: a backend this host cannot use fails in milliseconds, not after a build.
     let backend = choose_backend(args.backend)?;
-    let (report, dir) = boot(&args, backend)?;
+    let (report, dir) = boot(&args, &backend)?;
     if let Some(t) = report.time_to_init {
         eprintln!(
             "memrace: /init after {:.2} s, total {:.2} s",

@@ -68,8 +68,8 @@ pub fn run(args: ReplayArgs) -> Result<i32> {
         .with_context(|| format!("{} is not a memrace result.json", args.result.display()))?;
     let scenario = Scenario::parse(Path::new(&rec.scenario_file), &rec.scenario_text, 4)?;
     let baseline = scenario.schedule.without_breakpoints();
-    let accel = super::boot::choose_qemu(args.backend)?;
-    super::run::check_vm_breakpoints(&scenario, accel)?;
+    let launcher = super::boot::choose_backend(args.backend)?;
+    super::run::check_vm_breakpoints(&scenario, &launcher)?;
     let dir = args.result.with_file_name("replay");
     std::fs::create_dir_all(&dir)?;
     let rows: Vec<&Recorded> = rec
@@ -114,7 +114,7 @@ pub fn run(args: ReplayArgs) -> Result<i32> {
         let again = super::run::run_planned(
             &scenario,
             planned,
-            accel,
+            &launcher,
             &dir,
             false,
             &mut cache,

@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use memrace::backend::qemu::QemuAccel;
+use memrace::backend::Launcher;
 use memrace::debug::Symbols;
 use memrace::report;
 use memrace::scenario::file::{self, Scenario};
@@ -85,7 +85,7 @@ pub type KernelCache = BTreeMap<String, (PathBuf, std::rc::Rc<Loaded>)>;
 pub fn run_planned(
     scenario: &Scenario,
     plan: KernelPlan,
-    accel: QemuAccel,
+    launcher: &Launcher,
     dir: &std::path::Path,
     verbose: bool,
     cache: &mut KernelCache,
@@ -95,7 +95,7 @@ pub fn run_planned(
     let intro = memrace::debug::KernelIntrospect::new(&loaded.symbols);
     let ctx = RunContext {
         scenario,
-        accel,
+        launcher,
         image: &image,
         kernel_hash: &loaded.hash,
         intro: &intro,
@@ -134,7 +134,7 @@ pub fn run_planned(
 pub fn run_scenario(
     scenario: &Scenario,
     args: &RunArgs,
-    accel: QemuAccel,
+    launcher: &Launcher,
 ) -> Result<ScenarioResult> {
     let dir = out_dir(args, &scenario.name)?;
     eprintln!(
@@ -164,14 +164,7 @@ pub fn run_scenario(
         description: scenario.description.clone(),
         scenario_file: scenario.path.display().to_string(),
         scenario_text: scenario.text.clone(),
-        backend: format!(
-            "qemu ({})",
-            if accel == QemuAccel::Kvm {
-                "kvm"
-            } else {
-                "tcg"
-            }
-        ),
+        backend: launcher.to_string(),
         started_unix: started,
         kernels: Vec::new(),
         controls: Vec::new(),
@@ -266,7 +259,7 @@ pub fn run_scenario(
         let run = run_planned(
             scenario,
             p,
-            accel,
+            launcher,
             &dir,
             args.verbose,
             &mut cache,
@@ -317,7 +310,7 @@ pub fn run_scenario(
 }
 
 pub fn run(args: RunArgs) -> Result<i32> {
-    let accel = super::boot::choose_qemu(args.backend)?;
+    let launcher = super::boot::choose_backend(args.backend)?;
     let dir = file::default_dir();
     let names: Vec<String> = if args.all {
         file::names(&dir)
@@ -333,10 +326,10 @@ pub fn run(args: RunArgs) -> Result<i32> {
         .map(|n| file::find(&dir, n, MAX_BREAKPOINTS))
         .collect::<Result<Vec<_>, _>>()?;
     for s in &scenarios {
-        check_vm_breakpoints(s, accel)?;
+        check_vm_breakpoints(s, &launcher)?;
     }
     if !args.all {
-        let r = run_scenario(&scenarios[0], &args, accel)?;
+        let r = run_scenario(&scenarios[0], &args, &launcher)?;
         if !r.held {
             eprintln!("memrace: EXPECTATIONS NOT MET (see the report above)");
         }
@@ -347,7 +340,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
     let mut summary = Vec::new();
     let mut failed = Vec::new();
     for s in &scenarios {
-        match run_scenario(s, &args, accel) {
+        match run_scenario(s, &args, &launcher) {
             Ok(r) => summary.push(r),
             Err(e) => {
                 eprintln!("memrace: scenario {} could not run: {e:#}", s.name);
@@ -378,11 +371,13 @@ pub fn run(args: RunArgs) -> Result<i32> {
     Ok(if held { 0 } else { 3 })
 }
 
-/// QEMU with KVM acceleration holds 4 breakpoints for the whole VM, not per vCPU:
-/// refuse a schedule that arms more at once before anything boots.
-pub fn check_vm_breakpoints(scenario: &Scenario, accel: QemuAccel) -> Result<()> {
+/// A backend with a VM-wide breakpoint limit (QEMU with KVM acceleration holds 4 for
+/// the whole VM, not per vCPU): refuse a schedule that arms more at once before anything
+/// boots.
+pub fn check_vm_breakpoints(scenario: &Scenario, launcher: &Launcher) -> Result<()> {
     if let Some((armed, line)) = scenario.schedule.peak_armed() {
-        memrace::backend::qemu::check_vm_breakpoints(accel, armed)
+        launcher
+            .check_vm_breakpoints(armed)
             .with_context(|| format!("{}:{line}", scenario.path.display()))?;
     }
     Ok(())

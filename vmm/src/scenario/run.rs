@@ -3,8 +3,7 @@
 
 use super::file::{Expect, Oracle, Scenario};
 use super::verdict::{classify, Counts, TrialVerdict};
-use crate::backend::qemu::{QemuAccel, QemuVm};
-use crate::backend::{Backend, VmConfig};
+use crate::backend::{Backend, BackendError, Launcher, VmConfig};
 use crate::boot::BASE_CMDLINE;
 use crate::guest::{self, Job};
 use crate::sched::engine::{Engine, Introspect, ScheduleStatus, TrialRun};
@@ -23,7 +22,7 @@ pub enum RunError {
     #[error(transparent)]
     Guest(#[from] guest::GuestError),
     #[error(transparent)]
-    Qemu(#[from] crate::backend::qemu::QemuError),
+    Backend(#[from] BackendError),
     #[error("writing results to {path}: {source}")]
     Write {
         path: PathBuf,
@@ -92,7 +91,7 @@ pub struct KernelPlan<'a> {
 /// One kernel's run: the image it boots and its symbols, where results go.
 pub struct RunContext<'a> {
     pub scenario: &'a Scenario,
-    pub accel: QemuAccel,
+    pub launcher: &'a Launcher,
     /// The vmlinux (PVH) or bzImage the guest boots.
     pub image: &'a Path,
     /// Content address of the kernel build `image` belongs to.
@@ -107,7 +106,7 @@ fn boot_vm(
     plan: &KernelPlan,
     trials: u32,
     boot: u32,
-) -> Result<QemuVm, RunError> {
+) -> Result<Box<dyn Backend>, RunError> {
     let dir = ctx.out_dir.join(format!("{}-boot{boot}", plan.label));
     std::fs::create_dir_all(&dir).map_err(|source| RunError::Write {
         path: dir.clone(),
@@ -139,7 +138,7 @@ fn boot_vm(
         run_dir: dir,
         debug: true,
     };
-    Ok(QemuVm::launch(&cfg, ctx.accel)?)
+    Ok(ctx.launcher.launch(&cfg)?)
 }
 
 /// Run `plan.trials` trials, rebooting when a trial takes the kernel down.
@@ -179,8 +178,17 @@ pub fn run_kernel(
         let n = (plan.trials - out.counts.trials).min(per_boot);
         out.boots += 1;
         let boot_started = Instant::now();
-        let mut vm = boot_vm(ctx, plan, n, out.boots)?;
-        let mut engine = match Engine::start(&mut vm, ctx.intro) {
+        // A VM that cannot start costs its trials, not the whole run (each failure counts
+        // as a trial, so this ends).
+        let mut vm = match boot_vm(ctx, plan, n, out.boots) {
+            Ok(vm) => vm,
+            Err(e) => {
+                record_error(&mut out, format!("could not start the VM: {e}"));
+                progress(&out);
+                continue;
+            }
+        };
+        let mut engine = match Engine::start(vm.as_mut(), ctx.intro) {
             Ok(e) => e,
             Err(e) => {
                 record_error(&mut out, format!("could not start the VM: {e}"));
