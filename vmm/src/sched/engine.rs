@@ -80,6 +80,7 @@ pub struct TrialRun {
     pub oracle: Option<(String, String)>,
     pub hits: Vec<String>,
     pub filtered_hits: u64,
+    /// How often parked vCPUs were re-entered to take their interrupts.
     pub serviced: u64,
     pub kernel_report: Option<KernelReport>,
     pub seconds: f64,
@@ -496,20 +497,24 @@ impl<'a> Engine<'a> {
             if now >= deadline {
                 return Ok(None);
             }
-            let serviced: Vec<VcpuId> = self
+            let due_service: Vec<VcpuId> = self
                 .parked
                 .iter()
                 .filter(|(_, p)| p.irqs_on)
                 .map(|(v, _)| *v)
                 .collect();
-            let slice = if serviced.is_empty() {
+            let slice = if due_service.is_empty() {
                 self.next_service = None;
                 deadline
             } else {
                 let due = *self.next_service.get_or_insert(now + SERVICE_INTERVAL);
                 if now >= due {
                     self.next_service = Some(now + SERVICE_INTERVAL);
-                    self.vm.service_parked(&self.running(), &serviced)?;
+                    // Counted per re-entry: the re-fire that follows may be folded into
+                    // another vCPU's stop on all-stop backends and never be reported.
+                    if self.vm.service_parked(&self.running(), &due_service)? {
+                        self.serviced += due_service.len() as u64;
+                    }
                     continue;
                 }
                 deadline.min(due)
@@ -603,7 +608,6 @@ impl<'a> Engine<'a> {
                         });
                     }
                 }
-                self.serviced += 1;
             } else {
                 // While being serviced it stopped at another of its breakpoints (on an
                 // interrupt's path): step past that one; it stops again at its parked

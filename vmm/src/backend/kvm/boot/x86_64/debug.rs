@@ -168,12 +168,7 @@ pub fn interrupted_at(
     }
     let sregs = vcpu.get_sregs().map_err(ioctl("read system registers"))?;
     // Taking an event does not switch page tables: the current ones are the hit's.
-    let paging = PagingState {
-        cr0: sregs.cr0,
-        cr3: sregs.cr3,
-        cr4: sregs.cr4,
-        efer: sregs.efer,
-    };
+    let paging = PagingState::from(&sregs);
     let read = |gva: u64| -> Option<u64> {
         let gpa = translate(ram, &paging, gva).ok()?;
         ram.read_u64(gpa).ok()
@@ -210,15 +205,7 @@ pub fn snapshot(vcpu: &VcpuFd) -> Result<(Regs, PagingState), DebugError> {
         gs_base: s.gs.base,
         cr3: s.cr3,
     };
-    Ok((
-        regs,
-        PagingState {
-            cr0: s.cr0,
-            cr3: s.cr3,
-            cr4: s.cr4,
-            efer: s.efer,
-        },
-    ))
+    Ok((regs, PagingState::from(&s)))
 }
 
 #[cfg(test)]

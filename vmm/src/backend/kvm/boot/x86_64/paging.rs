@@ -22,6 +22,17 @@ pub struct PagingState {
     pub efer: u64,
 }
 
+impl From<&kvm_bindings::kvm_sregs> for PagingState {
+    fn from(s: &kvm_bindings::kvm_sregs) -> Self {
+        PagingState {
+            cr0: s.cr0,
+            cr3: s.cr3,
+            cr4: s.cr4,
+            efer: s.efer,
+        }
+    }
+}
+
 const CR0_PG: u64 = 1 << 31;
 const CR4_LA57: u64 = 1 << 12;
 const EFER_LMA: u64 = 1 << 10;
