@@ -115,6 +115,20 @@ pub struct Regs {
     pub cr3: u64,
 }
 
+/// `addr..addr + len` must not wrap past the top of the address space.
+pub(crate) fn check_guest_range(addr: u64, len: usize) -> Result<(), BackendError> {
+    let last = (len as u64).checked_sub(1).map(|n| addr.checked_add(n));
+    match last {
+        Some(None) => Err(BackendError::Memory {
+            addr,
+            len,
+            why: "the range wraps past the end of the address space (corrupt guest pointer?)"
+                .into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Interrupt-enable flag in RFLAGS.
 pub const RFLAGS_IF: u64 = 1 << 9;
 

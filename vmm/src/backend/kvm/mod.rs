@@ -445,6 +445,8 @@ impl Backend for KvmVm {
 
     fn read_virt(&mut self, vcpu: VcpuId, addr: u64, len: usize) -> Result<Vec<u8>, BackendError> {
         const PAGE: u64 = 4096;
+        // The address may come from guest memory (a task pointer): untrusted.
+        crate::backend::check_guest_range(addr, len)?;
         let (_, paging) = self.vcpu(vcpu)?.snapshot()?;
         let mut out = Vec::with_capacity(len);
         let mut gva = addr;
@@ -457,7 +459,8 @@ impl Backend for KvmVm {
             self.ram
                 .read(gpa, &mut out[start..])
                 .map_err(|e| memory_error(addr, len, e))?;
-            gva += chunk as u64;
+            // Wraps only past the last byte (checked above), when the loop ends anyway.
+            gva = gva.wrapping_add(chunk as u64);
         }
         Ok(out)
     }

@@ -547,7 +547,7 @@ impl Backend for QemuVm {
     fn read_virt(&mut self, vcpu: VcpuId, addr: u64, len: usize) -> Result<Vec<u8>, BackendError> {
         // `addr` is often a pointer read from guest memory: untrusted. Once the whole
         // range is known not to wrap, `addr + out.len()` below cannot overflow.
-        check_range(addr, len)?;
+        crate::backend::check_guest_range(addr, len)?;
         self.select(vcpu)?;
         let mut out = Vec::with_capacity(len);
         while out.len() < len {
@@ -590,20 +590,6 @@ impl Backend for QemuVm {
     }
 }
 
-/// `addr..addr + len` must not wrap past the top of the address space.
-fn check_range(addr: u64, len: usize) -> Result<(), BackendError> {
-    let last = (len as u64).checked_sub(1).map(|n| addr.checked_add(n));
-    match last {
-        Some(None) => Err(BackendError::Memory {
-            addr,
-            len,
-            why: "the range wraps past the end of the address space (corrupt guest pointer?)"
-                .into(),
-        }),
-        _ => Ok(()),
-    }
-}
-
 impl Drop for QemuVm {
     fn drop(&mut self) {
         self.process.kill();
@@ -628,11 +614,11 @@ mod tests {
     #[test]
     fn a_guest_range_that_wraps_is_refused() {
         assert!(
-            check_range(0xffff_ffff_ffff_fff0, 16).is_ok(),
+            crate::backend::check_guest_range(0xffff_ffff_ffff_fff0, 16).is_ok(),
             "ends at the top"
         );
-        assert!(check_range(u64::MAX, 0).is_ok());
-        let err = check_range(0xffff_ffff_ffff_fff0, 17).unwrap_err();
+        assert!(crate::backend::check_guest_range(u64::MAX, 0).is_ok());
+        let err = crate::backend::check_guest_range(0xffff_ffff_ffff_fff0, 17).unwrap_err();
         assert!(err.to_string().contains("wraps"), "{err}");
     }
 }
