@@ -101,12 +101,13 @@ pub struct RunContext<'a> {
     pub verbose: bool,
 }
 
+/// Build this boot's initramfs and start the VM; also returns when it was started.
 fn boot_vm(
     ctx: &RunContext,
     plan: &KernelPlan,
     trials: u32,
     boot: u32,
-) -> Result<Box<dyn Backend>, RunError> {
+) -> Result<(Box<dyn Backend>, Instant), RunError> {
     let dir = ctx.out_dir.join(format!("{}-boot{boot}", plan.label));
     std::fs::create_dir_all(&dir).map_err(|source| RunError::Write {
         path: dir.clone(),
@@ -138,7 +139,9 @@ fn boot_vm(
         run_dir: dir,
         debug: true,
     };
-    Ok(ctx.launcher.launch(&cfg)?)
+    // Boot time starts here, after the initramfs (and, once, the harness) is built.
+    let launched = Instant::now();
+    Ok((ctx.launcher.launch(&cfg)?, launched))
 }
 
 /// Run `plan.trials` trials, rebooting when a trial takes the kernel down.
@@ -177,11 +180,10 @@ pub fn run_kernel(
     while out.counts.trials < plan.trials {
         let n = (plan.trials - out.counts.trials).min(per_boot);
         out.boots += 1;
-        let boot_started = Instant::now();
         // A VM that cannot start costs its trials, not the whole run (each failure counts
         // as a trial, so this ends).
-        let mut vm = match boot_vm(ctx, plan, n, out.boots) {
-            Ok(vm) => vm,
+        let (mut vm, boot_started) = match boot_vm(ctx, plan, n, out.boots) {
+            Ok(launched) => launched,
             Err(e) => {
                 record_error(&mut out, format!("could not start the VM: {e}"));
                 progress(&out);
