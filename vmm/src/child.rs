@@ -237,7 +237,12 @@ fn tree_of(root: i32) -> Vec<i32> {
 mod tests {
     use super::*;
 
+    /// SIGKILL is delivered asynchronously: a killed process may take a moment to die.
     fn gone(pid: i32) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         !alive(pid)
     }
 
