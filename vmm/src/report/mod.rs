@@ -18,7 +18,7 @@ pub fn table(rows: &[KernelRun]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<38} {:<18} {:<22} {:>6} {:>10} {:>6} {:>7} {:>10} {:>6} {:>8} {:>6}  HELD",
+        "{:<38} {:<18} {:<25} {:>6} {:>10} {:>6} {:>7} {:>10} {:>6} {:>8} {:>6}  HELD",
         "KERNEL",
         "EXPECT",
         "OBSERVED",
@@ -35,7 +35,7 @@ pub fn table(rows: &[KernelRun]) -> String {
         let c = k.counts;
         let _ = writeln!(
             s,
-            "{:<38} {:<18} {:<22} {:>6} {:>10} {:>6} {:>7} {:>10} {:>6} {:>8.3} {:>6.2}  {}",
+            "{:<38} {:<18} {:<25} {:>6} {:>10} {:>6} {:>7} {:>10} {:>6} {:>8.3} {:>6.2}  {}",
             k.label,
             expect_text(k),
             c.observed(),
