@@ -66,12 +66,20 @@ pub fn read_task(
         cpu,
         guest_addr("the per-CPU current_task", base, layout.current_task)?,
     )?;
-    let tid = read_u32(vm, cpu, guest_addr("task_struct.pid", current, layout.pid)?)?;
-    let tgid = read_u32(
-        vm,
-        cpu,
-        guest_addr("task_struct.tgid", current, layout.tgid)?,
-    )?;
+    // pid and tgid are neighbours in task_struct: one read (one gdb round trip on qemu).
+    let (tid, tgid) = if layout.tgid == layout.pid + 4 {
+        let both = read_u64(vm, cpu, guest_addr("task_struct.pid", current, layout.pid)?)?;
+        (both & 0xffff_ffff, both >> 32)
+    } else {
+        (
+            read_u32(vm, cpu, guest_addr("task_struct.pid", current, layout.pid)?)?,
+            read_u32(
+                vm,
+                cpu,
+                guest_addr("task_struct.tgid", current, layout.tgid)?,
+            )?,
+        )
+    };
     let comm = vm
         .read_virt(
             cpu,

@@ -30,6 +30,7 @@ pub use probe::{describe, probe, probe_device, KvmLevel};
 pub use vcpu::{BreakpointResume, VcpuError};
 pub use vm::VmError;
 
+use std::cell::Cell;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -39,6 +40,7 @@ use std::time::{Duration, Instant};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
 use super::{Backend, BackendError, Regs, VcpuId, VmConfig, VmEvent};
+use boot::PagingState;
 use devices::{DeviceError, Devices, Lifecycle};
 use memory::GuestRam;
 use vcpu::{ResumeMethod, RunRequest, VcpuContext, VcpuHandle};
@@ -201,6 +203,7 @@ fn start(parts: Assembly, start_running: bool) -> Result<KvmVm, KvmError> {
     }));
     Ok(KvmVm {
         seen_hits: vec![0; vcpus.len()],
+        snapshots: vec![Cell::new(None); vcpus.len()],
         vcpus,
         resume,
         events: rx,
@@ -265,6 +268,10 @@ pub struct KvmVm {
     vcpus: Vec<VcpuHandle>,
     /// Breakpoint events `next_event` has handed out, per vCPU.
     seen_hits: Vec<u64>,
+    /// Registers and paging state of each stopped vCPU, read once per stop: a condition
+    /// reads the registers and then walks page tables several times, and every read
+    /// would otherwise be a round trip to the vCPU thread. Cleared when it runs again.
+    snapshots: Vec<Cell<Option<(Regs, PagingState)>>>,
     resume: Arc<ResumeMethod>,
     events: Receiver<VmEvent>,
     lifecycle: Arc<Lifecycle>,
@@ -317,7 +324,11 @@ impl KvmVm {
     /// Tell every vCPU what to do, then collect the answers, so the set starts together.
     fn request_all(&self, what: impl Fn(VcpuId) -> RunRequest) -> Result<(), BackendError> {
         for (id, handle) in self.vcpus.iter().enumerate() {
-            handle.request(what(id), self.seen_hits[id])?;
+            let request = what(id);
+            if !matches!(request, RunRequest::Stop) {
+                self.snapshots[id].set(None);
+            }
+            handle.request(request, self.seen_hits[id])?;
         }
         for handle in &self.vcpus {
             handle.state_reply()?;
@@ -329,6 +340,17 @@ impl KvmVm {
         self.vcpus
             .get(id)
             .ok_or(BackendError::NoSuchVcpu(id, self.vcpus.len()))
+    }
+
+    /// Registers and paging state of stopped vCPU `id` (cached until it runs again).
+    fn snapshot(&self, id: VcpuId) -> Result<(Regs, PagingState), BackendError> {
+        let handle = self.vcpu(id)?;
+        if let Some(s) = self.snapshots[id].get() {
+            return Ok(s);
+        }
+        let s = handle.snapshot()?;
+        self.snapshots[id].set(Some(s));
+        Ok(s)
     }
 }
 
@@ -440,14 +462,14 @@ impl Backend for KvmVm {
     }
 
     fn regs(&mut self, vcpu: VcpuId) -> Result<Regs, BackendError> {
-        Ok(self.vcpu(vcpu)?.snapshot()?.0)
+        Ok(self.snapshot(vcpu)?.0)
     }
 
     fn read_virt(&mut self, vcpu: VcpuId, addr: u64, len: usize) -> Result<Vec<u8>, BackendError> {
         const PAGE: u64 = 4096;
         // The address may come from guest memory (a task pointer): untrusted.
         crate::backend::check_guest_range(addr, len)?;
-        let (_, paging) = self.vcpu(vcpu)?.snapshot()?;
+        let (_, paging) = self.snapshot(vcpu)?;
         let mut out = Vec::with_capacity(len);
         let mut gva = addr;
         while out.len() < len {
