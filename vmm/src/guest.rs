@@ -67,6 +67,7 @@ fn workspace_root() -> PathBuf {
 }
 
 const HARNESS_TARGET: &str = "x86_64-unknown-linux-gnu";
+const HARNESS_BUILD_LIMIT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
 /// The static guest harness: `$MEMRACE_HARNESS`, else built (or rebuilt if stale) from
 /// this workspace with cargo, which is a no-op when it is up to date.
@@ -84,7 +85,8 @@ pub fn harness() -> Result<PathBuf, GuestError> {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = Command::new(cargo)
+    let mut build = Command::new(cargo);
+    build
         .args([
             "build",
             "--quiet",
@@ -98,8 +100,10 @@ pub fn harness() -> Result<PathBuf, GuestError> {
         .arg(root.join("Cargo.toml"))
         .env("CARGO_TARGET_DIR", &target_dir)
         // A static glibc binary: the initramfs has no dynamic loader or libraries.
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .output()
+        .env("RUSTFLAGS", "-C target-feature=+crt-static");
+    // Generous (a cold build of the harness and its crates takes a minute here), but
+    // bounded: a stuck cargo (a lock held elsewhere) must not hang a run.
+    let out = crate::child::output_within(&mut build, HARNESS_BUILD_LIMIT)
         .map_err(|e| GuestError::Build(e.to_string()))?;
     if !out.status.success() {
         return Err(GuestError::Build(
