@@ -42,6 +42,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Write `value` as pretty JSON to `path` with [`write_atomic`].
+pub fn write_json_atomically<T: serde::Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let json = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+    write_atomic(path, &json)
+}
+
 /// Flush `path`'s data to disk (before a marker that says it is complete is written).
 pub fn sync_file(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()

@@ -210,9 +210,7 @@ pub fn boot(args: &BootArgs, backend: &Launcher) -> Result<(BootReport, PathBuf)
     let _ = std::io::stdout().flush();
     // A failed write must not hide the verdict or the guest's status: say so, loudly.
     let report_path = dir.join("boot-report.json");
-    if let Err(e) =
-        memrace::fsutil::write_atomic(&report_path, &serde_json::to_vec_pretty(&report)?)
-    {
+    if let Err(e) = memrace::fsutil::write_json_atomically(&report_path, &report) {
         eprintln!(
             "memrace: WARNING: boot report NOT written to {}: {e}",
             report_path.display()

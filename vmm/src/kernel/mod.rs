@@ -330,9 +330,8 @@ pub fn build(images: &Images, arch: &str, variant: &Variant) -> Result<Kernel, K
         build_seconds: started.elapsed().as_secs_f64(),
         build_steps: steps,
     };
-    let json = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
     let manifest_path = dir.join("manifest.json");
-    crate::fsutil::write_atomic(&manifest_path, &json)
+    crate::fsutil::write_json_atomically(&manifest_path, &manifest)
         .map_err(|e| KernelError::io(&manifest_path, e))?;
     Ok(Kernel {
         dir,

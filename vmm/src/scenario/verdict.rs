@@ -102,11 +102,11 @@ pub fn classify(
             TrialVerdict::Blocked,
             format!("infeasible on this kernel (expected where declared): detector {detector:?} fired at line {line}, the kernel blocks this order; then the oracle: {d}"),
         ),
-        (ScheduleStatus::Detected { detector, line }, g) => (
+        (ScheduleStatus::Detected { detector, line }, _) => (
             TrialVerdict::Error,
             format!(
                 "detector {detector:?} fired at line {line}, but the guest's oracle then said {}",
-                g.map(|(o, d)| format!("{o}: {d}")).unwrap_or_else(|| "nothing".into())
+                guest_text()
             ),
         ),
         (ScheduleStatus::Completed, Some(("intact", d))) if in_order => {

@@ -472,7 +472,6 @@ impl<'a> Engine<'a> {
         for cpu in order {
             let _ = self.release(cpu);
         }
-        let _ = self.vm.resume(&self.running());
         let mut closed: Vec<(String, u64)> = self
             .gates
             .iter()
@@ -497,19 +496,19 @@ impl<'a> Engine<'a> {
             if now >= deadline {
                 return Ok(None);
             }
-            let due_service: Vec<VcpuId> = self
-                .parked
-                .iter()
-                .filter(|(_, p)| p.irqs_on)
-                .map(|(v, _)| *v)
-                .collect();
-            let slice = if due_service.is_empty() {
+            let slice = if !self.parked.values().any(|p| p.irqs_on) {
                 self.next_service = None;
                 deadline
             } else {
                 let due = *self.next_service.get_or_insert(now + SERVICE_INTERVAL);
                 if now >= due {
                     self.next_service = Some(now + SERVICE_INTERVAL);
+                    let due_service: Vec<VcpuId> = self
+                        .parked
+                        .iter()
+                        .filter(|(_, p)| p.irqs_on)
+                        .map(|(v, _)| *v)
+                        .collect();
                     // Counted per re-entry: the re-fire that follows may be folded into
                     // another vCPU's stop on all-stop backends and never be reported.
                     if self.vm.service_parked(&self.running(), &due_service)? {

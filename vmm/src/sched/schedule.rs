@@ -266,18 +266,21 @@ impl Schedule {
     }
 
     /// Static checks: vCPU numbers, breakpoint names, the per-vCPU breakpoint budget
-    /// at every point of the schedule, and releases of vCPUs that are parked.
+    /// at every point of the schedule, and releases of vCPUs that are parked. Returns
+    /// the most breakpoints armed at once over all vCPUs and the first line where that
+    /// many are (None without breakpoints).
     fn check(
         &self,
         cpus: usize,
         max_bp: usize,
         fallback_line: usize,
-    ) -> Result<(), (usize, String)> {
+    ) -> Result<Option<(usize, usize)>, (usize, String)> {
         // A parked vCPU keeps its breakpoint armed (it re-fires when the vCPU re-enters
         // to service interrupts), so its debug register is only freed by `release`.
         let mut armed: BTreeMap<String, VcpuId> = BTreeMap::new();
         let mut defined: BTreeSet<String> = BTreeSet::new();
         let mut parked: BTreeMap<VcpuId, String> = BTreeMap::new();
+        let mut peak: Option<(usize, usize)> = None;
         let cpu_ok = |cpu: VcpuId, line| {
             if cpu < cpus {
                 Ok(())
@@ -300,6 +303,9 @@ impl Schedule {
                         return Err((line, format!("breakpoint name {name:?} is used twice")));
                     }
                     armed.insert(name.clone(), *cpu);
+                    if peak.is_none_or(|(n, _)| armed.len() > n) {
+                        peak = Some((armed.len(), line));
+                    }
                     let on_cpu = armed.values().filter(|c| *c == cpu).count();
                     if on_cpu > max_bp {
                         return Err((
@@ -349,7 +355,7 @@ impl Schedule {
         for cpu in &self.fallback {
             cpu_ok(*cpu, fallback_line)?;
         }
-        Ok(())
+        Ok(peak)
     }
 
     /// The same schedule with every breakpoint step removed: gates open back to back
@@ -381,39 +387,11 @@ impl Schedule {
 
     /// The most breakpoints armed at once over all vCPUs, and the first line where
     /// that many are (None without breakpoints): for backends whose limit is per VM.
-    /// Arming follows `check`: a breakpoint stays armed until disarmed, or until the
-    /// vCPU parked on it is released.
+    /// The same walk as the validation (without its per-vCPU and vCPU-count limits):
+    /// a breakpoint stays armed until disarmed, or until the vCPU parked on it is
+    /// released.
     pub fn peak_armed(&self) -> Option<(usize, usize)> {
-        let mut armed: BTreeSet<&str> = BTreeSet::new();
-        let mut parked: BTreeMap<VcpuId, &str> = BTreeMap::new();
-        let mut cpu_of: BTreeMap<&str, VcpuId> = BTreeMap::new();
-        let mut peak: Option<(usize, usize)> = None;
-        for step in &self.steps {
-            match &step.action {
-                Action::Break { name, cpu, .. } => {
-                    armed.insert(name);
-                    cpu_of.insert(name, *cpu);
-                    if peak.is_none_or(|(n, _)| armed.len() > n) {
-                        peak = Some((armed.len(), step.line));
-                    }
-                }
-                Action::Hit { name } => {
-                    if let Some(cpu) = cpu_of.get(name.as_str()) {
-                        parked.insert(*cpu, name);
-                    }
-                }
-                Action::Disarm { name } => {
-                    armed.remove(name.as_str());
-                }
-                Action::Release { cpu } => {
-                    if let Some(name) = parked.remove(cpu) {
-                        armed.remove(name);
-                    }
-                }
-                Action::Wait { .. } | Action::Open { .. } => {}
-            }
-        }
-        peak
+        self.check(usize::MAX, usize::MAX, 0).ok().flatten()
     }
 
     /// A hash of what the schedule does (every step as the trace names it, its bound

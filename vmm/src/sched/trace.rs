@@ -59,13 +59,3 @@ impl TraceEvent {
         }
     }
 }
-
-/// Write `value` as JSON to `path` with [`crate::fsutil::write_atomic`]: a reader never
-/// sees a half-written file, and a crash leaves the previous version intact.
-pub fn write_json_atomically<T: Serialize>(
-    path: &std::path::Path,
-    value: &T,
-) -> std::io::Result<()> {
-    let json = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
-    crate::fsutil::write_atomic(path, &json)
-}
