@@ -13,8 +13,10 @@ mod gate;
 mod job;
 mod mem;
 mod pin;
+mod pressure;
 mod shell;
 mod system;
+mod trial_cgroup;
 mod workloads;
 
 use control_proto::{Message, PROTOCOL_VERSION};

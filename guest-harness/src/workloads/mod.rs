@@ -12,6 +12,7 @@ use crate::job::Params;
 use crate::mem::{Mapping, PAGE};
 use crate::pin;
 
+mod exec;
 mod fork_anon_vma;
 mod madv_free_dio;
 mod mremap_migration;
@@ -76,6 +77,7 @@ impl Trial {
 
 fn build(name: &str, params: &mut Params) -> Res<Box<dyn Workload>> {
     Ok(match name {
+        "exec" => Box::new(exec::Exec::new(params)?),
         "madv-free-dio" => Box::new(madv_free_dio::MadvFreeDio::new(params)?),
         "fork-anon-vma" => Box::new(fork_anon_vma::ForkAnonVma::new(params)?),
         "thp-pmd" => Box::new(thp_pmd::ThpPmd),

@@ -92,6 +92,8 @@ pub fn run_planned(
     snapshot: &mut dyn FnMut(&KernelRun),
 ) -> Result<KernelRun> {
     let (image, loaded) = load_kernel(&plan.variant, cache)?;
+    // The exec workload's programs, compiled and checked before the kernel's first boot.
+    let files = scenario.guest_files(dir)?;
     let intro = memrace::debug::KernelIntrospect::new(&loaded.symbols);
     let ctx = RunContext {
         scenario,
@@ -101,6 +103,7 @@ pub fn run_planned(
         intro: &intro,
         out_dir: dir,
         verbose,
+        files: &files,
     };
     let (label, trials) = (plan.label.clone(), plan.trials);
     let bar = indicatif::ProgressBar::new(trials as u64);

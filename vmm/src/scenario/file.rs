@@ -1,7 +1,8 @@
 //! Scenario files (`scenarios/*.toml`, documented in docs/scenarios.md): data only.
 //! A new race is a scenario file plus a kernel patch; no Rust.
 
-use crate::sched::schedule::{RawSchedule, Schedule, ScheduleError};
+use super::exec::{Exec, ExecError, RawFile, RawProcess, RawVerdict};
+use crate::sched::schedule::{parse_bytes, PressureKind, RawSchedule, Schedule, ScheduleError};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,8 @@ pub enum ScenarioError {
     Malformed { path: PathBuf, message: String },
     #[error(transparent)]
     Schedule(#[from] ScheduleError),
+    #[error(transparent)]
+    Exec(#[from] ExecError),
     #[error("unknown scenario {name:?}; known: {known}\n  scenarios are files in {dir}")]
     Unknown {
         name: String,
@@ -61,6 +64,9 @@ fn default_mem() -> String {
     "512M".into()
 }
 
+/// The workload that runs the user's own programs (scenario/exec.rs).
+pub const EXEC_WORKLOAD: &str = "exec";
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Workload {
@@ -76,6 +82,9 @@ pub struct Workload {
     /// Bound for one trial's oracle result after the schedule finished.
     #[serde(default = "default_result_timeout")]
     pub result_timeout_ms: u64,
+    /// Per-trial cgroup v2 limits (`64M`, `1G`; exec workload): `memory.max`, `memory.high`.
+    pub memory_max: Option<toml::Spanned<String>>,
+    pub memory_high: Option<toml::Spanned<String>>,
 }
 
 fn default_trials() -> u32 {
@@ -173,6 +182,12 @@ struct RawScenario {
     #[serde(default)]
     control: Vec<Control>,
     schedule: Option<RawSchedule>,
+    /// `exec` workload only (scenario/exec.rs): the user's programs and their verdict.
+    #[serde(default)]
+    file: Vec<toml::Spanned<RawFile>>,
+    #[serde(default)]
+    process: Vec<toml::Spanned<RawProcess>>,
+    verdict: Option<toml::Spanned<RawVerdict>>,
 }
 
 #[derive(Debug, Clone)]
@@ -189,6 +204,8 @@ pub struct Scenario {
     pub oracle: Oracle,
     pub controls: Vec<Control>,
     pub schedule: Schedule,
+    /// The user's programs, for the `exec` workload.
+    pub exec: Option<Exec>,
     pub text: String,
 }
 
@@ -226,6 +243,23 @@ impl Scenario {
                 )));
             }
         }
+        let mut exec = if raw.workload.name == EXEC_WORKLOAD {
+            Some(Exec::from_raw(
+                path,
+                text,
+                raw.file,
+                raw.process,
+                raw.verdict,
+                raw.vm.cpus,
+            )?)
+        } else if !raw.file.is_empty() || !raw.process.is_empty() || raw.verdict.is_some() {
+            return Err(malformed(format!(
+                "[[file]], [[process]] and [verdict] belong to workload \"{EXEC_WORKLOAD}\", not {:?}",
+                raw.workload.name
+            )));
+        } else {
+            None
+        };
         let file = path.display().to_string();
         let schedule = match raw.schedule {
             Some(s) => Schedule::from_raw(&file, text, s, raw.vm.cpus, max_bp)?,
@@ -234,6 +268,62 @@ impl Scenario {
                 fallback: Vec::new(),
             },
         };
+        let pressure = schedule.pressure();
+        let limits = [
+            ("memory_max", &raw.workload.memory_max),
+            ("memory_high", &raw.workload.memory_high),
+        ];
+        let at = |offset: usize, why: String| {
+            ScenarioError::Schedule(ScheduleError::At {
+                file: file.clone(),
+                line: crate::sched::schedule::line_of(text, offset),
+                why,
+            })
+        };
+        match &mut exec {
+            None => {
+                if let Some((line, p)) = pressure.first() {
+                    return Err(ScenarioError::Schedule(ScheduleError::At {
+                        file: file.clone(),
+                        line: *line,
+                        why: format!(
+                            "reclaim {:?}: pressure steps need workload \"{EXEC_WORKLOAD}\" (its harness starts the pressure workers)",
+                            p.name
+                        ),
+                    }));
+                }
+                if let Some(l) = limits.iter().find_map(|(_, l)| l.as_ref()) {
+                    return Err(at(
+                        l.span().start,
+                        format!("memory limits apply to workload \"{EXEC_WORKLOAD}\" (its trial cgroup)"),
+                    ));
+                }
+            }
+            Some(exec) => {
+                for (i, (line, p)) in pressure.iter().enumerate() {
+                    if let PressureKind::Anon { target } = &p.kind {
+                        if !exec.programs.contains(target) {
+                            return Err(ScenarioError::Schedule(ScheduleError::At {
+                                file: file.clone(),
+                                line: *line,
+                                why: format!(
+                                    "reclaim anon: unknown target {target:?}; the trial's processes are {}",
+                                    exec.programs.join(", ")
+                                ),
+                            }));
+                        }
+                    }
+                    exec.params.extend(p.job_params(i));
+                }
+                for (key, limit) in limits {
+                    if let Some(l) = limit {
+                        let bytes = parse_bytes(l.get_ref())
+                            .map_err(|e| at(l.span().start, format!("workload.{key}: {e}")))?;
+                        exec.params.push((key.to_string(), bytes.to_string()));
+                    }
+                }
+            }
+        }
         Ok(Scenario {
             path: path.to_path_buf(),
             name: raw.name,
@@ -246,8 +336,18 @@ impl Scenario {
             oracle: raw.oracle,
             controls: raw.control,
             schedule,
+            exec,
             text: text.to_string(),
         })
+    }
+
+    /// The files this scenario ships into the guest, built in `dir` (the exec workload's
+    /// programs: compiled and checked here, before any boot).
+    pub fn guest_files(&self, dir: &Path) -> Result<Vec<(PathBuf, String)>, ScenarioError> {
+        match &self.exec {
+            Some(exec) => Ok(exec.prepare(&dir.join("programs"))?),
+            None => Ok(Vec::new()),
+        }
     }
 
     pub fn load(path: &Path, max_bp: usize) -> Result<Scenario, ScenarioError> {

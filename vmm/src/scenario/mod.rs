@@ -1,5 +1,6 @@
 //! Scenarios: files, runs, verdicts.
 
+pub mod exec;
 pub mod file;
 pub mod run;
 pub mod verdict;

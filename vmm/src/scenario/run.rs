@@ -99,6 +99,8 @@ pub struct RunContext<'a> {
     pub intro: &'a dyn Introspect,
     pub out_dir: &'a Path,
     pub verbose: bool,
+    /// Extra `(host, guest)` files for the initramfs (the exec workload's programs).
+    pub files: &'a [(PathBuf, String)],
 }
 
 /// Build this boot's initramfs and start the VM; also returns when it was started.
@@ -121,9 +123,15 @@ fn boot_vm(
             .params
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
+            .chain(
+                ctx.scenario
+                    .exec
+                    .iter()
+                    .flat_map(|e| e.params.iter().cloned()),
+            )
             .collect(),
     };
-    guest::build_initramfs(&initramfs, &job, &[])?;
+    guest::build_initramfs(&initramfs, &job, ctx.files)?;
     let mem_mib = ctx.scenario.mem_mib;
     let cfg = VmConfig {
         kernel: ctx.image.to_path_buf(),

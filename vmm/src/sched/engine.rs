@@ -330,14 +330,16 @@ impl<'a> Engine<'a> {
                     }
                 }
                 Action::Open { gate } => {
-                    let missing = format!("the guest never announced gate {gate:?}");
-                    let gpa = match self
-                        .wait_until(step, deadline, missing, |e, _| e.gates.get(gate).copied())?
-                    {
-                        Ok(gpa) => gpa,
-                        Err(status) => return Ok(status),
-                    };
-                    self.open_gate(gate, gpa)?;
+                    if let Err(status) = self.open_announced(step, gate, deadline)? {
+                        return Ok(status);
+                    }
+                }
+                // The pressure worker is a gated guest thread like any other; what it
+                // reclaimed is in its FACT and PHASE, and the step in the trace.
+                Action::Reclaim(p) => {
+                    if let Err(status) = self.open_announced(step, &p.name, deadline)? {
+                        return Ok(status);
+                    }
                 }
                 Action::Release { cpu } => self.release(*cpu)?,
                 Action::Disarm { name } => {
@@ -431,6 +433,23 @@ impl<'a> Engine<'a> {
             reason,
             vcpus,
             console,
+        }
+    }
+
+    /// Wait (until `deadline`) for the guest to announce `gate`, then open it.
+    fn open_announced(
+        &mut self,
+        step: &Step,
+        gate: &str,
+        deadline: Instant,
+    ) -> Result<Result<(), ScheduleStatus>, EngineError> {
+        let missing = format!("the guest never announced gate {gate:?}");
+        match self.wait_until(step, deadline, missing, |e, _| e.gates.get(gate).copied())? {
+            Ok(gpa) => {
+                self.open_gate(gate, gpa)?;
+                Ok(Ok(()))
+            }
+            Err(status) => Ok(Err(status)),
         }
     }
 

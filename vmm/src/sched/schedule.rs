@@ -39,6 +39,68 @@ pub enum Action {
     Release { cpu: VcpuId },
     /// Disarm a breakpoint that was never hit.
     Disarm { name: String },
+    /// Open the gate of the guest's pressure worker `name`, which then reclaims on its
+    /// vCPU and reports `PHASE <name>` (docs/schedules.md, "Memory pressure").
+    Reclaim(Pressure),
+}
+
+/// What a `reclaim` step reclaims.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PressureKind {
+    /// The private anonymous memory of the exec process `target` (process_madvise with
+    /// MADV_PAGEOUT).
+    Anon { target: String },
+    /// `bytes` from the trial's cgroup (`memory.reclaim`).
+    Cgroup { bytes: u64 },
+    /// The clean page cache (`vm.drop_caches = 1`).
+    PageCache,
+}
+
+/// One `reclaim` step: a guest worker pinned to `cpu`, announced as READY/GATE `name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pressure {
+    pub name: String,
+    pub cpu: VcpuId,
+    pub kind: PressureKind,
+}
+
+impl Pressure {
+    /// The guest harness's parameters for the `index`-th worker (guest-harness/src/pressure.rs).
+    pub fn job_params(&self, index: usize) -> Vec<(String, String)> {
+        let key = |k: &str| format!("pressure{index}_{k}");
+        let mut out = vec![
+            (key("name"), self.name.clone()),
+            (key("cpu"), self.cpu.to_string()),
+        ];
+        match &self.kind {
+            PressureKind::Anon { target } => {
+                out.push((key("kind"), "anon".into()));
+                out.push((key("target"), target.clone()));
+            }
+            PressureKind::Cgroup { bytes } => {
+                out.push((key("kind"), "cgroup".into()));
+                out.push((key("bytes"), bytes.to_string()));
+            }
+            PressureKind::PageCache => out.push((key("kind"), "pagecache".into())),
+        }
+        out
+    }
+}
+
+/// A size such as `64M`, `512K`, `1G` or plain bytes.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (num, mult) = match t.as_bytes().last() {
+        Some(b'K' | b'k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some(b'M' | b'm') => (&t[..t.len() - 1], 1 << 20),
+        Some(b'G' | b'g') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("size {text:?}: expected e.g. 64M, 512K, 1G or a byte count"))
 }
 
 impl std::fmt::Display for Action {
@@ -68,6 +130,16 @@ impl std::fmt::Display for Action {
             Action::Open { gate } => write!(f, "open gate {gate}"),
             Action::Release { cpu } => write!(f, "release vCPU {cpu}"),
             Action::Disarm { name } => write!(f, "disarm {name}"),
+            Action::Reclaim(p) => {
+                match &p.kind {
+                    PressureKind::Anon { target } => write!(f, "reclaim anon of {target}")?,
+                    PressureKind::Cgroup { bytes } => {
+                        write!(f, "reclaim {bytes} bytes of the trial cgroup")?
+                    }
+                    PressureKind::PageCache => write!(f, "reclaim page cache")?,
+                }
+                write!(f, " on vCPU {} as {}", p.cpu, p.name)
+            }
         }
     }
 }
@@ -136,6 +208,9 @@ struct RawStep {
     open: Option<String>,
     release: Option<VcpuId>,
     disarm: Option<String>,
+    reclaim: Option<String>,
+    target: Option<String>,
+    bytes: Option<String>,
     cpu: Option<VcpuId>,
     name: Option<String>,
     #[serde(rename = "if")]
@@ -147,7 +222,8 @@ struct RawStep {
 
 const WAIT_VERBS: [&str; 6] = ["READY", "PHASE", "GATE", "FACT", "RESULT", "EXIT"];
 
-fn line_of(text: &str, offset: usize) -> usize {
+/// 1-based line of byte `offset` in `text` (for errors that name file and line).
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())]
         .bytes()
         .filter(|&b| b == b'\n')
@@ -208,11 +284,19 @@ impl Schedule {
             s.open.is_some(),
             s.release.is_some(),
             s.disarm.is_some(),
+            s.reclaim.is_some(),
         ];
         if chosen.iter().filter(|c| **c).count() != 1 {
             return Err(
-                "a step needs exactly one of: wait, break, hit, open, release, disarm".into(),
+                "a step needs exactly one of: wait, break, hit, open, release, disarm, reclaim"
+                    .into(),
             );
+        }
+        if let Some(kind) = &s.reclaim {
+            return Self::reclaim(kind, s);
+        }
+        if s.target.is_some() || s.bytes.is_some() {
+            return Err("`target` and `bytes` belong to a `reclaim` step".into());
         }
         let extras_only_for_break =
             s.cpu.is_some() || s.name.is_some() || s.cond.is_some() || s.detector.is_some();
@@ -263,6 +347,54 @@ impl Schedule {
         Ok(Action::Release {
             cpu: s.release.expect("one action is set"),
         })
+    }
+
+    fn reclaim(kind: &str, s: &RawStep) -> Result<Action, String> {
+        if s.cond.is_some() || s.detector.is_some() {
+            return Err("`if` and `detector` belong to a `break` step".into());
+        }
+        let cpu = s
+            .cpu
+            .ok_or("a `reclaim` step needs `cpu` (where the guest reclaims)")?;
+        let name = s
+            .name
+            .clone()
+            .ok_or("a `reclaim` step needs a `name` (its READY, GATE and PHASE name)")?;
+        let kind = match kind {
+            "anon" => PressureKind::Anon {
+                target: s
+                    .target
+                    .clone()
+                    .ok_or("reclaim \"anon\" needs `target`: the name of an exec [[process]]")?,
+            },
+            "cgroup" => PressureKind::Cgroup {
+                bytes: parse_bytes(s.bytes.as_deref().unwrap_or("1G"))?,
+            },
+            "pagecache" => PressureKind::PageCache,
+            other => {
+                return Err(format!(
+                    "reclaim {other:?}: unknown pressure target; use \"anon\" (a process), \"cgroup\" (the trial cgroup) or \"pagecache\""
+                ))
+            }
+        };
+        if !matches!(kind, PressureKind::Anon { .. }) && s.target.is_some() {
+            return Err("`target` belongs to reclaim \"anon\"".into());
+        }
+        if !matches!(kind, PressureKind::Cgroup { .. }) && s.bytes.is_some() {
+            return Err("`bytes` belongs to reclaim \"cgroup\"".into());
+        }
+        Ok(Action::Reclaim(Pressure { name, cpu, kind }))
+    }
+
+    /// The pressure workers the guest must start for this schedule.
+    pub fn pressure(&self) -> Vec<(usize, &Pressure)> {
+        self.steps
+            .iter()
+            .filter_map(|s| match &s.action {
+                Action::Reclaim(p) => Some((s.line, p)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Static checks: vCPU numbers, breakpoint names, the per-vCPU breakpoint budget
@@ -349,6 +481,7 @@ impl Schedule {
                     ))?;
                     armed.remove(&name);
                 }
+                Action::Reclaim(p) => cpu_ok(p.cpu, line)?,
                 Action::Wait { .. } | Action::Open { .. } => {}
             }
         }
@@ -364,7 +497,12 @@ impl Schedule {
         let steps = self
             .steps
             .iter()
-            .filter(|s| matches!(s.action, Action::Wait { .. } | Action::Open { .. }))
+            .filter(|s| {
+                matches!(
+                    s.action,
+                    Action::Wait { .. } | Action::Open { .. } | Action::Reclaim(_)
+                )
+            })
             // Waits for progress that only happens inside the race are kept: they are bounded.
             .cloned()
             .collect();
