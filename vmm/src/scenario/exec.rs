@@ -377,3 +377,52 @@ fn check_static_x86_64(path: &Path) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn program(host: PathBuf, compile: bool) -> Exec {
+        Exec {
+            files: vec![ProgramFile {
+                host,
+                compile,
+                cflags: vec!["-DX=1".into()],
+                dest: "/memrace/bin/p".into(),
+                origin: ("s.toml".into(), 7),
+            }],
+            params: Vec::new(),
+            programs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_compile_error_shows_the_compilers_output_and_a_dynamic_binary_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("bad.c");
+        std::fs::write(&src, "int main(void) { return undeclared_thing; }\n").unwrap();
+        let e = program(src, true)
+            .prepare(&dir.path().join("out"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("s.toml:7:") && e.contains("does not compile"),
+            "{e}"
+        );
+        assert!(e.contains("undeclared_thing"), "gcc's own message: {e}");
+
+        let good = dir.path().join("good.c");
+        std::fs::write(&good, "int main(void) { return X - 1; }\n").unwrap();
+        let files = program(good, true)
+            .prepare(&dir.path().join("out"))
+            .unwrap();
+        assert_eq!(files[0].1, "/memrace/bin/p");
+
+        // The host's own tools are dynamically linked.
+        let e = program(PathBuf::from("/bin/true"), false)
+            .prepare(&dir.path().join("out"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dynamically linked"), "{e}");
+    }
+}

@@ -438,4 +438,54 @@ mod tests {
             Err(ScenarioError::Unknown { .. })
         ));
     }
+
+    const EXEC: &str = r#"name = "x"
+description = "d"
+[vm]
+[workload]
+name = "exec"
+[[file]]
+source = "examples/madv-free-upstream/test.c"
+[[process]]
+name = "test"
+argv = ["/memrace/bin/test"]
+cpu = 1
+[verdict]
+reproduced = ['^lost$']
+[[kernel]]
+variant = "base"
+expect = "intact"
+"#;
+
+    fn exec_err(text: &str) -> String {
+        Scenario::parse(&default_dir().join("x.toml"), text, 4)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn exec_scenarios_parse_and_bad_input_names_file_and_line() {
+        let path = default_dir().join("x.toml");
+        let s = Scenario::parse(&path, EXEC, 4).unwrap();
+        assert_eq!(s.exec.unwrap().programs, vec!["test".to_string()]);
+        let e = exec_err(&EXEC.replace("test.c", "nope.c"));
+        assert!(e.contains("x.toml:6:") && e.contains("no such file"), "{e}");
+        let e = exec_err(&EXEC.replace("^lost$", "(unclosed"));
+        assert!(e.contains("x.toml:13:") && e.contains("bad regex"), "{e}");
+        let e = exec_err(&EXEC.replace("cpu = 1", "cpu = 9"));
+        assert!(e.contains("x.toml:8:") && e.contains("cpu 9"), "{e}");
+        let with_reclaim = |target: &str| {
+            format!(
+                "{EXEC}[schedule]\nsteps = [\n  {{ reclaim = \"anon\", target = \"{target}\", cpu = 2, name = \"p\" }},\n]\n"
+            )
+        };
+        Scenario::parse(&path, &with_reclaim("test"), 4).unwrap();
+        let e = exec_err(&with_reclaim("other"));
+        assert!(
+            e.contains("x.toml:19:") && e.contains("unknown target"),
+            "{e}"
+        );
+        let e = exec_err(&with_reclaim("test").replace("\"anon\"", "\"swap\""));
+        assert!(e.contains("unknown pressure target"), "{e}");
+    }
 }
