@@ -472,10 +472,6 @@ impl Exec {
             procs.first().and_then(|r| r.ended)
         };
         let (outcome, detail) = self.judge(&stdout, first);
-        let detail = match (&outcome, supervised) {
-            (Outcome::Error, Err(_)) => format!("timeout {detail}"),
-            _ => detail,
-        };
         Ok((outcome, detail))
     }
 }
