@@ -119,20 +119,41 @@ pub fn harness() -> Result<PathBuf, GuestError> {
 }
 
 fn check_static(path: PathBuf) -> Result<PathBuf, GuestError> {
-    let data = std::fs::read(&path).map_err(|source| GuestError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    let file = object::File::parse(&*data).map_err(|_| GuestError::NotStatic(path.clone()))?;
-    use object::Object;
-    let has_interp = file.sections().any(|s| {
-        use object::ObjectSection;
-        s.name() == Ok(".interp")
-    });
-    if has_interp {
-        return Err(GuestError::NotStatic(path));
+    match static_x86_64_problem(&path) {
+        Ok(()) => Ok(path),
+        Err(StaticProblem::Unreadable(source)) => Err(GuestError::Io { path, source }),
+        Err(StaticProblem::Not(_)) => Err(GuestError::NotStatic(path)),
     }
-    Ok(path)
+}
+
+/// Why a file cannot run in the guest, which has no dynamic loader or libraries.
+#[derive(Debug)]
+pub enum StaticProblem {
+    Unreadable(std::io::Error),
+    /// It is not a static x86_64 ELF executable: why, for the user.
+    Not(String),
+}
+
+/// Whether `path` is a static x86_64 ELF executable (the guest harness, and every program
+/// a scenario ships).
+pub fn static_x86_64_problem(path: &Path) -> Result<(), StaticProblem> {
+    use object::{Object, ObjectSection};
+    let data = std::fs::read(path).map_err(StaticProblem::Unreadable)?;
+    let not = |why: &str| StaticProblem::Not(why.to_string());
+    let elf = object::File::parse(&*data)
+        .map_err(|_| not("not an ELF executable (ship a static x86_64 Linux binary)"))?;
+    if elf.architecture() != object::Architecture::X86_64 {
+        return Err(StaticProblem::Not(format!(
+            "an ELF for {:?}; the guest runs x86_64",
+            elf.architecture()
+        )));
+    }
+    if elf.sections().any(|s| s.name() == Ok(".interp")) {
+        return Err(not(
+            "dynamically linked (it has an ELF interpreter); the guest has no libraries: build it with -static",
+        ));
+    }
+    Ok(())
 }
 
 /// Write an initramfs with the harness as `/init`, the job, and extra `(host, guest)` files.

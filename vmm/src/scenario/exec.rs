@@ -7,6 +7,7 @@
 //! and judging (docs/guest-harness.md, "exec"); everything it needs travels as workload
 //! parameters, which this module renders.
 
+use crate::guest::StaticProblem;
 use control_proto::escape;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -349,33 +350,17 @@ impl Exec {
             } else {
                 f.host.clone()
             };
-            check_static_x86_64(&program)
-                .map_err(|why| at(format!("{}: {why}", program.display())))?;
+            crate::guest::static_x86_64_problem(&program).map_err(|problem| {
+                let why = match problem {
+                    StaticProblem::Unreadable(e) => e.to_string(),
+                    StaticProblem::Not(why) => why,
+                };
+                at(format!("{}: {why}", program.display()))
+            })?;
             out.push((program, f.dest.clone()));
         }
         Ok(out)
     }
-}
-
-/// The guest has no dynamic loader or libraries: a program must be a static x86_64 ELF.
-fn check_static_x86_64(path: &Path) -> Result<(), String> {
-    use object::{Object, ObjectSection};
-    let data = std::fs::read(path).map_err(|e| e.to_string())?;
-    let elf = object::File::parse(&*data)
-        .map_err(|_| "not an ELF executable (ship a static x86_64 Linux binary)".to_string())?;
-    if elf.architecture() != object::Architecture::X86_64 {
-        return Err(format!(
-            "an ELF for {:?}; the guest runs x86_64",
-            elf.architecture()
-        ));
-    }
-    if elf.sections().any(|s| s.name() == Ok(".interp")) {
-        return Err(
-            "dynamically linked (it has an ELF interpreter); the guest has no libraries: build it with -static"
-                .into(),
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]
