@@ -5,8 +5,7 @@
 //! vCPU whose tid the schedule also filters on; the verdict comes from test.c's output.
 
 mod common;
-use common::{kernel_dir, memrace, output_within, text, COMMAND_LIMIT};
-use serde_json::Value;
+use common::{kernel_dir, run_scenario_json};
 
 #[test]
 fn an_unchanged_reproducer_runs_under_a_schedule_with_a_pressure_step() {
@@ -16,20 +15,7 @@ fn an_unchanged_reproducer_runs_under_a_schedule_with_a_pressure_step() {
         env!("CARGO_MANIFEST_DIR"),
         "/../scenarios/examples/madv-free-upstream.toml"
     );
-    let output = output_within(
-        memrace()
-            .args([
-                "run", scenario, "--kernel", "base", "--trials", "3", "--out",
-            ])
-            .arg(out.path()),
-        COMMAND_LIMIT,
-    );
-    let (stdout, stderr) = text(&output);
-    println!("{stdout}");
-    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
-    let result: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.path().join("result.json")).unwrap())
-            .unwrap();
+    let result = run_scenario_json(&[scenario, "--kernel", "base", "--trials", "3"], out.path());
     let base = &result["kernels"][0];
     assert_eq!(base["counts"]["trials"], 3, "{}", base["counts"]);
     for t in base["trials"].as_array().unwrap() {
@@ -63,16 +49,7 @@ fn hostile_programs_end_in_bounded_verdicts_and_earlier_trials_are_kept() {
     kernel_dir("base");
     let out = tempfile::tempdir().unwrap();
     let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/hostile.toml");
-    let output = output_within(
-        memrace().args(["run", scenario, "--out"]).arg(out.path()),
-        COMMAND_LIMIT,
-    );
-    let (stdout, stderr) = text(&output);
-    println!("{stdout}");
-    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
-    let result: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.path().join("result.json")).unwrap())
-            .unwrap();
+    let result = run_scenario_json(&[scenario], out.path());
     let trials = result["kernels"][0]["trials"].as_array().unwrap();
     assert_eq!(trials.len(), 10, "every trial is kept");
     // hostile.c's attacks, in the order its odd runs make them, and how each must end.

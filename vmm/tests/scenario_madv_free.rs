@@ -3,7 +3,7 @@
 //! run and are reported.
 
 mod common;
-use common::{kernel_dir, memrace, output_within, text, COMMAND_LIMIT};
+use common::{kernel_dir, run_scenario_json};
 use serde_json::Value;
 
 fn row<'a>(rows: &'a [Value], label: &str) -> &'a Value {
@@ -18,25 +18,10 @@ fn unpatched_reproduces_on_every_trial_patched_passes_and_controls_hold() {
         kernel_dir(k);
     }
     let out = tempfile::tempdir().unwrap();
-    let output = output_within(
-        memrace()
-            .args([
-                "run",
-                "madv-free-dio",
-                "--trials",
-                "20",
-                "--controls",
-                "--out",
-            ])
-            .arg(out.path()),
-        COMMAND_LIMIT,
+    let result = run_scenario_json(
+        &["madv-free-dio", "--trials", "20", "--controls"],
+        out.path(),
     );
-    let (stdout, stderr) = text(&output);
-    println!("{stdout}");
-    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
-    let result: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.path().join("result.json")).unwrap())
-            .unwrap();
     assert_eq!(result["complete"], true);
     let kernels = result["kernels"].as_array().unwrap();
 

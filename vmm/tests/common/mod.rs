@@ -79,3 +79,20 @@ pub fn vmlinux() -> PathBuf {
     );
     v
 }
+
+/// `memrace run ARGS… --out DIR` into `out` within [`COMMAND_LIMIT`]: the run must exit 0
+/// (every expectation held; its output is the failure message otherwise). Returns its
+/// `result.json`.
+pub fn run_scenario_json(args: &[&str], out: &std::path::Path) -> serde_json::Value {
+    let output = output_within(
+        memrace().arg("run").args(args).arg("--out").arg(out),
+        COMMAND_LIMIT,
+    );
+    let (stdout, stderr) = text(&output);
+    println!("{stdout}");
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    let path = out.join("result.json");
+    let json = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}\n{stdout}\n{stderr}", path.display()));
+    serde_json::from_str(&json).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
