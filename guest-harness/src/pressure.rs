@@ -17,8 +17,9 @@ const MADV_PAGEOUT: libc::c_int = 21;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
-    /// process_madvise(MADV_PAGEOUT) over a program's private anonymous mappings.
-    Anon { target: String },
+    /// process_madvise(MADV_PAGEOUT) over a program's private anonymous mappings (only
+    /// those holding lazyfree memory, with `lazyfree_only`).
+    Anon { target: String, lazyfree_only: bool },
     /// `memory.reclaim` of the trial cgroup.
     Cgroup { bytes: u64 },
     /// Drop the clean page cache (`vm.drop_caches = 1`).
@@ -32,7 +33,8 @@ pub struct Pressure {
     pub kind: Kind,
 }
 
-/// `pressure<i>_name`, `_kind` (`anon|cgroup|pagecache`), `_cpu`, `_target`, `_bytes`.
+/// `pressure<i>_name`, `_kind` (`anon|cgroup|pagecache`), `_cpu`, `_target`, `_mappings`
+/// (`all|lazyfree`), `_bytes`.
 pub fn from_params(params: &mut Params) -> Res<Vec<Pressure>> {
     let mut out = Vec::new();
     while let Some(name) = params.take(&format!("pressure{}_name", out.len())) {
@@ -42,6 +44,8 @@ pub fn from_params(params: &mut Params) -> Res<Vec<Pressure>> {
                 target: params
                     .take(&key("target"))
                     .ok_or_else(|| format!("pressure {name}: anon needs a target"))?,
+                lazyfree_only: params.take_choice(&key("mappings"), &["all", "lazyfree"])?
+                    == "lazyfree",
             },
             "cgroup" => Kind::Cgroup {
                 bytes: params.take_u64(&key("bytes"), 1 << 30)?,
@@ -57,32 +61,52 @@ pub fn from_params(params: &mut Params) -> Res<Vec<Pressure>> {
     Ok(out)
 }
 
-/// Private anonymous ranges (`[heap]`, `[stack]` and unnamed) of `pid`, from its maps.
-fn anon_ranges(pid: libc::pid_t) -> Res<Vec<(usize, usize)>> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
-        .map_err(|e| error::describe("read target maps", &e))?;
-    Ok(maps
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_ascii_whitespace();
-            let (range, perms) = (f.next()?, f.next()?);
-            let path = f.nth(3).unwrap_or("");
-            let anon = path.is_empty() || path == "[heap]" || path == "[stack]";
-            if !anon || !perms.ends_with('p') {
-                return None;
+/// Private anonymous ranges (`[heap]`, `[stack]` and unnamed) of `pid`, from its smaps;
+/// with `lazyfree_only`, those with lazyfree memory in them (smaps `LazyFree:`).
+fn anon_ranges(pid: libc::pid_t, lazyfree_only: bool) -> Res<Vec<(usize, usize)>> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+        .map_err(|e| error::describe("read target smaps", &e))?;
+    let mut out = Vec::new();
+    // (range, whether it is kept once its fields are read)
+    let mut current: Option<((usize, usize), bool)> = None;
+    let mut finish = |current: &mut Option<((usize, usize), bool)>| {
+        if let Some((range, true)) = current.take() {
+            out.push(range);
+        }
+    };
+    for line in smaps.lines() {
+        if let Some(kib) = line.strip_prefix("LazyFree:") {
+            let lazy = kib.trim().trim_end_matches("kB").trim() != "0";
+            if let Some((_, keep)) = current.as_mut() {
+                *keep &= lazy || !lazyfree_only;
             }
-            let (a, b) = range.split_once('-')?;
-            let (a, b) = (
-                usize::from_str_radix(a, 16).ok()?,
-                usize::from_str_radix(b, 16).ok()?,
-            );
-            (b > a).then_some((a, b - a))
-        })
-        .collect())
+            continue;
+        }
+        let mut f = line.split_ascii_whitespace();
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+            continue;
+        };
+        let Some((a, b)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) else {
+            continue;
+        };
+        // A mapping header: start, perms, offset, device, inode, optional path.
+        finish(&mut current);
+        let path = f.nth(3).unwrap_or("");
+        let anon = path.is_empty() || path == "[heap]" || path == "[stack]";
+        current = Some(((a, b - a), anon && perms.ends_with('p') && b > a));
+    }
+    finish(&mut current);
+    Ok(out)
 }
 
-fn page_out(pid: libc::pid_t) -> Res<u64> {
-    let ranges = anon_ranges(pid)?;
+fn page_out(pid: libc::pid_t, lazyfree_only: bool) -> Res<u64> {
+    let ranges = anon_ranges(pid, lazyfree_only)?;
+    if ranges.is_empty() {
+        return Ok(0);
+    }
     let iov: Vec<libc::iovec> = ranges
         .iter()
         .map(|&(base, len)| libc::iovec {
@@ -110,15 +134,35 @@ fn page_out(pid: libc::pid_t) -> Res<u64> {
     Ok(error::check(done, "process_madvise(MADV_PAGEOUT)")? as u64)
 }
 
-fn act(kind: &Kind, pids: &[(String, libc::pid_t)], cgroup: &TrialCgroup) -> Res<u64> {
+/// The target's clean lazyfree memory in KiB (`LazyFree:` of smaps_rollup): what
+/// reclaim may discard rather than keep.
+fn lazyfree_kib(pid: libc::pid_t) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("LazyFree:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn act(name: &str, kind: &Kind, pids: &[(String, libc::pid_t)], cgroup: &TrialCgroup) -> Res<u64> {
     match kind {
-        Kind::Anon { target } => {
+        Kind::Anon {
+            target,
+            lazyfree_only,
+        } => {
             let pid = pids
                 .iter()
                 .find(|(n, _)| n == target)
                 .map(|p| p.1)
                 .ok_or_else(|| format!("no process {target} in this trial"))?;
-            page_out(pid)
+            if let Some(kib) = lazyfree_kib(pid) {
+                control::fact(&format!("{name}.lazyfree_kib"), kib);
+            }
+            page_out(pid, *lazyfree_only)
         }
         Kind::Cgroup { bytes } => {
             // memory.reclaim fails with EAGAIN when less could be reclaimed: still pressure.
@@ -162,7 +206,7 @@ pub fn start<'scope, 'env>(
                     control::note(&format!("pressure {}: gate-timeout", step.name));
                     return;
                 }
-                match act(&step.kind, pids, cgroup) {
+                match act(&step.name, &step.kind, pids, cgroup) {
                     Ok(bytes) => control::fact(&format!("{}.bytes", step.name), bytes),
                     Err(e) => control::note(&format!("pressure {}: {e}", step.name)),
                 }

@@ -1,5 +1,6 @@
 //! memrace: a hypervisor-level test bench for Linux memory-management races.
 
+pub mod arch;
 pub mod backend;
 pub mod boot;
 pub mod child;

@@ -1,5 +1,5 @@
 //! The exec workload and memory-pressure steps end to end on the qemu backend: the
-//! upstream reporter's unchanged test.c (scenarios/examples/madv-free-upstream.toml) is
+//! upstream reporter's unchanged test.c (scenarios/madv-free-upstream.toml) is
 //! compiled statically on the host, started fresh per trial behind its gate, parked by
 //! tid in brd_submit_bio, and its buffer is reclaimed by a pressure worker on another
 //! vCPU whose tid the schedule also filters on; the verdict comes from test.c's output.
@@ -13,7 +13,7 @@ fn an_unchanged_reproducer_runs_under_a_schedule_with_a_pressure_step() {
     let out = tempfile::tempdir().unwrap();
     let scenario = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../scenarios/examples/madv-free-upstream.toml"
+        "/../scenarios/madv-free-upstream.toml"
     );
     let result = run_scenario_json(&[scenario, "--kernel", "base", "--trials", "3"], out.path());
     let base = &result["kernels"][0];

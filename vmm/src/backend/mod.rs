@@ -226,6 +226,10 @@ pub trait Backend {
     fn stop_all(&mut self) -> Result<(), BackendError>;
     /// Registers of a stopped vCPU.
     fn regs(&mut self, vcpu: VcpuId) -> Result<Regs, BackendError>;
+    /// Write the general-purpose registers, `rip` and `rflags` of a stopped vCPU
+    /// (`gs_base` and `cr3` are not written). A vCPU stopped on a breakpoint whose `rip`
+    /// changes is no longer on it: it resumes at the new `rip`, nothing is stepped over.
+    fn set_regs(&mut self, vcpu: VcpuId, regs: &Regs) -> Result<(), BackendError>;
     /// Read guest-virtual memory through `vcpu`'s page tables (vCPU stopped).
     fn read_virt(&mut self, vcpu: VcpuId, addr: u64, len: usize) -> Result<Vec<u8>, BackendError>;
     /// Write guest-physical memory (all vCPUs stopped on all-stop backends).

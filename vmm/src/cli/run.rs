@@ -240,6 +240,21 @@ pub fn run_scenario(
                     p.variant
                 );
             }
+            if let Some((_, _, value)) = p
+                .schedule
+                .injections()
+                .into_iter()
+                .find(|(l, _, _)| *l == line)
+            {
+                if let Some(why) = memrace::debug::injection_problem(&loaded.symbols, spec, value) {
+                    bail!(
+                        "{}:{line}: fault injection at {spec:?} on kernel {}: {why}",
+                        scenario.path.display(),
+                        p.variant
+                    );
+                }
+                continue;
+            }
             // An out-of-line function may also have inlined copies: their call sites never
             // reach the breakpoint. Legitimate, but the schedule author should know.
             if let Ok(memrace::debug::Spec::Function { name, .. }) =

@@ -14,6 +14,7 @@ use gimli::{
 };
 
 use super::elf::DwarfSections;
+use super::returns::ReturnType;
 use super::{suggest, SymbolError};
 
 type R<'a> = EndianSlice<'a, LittleEndian>;
@@ -230,6 +231,48 @@ impl<'a> DebugInfo<'a> {
         })
     }
 
+    /// The declared return type of the out-of-line function whose code starts at
+    /// `entry`, or None if no subprogram starts there. The unit is found through
+    /// `.debug_aranges` when the kernel has it (a few milliseconds), else by a walk.
+    pub fn return_type(&self, entry: u64) -> Result<Option<ReturnType>, SymbolError> {
+        let unit_offset = self.unit_covering(entry).map_err(|e| self.bad(e))?;
+        let in_unit = |unit: UnitRef<'a, '_>| -> gimli::Result<Option<ReturnType>> {
+            let mut cursor = unit.entries();
+            while let Some((_, die)) = cursor.next_dfs()? {
+                if die.tag() == dw::DW_TAG_subprogram && entry_pc(unit, die)? == Some(entry) {
+                    return Ok(Some(declared_return(unit, die.offset())?));
+                }
+            }
+            Ok(None)
+        };
+        match unit_offset {
+            Some(offset) => {
+                let header = self
+                    .dwarf
+                    .debug_info
+                    .header_from_offset(offset)
+                    .map_err(|e| self.bad(e))?;
+                let unit = self.dwarf.unit(header).map_err(|e| self.bad(e))?;
+                in_unit(unit.unit_ref(&self.dwarf)).map_err(|e| self.bad(e))
+            }
+            None => self.for_each_unit(in_unit),
+        }
+    }
+
+    /// The compilation unit whose address ranges cover `addr`, from `.debug_aranges`.
+    fn unit_covering(&self, addr: u64) -> gimli::Result<Option<gimli::DebugInfoOffset>> {
+        let mut headers = self.dwarf.debug_aranges.headers();
+        while let Some(header) = headers.next()? {
+            let mut entries = header.entries();
+            while let Some(arange) = entries.next()? {
+                if arange.range().begin <= addr && addr < arange.range().end {
+                    return Ok(Some(header.debug_info_offset()));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// File names (last component) of every source file in the line tables,
     /// for "did you mean" after a miss.
     fn source_basenames(&self) -> Result<HashSet<String>, SymbolError> {
@@ -312,6 +355,78 @@ fn entry_pc<'a>(unit: UnitRef<'a, '_>, entry: &Entry<'a, '_, '_>) -> gimli::Resu
         low = Some(low.map_or(r.begin, |l: u64| l.min(r.begin)));
     }
     Ok(low)
+}
+
+/// The return type of the subprogram at `offset`: its `DW_AT_type`, found on it or on
+/// the declaration it completes, classified by how the value is returned.
+fn declared_return(unit: UnitRef<'_, '_>, mut offset: UnitOffset) -> gimli::Result<ReturnType> {
+    let mut ty = None;
+    for _ in 0..4 {
+        let die = unit.entry(offset)?;
+        if let Some(AttributeValue::UnitRef(t)) = die.attr_value(dw::DW_AT_type)? {
+            ty = Some(t);
+            break;
+        }
+        match die
+            .attr_value(dw::DW_AT_abstract_origin)?
+            .or(die.attr_value(dw::DW_AT_specification)?)
+        {
+            Some(AttributeValue::UnitRef(next)) => offset = next,
+            _ => break,
+        }
+    }
+    let Some(mut ty) = ty else {
+        return Ok(ReturnType::Void);
+    };
+    for _ in 0..8 {
+        let die = unit.entry(ty)?;
+        let bytes = || -> gimli::Result<u64> {
+            Ok(die
+                .attr_value(dw::DW_AT_byte_size)?
+                .and_then(|v| v.udata_value())
+                .unwrap_or(0))
+        };
+        return Ok(match die.tag() {
+            dw::DW_TAG_typedef
+            | dw::DW_TAG_const_type
+            | dw::DW_TAG_volatile_type
+            | dw::DW_TAG_restrict_type
+            | dw::DW_TAG_atomic_type => match die.attr_value(dw::DW_AT_type)? {
+                Some(AttributeValue::UnitRef(next)) => {
+                    ty = next;
+                    continue;
+                }
+                _ => ReturnType::Void,
+            },
+            dw::DW_TAG_pointer_type => ReturnType::Pointer,
+            dw::DW_TAG_enumeration_type => ReturnType::Integer {
+                bytes: bytes()?,
+                signed: true,
+            },
+            dw::DW_TAG_base_type => match die.attr_value(dw::DW_AT_encoding)? {
+                Some(AttributeValue::Encoding(dw::DW_ATE_boolean)) => ReturnType::Bool,
+                Some(AttributeValue::Encoding(dw::DW_ATE_signed | dw::DW_ATE_signed_char)) => {
+                    ReturnType::Integer {
+                        bytes: bytes()?,
+                        signed: true,
+                    }
+                }
+                Some(AttributeValue::Encoding(dw::DW_ATE_unsigned | dw::DW_ATE_unsigned_char)) => {
+                    ReturnType::Integer {
+                        bytes: bytes()?,
+                        signed: false,
+                    }
+                }
+                _ => ReturnType::Unsupported("a floating-point or other non-integer value".into()),
+            },
+            dw::DW_TAG_structure_type => ReturnType::Unsupported("a struct".into()),
+            dw::DW_TAG_union_type => ReturnType::Unsupported("a union".into()),
+            other => ReturnType::Unsupported(format!("a {other} value")),
+        });
+    }
+    Ok(ReturnType::Unsupported(
+        "a type behind too many typedefs".into(),
+    ))
 }
 
 /// The struct/union behind `offset`, looking through typedefs and

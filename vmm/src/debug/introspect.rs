@@ -38,4 +38,8 @@ impl Introspect for KernelIntrospect<'_> {
     fn task_layout(&self) -> Option<TaskLayout> {
         self.task
     }
+
+    fn is_code(&self, addr: u64) -> bool {
+        self.symbols.is_code(addr)
+    }
 }

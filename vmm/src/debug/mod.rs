@@ -17,12 +17,14 @@ mod dwarf;
 mod elf;
 mod index;
 mod introspect;
+mod returns;
 mod spec;
 mod suggest;
 pub mod symbols;
 
 pub use index::IndexSource;
 pub use introspect::KernelIntrospect;
+pub use returns::{injection_problem, ReturnType};
 pub use spec::Spec;
 pub use symbols::Symbols;
 
@@ -121,4 +123,6 @@ pub enum SymbolError {
         "`{ty}.{field}` is a bit-field and has no byte offset; read the containing word instead"
     )]
     BitField { ty: String, field: String },
+    #[error("no function in the debug info starts at `{name}` ({addr:#x}); a forced return needs its declared return type")]
+    NoSubprogram { name: String, addr: u64 },
 }

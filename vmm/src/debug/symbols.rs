@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use super::dwarf::DebugInfo;
 use super::elf::{self, DwarfSections, ElfSymbol, Key};
 use super::index::{self, Index, IndexSource};
+use super::returns::ReturnType;
 use super::spec::Spec;
 use super::{suggest, SymbolError};
 
@@ -157,12 +158,27 @@ impl Symbols {
         DebugInfo::new(&self.path, self.dwarf()?).field_offset(ty, field)
     }
 
+    /// The declared return type of the out-of-line function `name`, from the DWARF.
+    pub fn return_type(&self, name: &str) -> Result<ReturnType, SymbolError> {
+        let addr = self.function(name)?;
+        DebugInfo::new(&self.path, self.dwarf()?)
+            .return_type(addr)?
+            .ok_or_else(|| SymbolError::NoSubprogram {
+                name: name.into(),
+                addr,
+            })
+    }
+
+    /// Whether `addr` lies in the kernel's code (its executable sections).
+    pub fn is_code(&self, addr: u64) -> bool {
+        self.code_ranges.iter().any(|r| r.contains(&addr))
+    }
+
     /// `symbol+0xoff` of the nearest code symbol at or below `addr`, for
     /// reports; the raw address if `addr` is not in kernel code (a data
     /// address described as `last_function+0x1234567` would mislead).
     pub fn describe(&self, addr: u64) -> String {
-        let in_code = self.code_ranges.iter().any(|r| r.contains(&addr));
-        match self.nearest_code(addr).filter(|_| in_code) {
+        match self.nearest_code(addr).filter(|_| self.is_code(addr)) {
             Some(sym) => format!("{}+{:#x}", sym.name, addr - sym.addr),
             None => format!("{addr:#x}"),
         }

@@ -67,6 +67,12 @@ fn trace_lines(events: &[TraceEvent]) -> Vec<String> {
                 regs.rsi,
                 regs.rdx
             ),
+            TraceEvent::Inject { t_us, name, cpu, symbol, tid, comm, value, returned_to } => format!(
+                "{:>10.3} ms  INJECT {name} on vCPU {cpu} at {symbol} (task {} {:?}): returned {value} to {returned_to} without running it",
+                *t_us as f64 / 1e3,
+                tid.map(|t| t.to_string()).unwrap_or_else(|| "?".into()),
+                comm.clone().unwrap_or_default(),
+            ),
             TraceEvent::Filtered { t_us, name, cpu, tid } => {
                 format!("{:>10.3} ms  hit {name} on vCPU {cpu} by task {tid:?}: condition false, continued", *t_us as f64 / 1e3)
             }

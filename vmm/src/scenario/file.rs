@@ -301,7 +301,7 @@ impl Scenario {
             }
             Some(exec) => {
                 for (i, (line, p)) in pressure.iter().enumerate() {
-                    if let PressureKind::Anon { target } = &p.kind {
+                    if let PressureKind::Anon { target, .. } = &p.kind {
                         if !exec.programs.contains(target) {
                             return Err(ScenarioError::Schedule(ScheduleError::At {
                                 file: file.clone(),

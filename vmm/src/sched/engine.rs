@@ -41,6 +41,8 @@ pub trait Introspect {
     /// `symbol+0xoff` for reports.
     fn describe(&self, addr: u64) -> String;
     fn task_layout(&self) -> Option<TaskLayout>;
+    /// Whether `addr` is in the guest's code (a return address must be).
+    fn is_code(&self, addr: u64) -> bool;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +94,18 @@ struct Armed {
     addr: u64,
     cond: Option<super::cond::Condition>,
     detector: bool,
+    inject: Option<i64>,
     hits: u64,
+}
+
+/// A hit of an injection breakpoint, for `force_return`.
+struct Injected {
+    name: String,
+    cpu: VcpuId,
+    symbol: String,
+    tid: Option<u64>,
+    comm: Option<String>,
+    value: i64,
 }
 
 struct Parked {
@@ -292,6 +305,7 @@ impl<'a> Engine<'a> {
                     cpu,
                     cond,
                     detector,
+                    inject,
                 } => {
                     let addr = self.intro.resolve(at).map_err(|why| EngineError::Step {
                         line: step.line,
@@ -304,6 +318,7 @@ impl<'a> Engine<'a> {
                             addr,
                             cond: cond.clone(),
                             detector: *detector,
+                            inject: *inject,
                             hits: 0,
                         },
                     );
@@ -647,7 +662,8 @@ impl<'a> Engine<'a> {
         let regs = self.vm.regs(cpu)?;
         let armed = self.armed.get_mut(&name).expect("found above");
         armed.hits += 1;
-        let (hits, detector, cond) = (armed.hits, armed.detector, armed.cond.clone());
+        let (hits, detector, inject, cond) =
+            (armed.hits, armed.detector, armed.inject, armed.cond.clone());
         // The current task costs guest memory reads: read it for conditions that use it,
         // and (below) for hits that are recorded, not for every filtered hit.
         let layout = self.intro.task_layout();
@@ -695,6 +711,17 @@ impl<'a> Engine<'a> {
             Ok(t) => (Some(t.tid), Some(t.comm.clone())),
             Err(_) => (None, None),
         };
+        if let Some(value) = inject {
+            let injected = Injected {
+                name: name.clone(),
+                cpu,
+                symbol,
+                tid,
+                comm,
+                value,
+            };
+            return self.force_return(injected, &regs, step).map(Some);
+        }
         self.trace.push(TraceEvent::Hit {
             t_us,
             name: name.clone(),
@@ -715,6 +742,57 @@ impl<'a> Engine<'a> {
         );
         self.vm.resume(&self.running())?;
         Ok(Some(Happened::Hit { name }))
+    }
+
+    /// Fault injection: the function whose entry `injected.name` is returns at once with
+    /// its value; the breakpoint is spent and the vCPU goes on (it does not park).
+    fn force_return(
+        &mut self,
+        injected: Injected,
+        regs: &crate::backend::Regs,
+        step: &Step,
+    ) -> Result<Happened, EngineError> {
+        let Injected {
+            name,
+            cpu,
+            symbol,
+            tid,
+            comm,
+            value,
+        } = injected;
+        let vm = &mut *self.vm;
+        let forced = crate::arch::forced_return(regs, value, |at| {
+            let bytes = vm.read_virt(cpu, at, 8)?;
+            Ok::<u64, BackendError>(u64::from_le_bytes(bytes.try_into().expect("8 bytes")))
+        })?;
+        // At a function's entry the return address its caller pushed is kernel code;
+        // anything else (a tail call's jump, an entry stub) cannot be returned from.
+        if !self.intro.is_code(forced.return_address) {
+            return Err(EngineError::Step {
+                line: step.line,
+                why: format!(
+                    "breakpoint {name:?} at {symbol}: the return address {:#x} is not kernel code, so the function was not entered by a call there; a forced return is refused",
+                    forced.return_address
+                ),
+            });
+        }
+        self.vm.set_regs(cpu, &forced.regs)?;
+        self.armed.remove(&name);
+        self.program(cpu)?;
+        let t_us = self.now_us();
+        self.trace.push(TraceEvent::Inject {
+            t_us,
+            name: name.clone(),
+            cpu,
+            symbol,
+            tid,
+            comm,
+            value,
+            returned_to: self.intro.describe(forced.return_address),
+        });
+        self.hits.push(name.clone());
+        self.vm.resume(&self.running())?;
+        Ok(Happened::Hit { name })
     }
 
     /// Program `cpu`'s breakpoints: every armed one on it (including the one it is parked on).

@@ -24,12 +24,16 @@ pub enum Action {
     Wait { verb: String, name: Option<String> },
     /// Arm breakpoint `name` at `at` (symbol, `sym+off`, `file:line` or address) on `cpu`.
     /// A detector releases parked vCPUs when it fires (§0.4 R3) instead of parking.
+    /// An injection (`return = v`) makes the function return `v` instead.
     Break {
         name: String,
         at: String,
         cpu: VcpuId,
         cond: Option<Condition>,
         detector: bool,
+        /// Fault injection: at the hit, the function (`at` is its entry) returns this
+        /// value at once without running, and its vCPU goes on instead of parking.
+        inject: Option<i64>,
     },
     /// Wait until breakpoint `name` fires with its condition true; its vCPU then parks.
     Hit { name: String },
@@ -48,8 +52,8 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PressureKind {
     /// The private anonymous memory of the exec process `target` (process_madvise with
-    /// MADV_PAGEOUT).
-    Anon { target: String },
+    /// MADV_PAGEOUT); with `lazyfree_only`, only its mappings that hold MADV_FREE'd pages.
+    Anon { target: String, lazyfree_only: bool },
     /// `bytes` from the trial's cgroup (`memory.reclaim`).
     Cgroup { bytes: u64 },
     /// The clean page cache (`vm.drop_caches = 1`).
@@ -73,9 +77,15 @@ impl Pressure {
             (key("cpu"), self.cpu.to_string()),
         ];
         match &self.kind {
-            PressureKind::Anon { target } => {
+            PressureKind::Anon {
+                target,
+                lazyfree_only,
+            } => {
                 out.push((key("kind"), "anon".into()));
                 out.push((key("target"), target.clone()));
+                if *lazyfree_only {
+                    out.push((key("mappings"), "lazyfree".into()));
+                }
             }
             PressureKind::Cgroup { bytes } => {
                 out.push((key("kind"), "cgroup".into()));
@@ -118,11 +128,15 @@ impl std::fmt::Display for Action {
                 cpu,
                 cond,
                 detector,
+                inject,
             } => {
                 let kind = if *detector { "detector" } else { "break" };
                 write!(f, "{kind} {name} at {at} on vCPU {cpu}")?;
-                match cond {
-                    Some(c) => write!(f, " if {c}"),
+                if let Some(c) = cond {
+                    write!(f, " if {c}")?;
+                }
+                match inject {
+                    Some(v) => write!(f, " returning {v}"),
                     None => Ok(()),
                 }
             }
@@ -132,7 +146,15 @@ impl std::fmt::Display for Action {
             Action::Disarm { name } => write!(f, "disarm {name}"),
             Action::Reclaim(p) => {
                 match &p.kind {
-                    PressureKind::Anon { target } => write!(f, "reclaim anon of {target}")?,
+                    PressureKind::Anon {
+                        target,
+                        lazyfree_only,
+                    } => {
+                        write!(f, "reclaim anon of {target}")?;
+                        if *lazyfree_only {
+                            write!(f, " (its lazyfree mappings)")?;
+                        }
+                    }
                     PressureKind::Cgroup { bytes } => {
                         write!(f, "reclaim {bytes} bytes of the trial cgroup")?
                     }
@@ -210,12 +232,15 @@ struct RawStep {
     disarm: Option<String>,
     reclaim: Option<String>,
     target: Option<String>,
+    mappings: Option<String>,
     bytes: Option<String>,
     cpu: Option<VcpuId>,
     name: Option<String>,
     #[serde(rename = "if")]
     cond: Option<String>,
     detector: Option<bool>,
+    #[serde(rename = "return")]
+    inject: Option<i64>,
     timeout_ms: Option<u64>,
     allow_irqs_off: Option<bool>,
 }
@@ -295,13 +320,18 @@ impl Schedule {
         if let Some(kind) = &s.reclaim {
             return Self::reclaim(kind, s);
         }
-        if s.target.is_some() || s.bytes.is_some() {
-            return Err("`target` and `bytes` belong to a `reclaim` step".into());
+        if s.target.is_some() || s.bytes.is_some() || s.mappings.is_some() {
+            return Err("`target`, `mappings` and `bytes` belong to a `reclaim` step".into());
         }
-        let extras_only_for_break =
-            s.cpu.is_some() || s.name.is_some() || s.cond.is_some() || s.detector.is_some();
+        let extras_only_for_break = s.cpu.is_some()
+            || s.name.is_some()
+            || s.cond.is_some()
+            || s.detector.is_some()
+            || s.inject.is_some();
         if s.break_at.is_none() && extras_only_for_break {
-            return Err("`cpu`, `name`, `if` and `detector` belong to a `break` step".into());
+            return Err(
+                "`cpu`, `name`, `if`, `detector` and `return` belong to a `break` step".into(),
+            );
         }
         if let Some(w) = &s.wait {
             let mut parts = w.split_whitespace();
@@ -327,12 +357,19 @@ impl Schedule {
                 .map(Condition::parse)
                 .transpose()
                 .map_err(|e: CondError| e.to_string())?;
+            let detector = s.detector.unwrap_or(false);
+            if detector && s.inject.is_some() {
+                return Err(
+                    "a `break` step is a detector or an injection (`return`), not both".into(),
+                );
+            }
             return Ok(Action::Break {
                 name,
                 at: at.clone(),
                 cpu,
                 cond,
-                detector: s.detector.unwrap_or(false),
+                detector,
+                inject: s.inject,
             });
         }
         if let Some(h) = &s.hit {
@@ -350,8 +387,8 @@ impl Schedule {
     }
 
     fn reclaim(kind: &str, s: &RawStep) -> Result<Action, String> {
-        if s.cond.is_some() || s.detector.is_some() {
-            return Err("`if` and `detector` belong to a `break` step".into());
+        if s.cond.is_some() || s.detector.is_some() || s.inject.is_some() {
+            return Err("`if`, `detector` and `return` belong to a `break` step".into());
         }
         let cpu = s
             .cpu
@@ -366,6 +403,15 @@ impl Schedule {
                     .target
                     .clone()
                     .ok_or("reclaim \"anon\" needs `target`: the name of an exec [[process]]")?,
+                lazyfree_only: match s.mappings.as_deref() {
+                    None | Some("all") => false,
+                    Some("lazyfree") => true,
+                    Some(other) => {
+                        return Err(format!(
+                            "mappings {other:?}: use \"all\" (every private anonymous mapping, the default) or \"lazyfree\" (those holding MADV_FREE'd pages)"
+                        ))
+                    }
+                },
             },
             "cgroup" => PressureKind::Cgroup {
                 bytes: parse_bytes(s.bytes.as_deref().unwrap_or("1G"))?,
@@ -377,8 +423,10 @@ impl Schedule {
                 ))
             }
         };
-        if !matches!(kind, PressureKind::Anon { .. }) && s.target.is_some() {
-            return Err("`target` belongs to reclaim \"anon\"".into());
+        if !matches!(kind, PressureKind::Anon { .. })
+            && (s.target.is_some() || s.mappings.is_some())
+        {
+            return Err("`target` and `mappings` belong to reclaim \"anon\"".into());
         }
         if !matches!(kind, PressureKind::Cgroup { .. }) && s.bytes.is_some() {
             return Err("`bytes` belongs to reclaim \"cgroup\"".into());
@@ -412,6 +460,7 @@ impl Schedule {
         let mut armed: BTreeMap<String, VcpuId> = BTreeMap::new();
         let mut defined: BTreeSet<String> = BTreeSet::new();
         let mut parked: BTreeMap<VcpuId, String> = BTreeMap::new();
+        let mut injections: BTreeSet<String> = BTreeSet::new();
         let mut peak: Option<(usize, usize)> = None;
         let cpu_ok = |cpu: VcpuId, line| {
             if cpu < cpus {
@@ -429,8 +478,13 @@ impl Schedule {
         for step in &self.steps {
             let line = step.line;
             match &step.action {
-                Action::Break { name, cpu, .. } => {
+                Action::Break {
+                    name, cpu, inject, ..
+                } => {
                     cpu_ok(*cpu, line)?;
+                    if inject.is_some() {
+                        injections.insert(name.clone());
+                    }
                     if !defined.insert(name.clone()) {
                         return Err((line, format!("breakpoint name {name:?} is used twice")));
                     }
@@ -451,6 +505,12 @@ impl Schedule {
                         line,
                         format!("hit {name:?}: no armed breakpoint has that name"),
                     ))?;
+                    if injections.contains(name) {
+                        // The function returned at once and its vCPU went on; the
+                        // breakpoint fired once and is disarmed.
+                        armed.remove(name);
+                        continue;
+                    }
                     if parked.contains_key(&cpu) {
                         return Err((
                             line,
@@ -518,6 +578,22 @@ impl Schedule {
             .iter()
             .filter_map(|s| match &s.action {
                 Action::Break { at, .. } => Some((s.line, at.as_str())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every fault injection (`break` with `return`): its line, spec and value, to check
+    /// against a kernel's debug info before booting it.
+    pub fn injections(&self) -> Vec<(usize, &str, i64)> {
+        self.steps
+            .iter()
+            .filter_map(|s| match &s.action {
+                Action::Break {
+                    at,
+                    inject: Some(v),
+                    ..
+                } => Some((s.line, at.as_str(), *v)),
                 _ => None,
             })
             .collect()
@@ -607,6 +683,7 @@ steps = [
             Action::Break {
                 cpu: 1,
                 detector: false,
+                inject: None,
                 cond: Some(_),
                 ..
             }

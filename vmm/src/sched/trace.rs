@@ -22,6 +22,18 @@ pub enum TraceEvent {
         comm: Option<String>,
         regs: Regs,
     },
+    /// Fault injection: a breakpoint at a function's entry fired with its condition
+    /// true, and the function returned `value` at once, to `returned_to`.
+    Inject {
+        t_us: u64,
+        name: String,
+        cpu: VcpuId,
+        symbol: String,
+        tid: Option<u64>,
+        comm: Option<String>,
+        value: i64,
+        returned_to: String,
+    },
     /// A breakpoint fired but its condition was false: the vCPU continued.
     Filtered {
         t_us: u64,
@@ -54,7 +66,7 @@ pub enum TraceEvent {
 impl TraceEvent {
     pub fn hit_name(&self) -> Option<&str> {
         match self {
-            TraceEvent::Hit { name, .. } => Some(name),
+            TraceEvent::Hit { name, .. } | TraceEvent::Inject { name, .. } => Some(name),
             _ => None,
         }
     }

@@ -465,6 +465,13 @@ impl Backend for KvmVm {
         Ok(self.snapshot(vcpu)?.0)
     }
 
+    fn set_regs(&mut self, vcpu: VcpuId, regs: &Regs) -> Result<(), BackendError> {
+        let handle = self.vcpu(vcpu)?;
+        // The cached snapshot would hide the new values.
+        self.snapshots[vcpu].set(None);
+        Ok(handle.set_regs(regs)?)
+    }
+
     fn read_virt(&mut self, vcpu: VcpuId, addr: u64, len: usize) -> Result<Vec<u8>, BackendError> {
         const PAGE: u64 = 4096;
         // The address may come from guest memory (a task pointer): untrusted.

@@ -544,6 +544,40 @@ impl Backend for QemuVm {
         })
     }
 
+    fn set_regs(&mut self, vcpu: VcpuId, regs: &Regs) -> Result<(), BackendError> {
+        self.while_stopped(|vm| {
+            let now = vm.regs(vcpu)?;
+            let values = |r: &Regs| {
+                [
+                    r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.rsp, r.r8, r.r9, r.r10,
+                    r.r11, r.r12, r.r13, r.r14, r.r15, r.rip, r.rflags,
+                ]
+            };
+            // `regs` (above) selected the vCPU. Only what changes is written, one `P`
+            // packet each, in the target description's size and byte order.
+            let descs = vm.regs.clone();
+            for ((new, old), desc) in values(regs).iter().zip(values(&now)).zip(&descs) {
+                if *new == old {
+                    continue;
+                }
+                let size = (desc.bits / 8).min(8);
+                let hex: String = new.to_le_bytes()[..size]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                vm.link
+                    .request_ok(&format!("P{:x}={hex}", desc.regnum))
+                    .map_err(|e| {
+                        QemuError::Protocol(format!("writing register {}: {e}", desc.name))
+                    })?;
+            }
+            if regs.rip != now.rip {
+                vm.on_breakpoint[vcpu] = None;
+            }
+            Ok(())
+        })
+    }
+
     fn read_virt(&mut self, vcpu: VcpuId, addr: u64, len: usize) -> Result<Vec<u8>, BackendError> {
         // `addr` is often a pointer read from guest memory: untrusted. Once the whole
         // range is known not to wrap, `addr + out.len()` below cannot overflow.

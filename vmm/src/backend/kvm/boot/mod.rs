@@ -7,9 +7,9 @@ mod x86_64;
 #[cfg(target_arch = "x86_64")]
 pub use self::x86_64::{
     arm_single_step, cancel_suppression, configure_vcpu, interrupted_at, kernel_params, load_linux,
-    position, ram_ranges, set_bare_entry, set_breakpoints, set_linux_entry, setup_vm_before_vcpus,
-    snapshot, suppress_breakpoint_once, suppression_pending, translate, write_system_tables,
-    BootError, BootProtocol, CpuFeature, CpuidError, CpuidPolicy, DebugError, LinuxImage,
-    LoadError, MptableError, PagingError, PagingState, Platform, StepMode, KVM_PV_FEATURES_OFFERED,
-    KVM_SIGNATURE, LONG_MODE_CODE_SELECTOR, MAX_BREAKPOINTS,
+    position, ram_ranges, set_bare_entry, set_breakpoints, set_linux_entry, set_regs,
+    setup_vm_before_vcpus, snapshot, suppress_breakpoint_once, suppression_pending, translate,
+    write_system_tables, BootError, BootProtocol, CpuFeature, CpuidError, CpuidPolicy, DebugError,
+    LinuxImage, LoadError, MptableError, PagingError, PagingState, Platform, StepMode,
+    KVM_PV_FEATURES_OFFERED, KVM_SIGNATURE, LONG_MODE_CODE_SELECTOR, MAX_BREAKPOINTS,
 };

@@ -110,6 +110,7 @@ enum Command {
     },
     Stop,
     SetBreakpoints(Vec<u64>),
+    SetRegs(Box<Regs>),
     Snapshot,
     Quit,
 }
@@ -217,6 +218,14 @@ impl VcpuHandle {
 
     pub fn set_breakpoints(&self, addrs: &[u64]) -> Result<(), VcpuError> {
         self.send(Command::SetBreakpoints(addrs.to_vec()))?;
+        match self.reply()? {
+            Reply::Done(result) => result,
+            _ => Err(VcpuError::Unresponsive { vcpu: self.id }),
+        }
+    }
+
+    pub fn set_regs(&self, regs: &Regs) -> Result<(), VcpuError> {
+        self.send(Command::SetRegs(Box::new(*regs)))?;
         match self.reply()? {
             Reply::Done(result) => result,
             _ => Err(VcpuError::Unresponsive { vcpu: self.id }),
@@ -339,6 +348,24 @@ impl VcpuThread {
                 };
                 if result.is_ok() {
                     self.breakpoints = addrs;
+                }
+                self.answer(Reply::Done(result));
+            }
+            Command::SetRegs(regs) => {
+                let result = match self.state {
+                    RunState::Running => Err(VcpuError::Running { vcpu: self.id }),
+                    RunState::Exited => Err(VcpuError::Gone { vcpu: self.id }),
+                    _ => boot::set_regs(&self.fd, &regs).map_err(|source| VcpuError::Debug {
+                        vcpu: self.id,
+                        source,
+                    }),
+                };
+                // Moved off the breakpoint it was parked on: nothing is left to step
+                // over, and it runs from the new rip (where a breakpoint fires as usual).
+                if let (Ok(()), RunState::Parked { addr }) = (&result, self.state) {
+                    if regs.rip != addr {
+                        self.state = RunState::Paused;
+                    }
                 }
                 self.answer(Reply::Done(result));
             }

@@ -208,6 +208,32 @@ pub fn snapshot(vcpu: &VcpuFd) -> Result<(Regs, PagingState), DebugError> {
     Ok((regs, PagingState::from(&s)))
 }
 
+/// Write the general-purpose registers, `rip` and `rflags` of a stopped vCPU (segment
+/// and control registers are left alone). Read-modify-write: KVM_SET_REGS replaces the
+/// whole set, so the rest keeps the values KVM has.
+pub fn set_regs(vcpu: &VcpuFd, regs: &Regs) -> Result<(), DebugError> {
+    let mut r = vcpu.get_regs().map_err(ioctl("read registers"))?;
+    r.rax = regs.rax;
+    r.rbx = regs.rbx;
+    r.rcx = regs.rcx;
+    r.rdx = regs.rdx;
+    r.rsi = regs.rsi;
+    r.rdi = regs.rdi;
+    r.rbp = regs.rbp;
+    r.rsp = regs.rsp;
+    r.r8 = regs.r8;
+    r.r9 = regs.r9;
+    r.r10 = regs.r10;
+    r.r11 = regs.r11;
+    r.r12 = regs.r12;
+    r.r13 = regs.r13;
+    r.r14 = regs.r14;
+    r.r15 = regs.r15;
+    r.rip = regs.rip;
+    r.rflags = regs.rflags;
+    vcpu.set_regs(&r).map_err(ioctl("write registers"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,8 +19,8 @@ pub use cpuid::{
     kernel_params, CpuFeature, CpuidError, CpuidPolicy, KVM_PV_FEATURES_OFFERED, KVM_SIGNATURE,
 };
 pub use debug::{
-    arm_single_step, cancel_suppression, interrupted_at, position, set_breakpoints, snapshot,
-    suppress_breakpoint_once, suppression_pending, DebugError, StepMode, MAX_BREAKPOINTS,
+    arm_single_step, cancel_suppression, interrupted_at, position, set_breakpoints, set_regs,
+    snapshot, suppress_breakpoint_once, suppression_pending, DebugError, StepMode, MAX_BREAKPOINTS,
 };
 pub use linux::{load_linux, BootProtocol, LinuxImage, LoadError, LoadedKernel};
 pub use mptable::MptableError;
