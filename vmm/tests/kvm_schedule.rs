@@ -37,6 +37,10 @@ impl Introspect for RawAddresses {
     fn task_layout(&self) -> Option<TaskLayout> {
         None
     }
+
+    fn is_code(&self, addr: u64) -> bool {
+        (fixtures::CODE_BASE..fixtures::DATA_BASE).contains(&addr)
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -202,5 +206,58 @@ fn parking_with_interrupts_off_is_refused_unless_allowed() {
     match &trial.schedule {
         ScheduleStatus::Error { why, .. } => assert!(why.contains("IF=0"), "{why}"),
         other => panic!("expected a schedule error, got {other:?}"),
+    }
+}
+
+/// Fault injection on memrace's own VMM: a breakpoint at a function's entry with
+/// `return = 42` makes the call return 42 without running the function (KVM_SET_REGS:
+/// rax, rip from the stack, rsp); with a plain breakpoint there the function runs and
+/// returns its own 7.
+#[test]
+fn a_forced_return_at_a_function_entry_hands_the_caller_the_chosen_value() {
+    let Some(opts) = kvm_or_report("kvm fault injection") else {
+        return;
+    };
+    let fx = fixtures::call_return();
+    for (inject, expected) in [(", return = 42", 42), ("", fixtures::CallReturn::RETURNED)] {
+        let release = if inject.is_empty() {
+            "{ release = 0 },"
+        } else {
+            ""
+        };
+        let text = format!(
+            r#"
+[schedule]
+step_timeout_ms = 10000
+fallback = [0]
+steps = [
+  {{ break = "{function:#x}", cpu = 0, name = "f"{inject} }},
+  {{ break = "{done:#x}", cpu = 0, name = "done" }},
+  {{ open = "{gate}" }},
+  {{ hit = "f", allow_irqs_off = true }},
+  {release}
+  {{ hit = "done", allow_irqs_off = true }},
+]
+"#,
+            function = fx.function,
+            done = fx.done,
+            gate = fixtures::CallReturn::GATE,
+        );
+        let schedule = parse("inject.toml", &text);
+        let mut vm = launch_program(&fx.program, &opts).expect("launch the call guest");
+        let trial = {
+            let intro = RawAddresses;
+            let mut engine = Engine::start(&mut vm, &intro).expect("start the engine");
+            engine.run_trial(1, &schedule)
+        };
+        let result = read_u64(&vm, fx.result);
+        vm.kill();
+        assert_eq!(trial.schedule, ScheduleStatus::Completed, "{trial:#?}");
+        assert_eq!(result, expected, "{inject:?}: {trial:#?}");
+        let injected = trial
+            .trace
+            .iter()
+            .any(|e| matches!(e, TraceEvent::Inject { value: 42, .. }));
+        assert_eq!(injected, !inject.is_empty(), "{trial:#?}");
     }
 }

@@ -1,43 +1,70 @@
-//! The exec workload and memory-pressure steps end to end on the qemu backend: the
-//! upstream reporter's unchanged test.c (scenarios/madv-free-upstream.toml) is
-//! compiled statically on the host, started fresh per trial behind its gate, parked by
+//! The exec workload, memory-pressure steps and fault injection end to end on the qemu
+//! backend: the upstream reporter's unchanged test.c (scenarios/madv-free-upstream.toml)
+//! is compiled statically on the host, started fresh per trial behind its gate, parked by
 //! tid in brd_submit_bio, and its buffer is reclaimed by a pressure worker on another
 //! vCPU whose tid the schedule also filters on; the verdict comes from test.c's output.
+//! scenarios/fault-mremap-copy-vma.toml makes copy_vma() fail inside mremap.
 
 mod common;
-use common::{kernel_dir, run_scenario_json};
+use common::{kernel_dir, memrace, output_within, run_scenario_json, text};
 
+/// The done-when of the exec workload: the reporter's test.c, unchanged, 100% reproduced
+/// on the kernel without the fix and 0% on stock 6.12, over 20 trials each, and the
+/// natural rate without the schedule measured and reported.
 #[test]
-fn an_unchanged_reproducer_runs_under_a_schedule_with_a_pressure_step() {
+fn the_unchanged_upstream_reproducer_reproduces_on_every_trial_and_never_on_base() {
     kernel_dir("base");
+    kernel_dir("madv-free-unpatched");
     let out = tempfile::tempdir().unwrap();
     let scenario = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../scenarios/madv-free-upstream.toml"
     );
-    let result = run_scenario_json(&[scenario, "--kernel", "base", "--trials", "3"], out.path());
-    let base = &result["kernels"][0];
-    assert_eq!(base["counts"]["trials"], 3, "{}", base["counts"]);
-    for t in base["trials"].as_array().unwrap() {
-        // The schedule completed with both hits in order, and test.c printed the
-        // device's data ('y' = 0x79) for its pages.
-        assert_eq!(t["verdict"], "passed", "{t}");
-        assert_eq!(t["hits"], serde_json::json!(["dio-pinned", "reclaim-done"]));
-        let detail = t["oracle"][1].as_str().unwrap();
-        assert!(detail.contains(": 0x79"), "{detail}");
-        let trace = t["trace"].to_string();
-        assert!(
-            trace.contains("reclaim anon of test on vCPU 2 as pageout"),
-            "the pressure step is in the trace: {trace}"
-        );
+    let result = run_scenario_json(&[scenario, "--trials", "20", "--controls"], out.path());
+    let kernels = result["kernels"].as_array().unwrap();
+    let by_variant = |v: &str| {
+        kernels
+            .iter()
+            .find(|k| k["variant"] == v)
+            .unwrap_or_else(|| panic!("no {v} in {result}"))
+    };
+    for (variant, verdict, byte) in [
+        ("madv-free-unpatched", "reproduced", ": 0x0"),
+        ("base", "passed", ": 0x79"),
+    ] {
+        let k = by_variant(variant);
+        assert_eq!(k["counts"]["trials"], 20, "{variant}: {}", k["counts"]);
+        for t in k["trials"].as_array().unwrap() {
+            // The schedule completed with every hit in order; test.c's own output gave the
+            // verdict: the zero page where the device data should be, or the data ('y').
+            assert_eq!(t["verdict"], verdict, "{variant}: {t}");
+            assert_eq!(
+                t["hits"],
+                serde_json::json!(["lru-caches-off", "dio-pinned", "reclaim-done"]),
+                "{variant}: {t}"
+            );
+            let detail = t["oracle"][1].as_str().unwrap();
+            assert!(detail.contains(byte), "{variant}: {detail}");
+            let trace = t["trace"].to_string();
+            assert!(
+                trace.contains("reclaim anon of test (its lazyfree mappings) on vCPU 2 as pageout"),
+                "{variant}: the pressure step is in the trace: {trace}"
+            );
+            // When reclaim ran, the buffer's four pages were lazyfree: the parked page
+            // migration had the LRU caches disabled.
+            assert!(
+                trace.contains("FACT pageout.lazyfree_kib 16"),
+                "{variant}: {trace}"
+            );
+        }
     }
-    // The pressure worker reported what it paged out, once per trial.
-    let control = std::fs::read_to_string(out.path().join("base-boot1/control.log")).unwrap();
-    let reports = control
-        .lines()
-        .filter(|l| l.starts_with("FACT pageout.bytes "))
-        .count();
-    assert_eq!(reports, 3, "{control}");
+    // The no-schedule baseline ran and its rate is in the results (whatever it is).
+    let baseline = &result["controls"][0];
+    assert_eq!(baseline["label"], "madv-free-unpatched [no-schedule]", "{baseline}");
+    let counts = &baseline["counts"];
+    assert_eq!(counts["trials"], 50, "{counts}");
+    let rate = counts["reproduced"].as_u64().unwrap() as f64 / 50.0;
+    eprintln!("madv-free-upstream no-schedule baseline: {:.0}% reproduced", rate * 100.0);
 }
 
 /// The user's program is untrusted: a fork bomb, one that never exits, one that forges
@@ -79,4 +106,98 @@ fn hostile_programs_end_in_bounded_verdicts_and_earlier_trials_are_kept() {
     }
     // The forged `RESULT 4 reproduced` never reached the bench: the port was /dev/null.
     assert!(trials.iter().all(|t| t["oracle"][0] != "reproduced"));
+}
+
+/// Fault injection: copy_vma() returns NULL at its entry for the mover's mremap only, the
+/// program sees ENOMEM with its source mapping intact, the kernel prints no report, and
+/// the trace names the injection; without the step the same program's move succeeds.
+#[test]
+fn an_injected_allocation_failure_reaches_the_caller_through_the_error_path() {
+    kernel_dir("base");
+    let out = tempfile::tempdir().unwrap();
+    let scenario = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scenarios/fault-mremap-copy-vma.toml"
+    );
+    let result = run_scenario_json(&[scenario, "--trials", "5", "--controls"], out.path());
+    let injected = &result["kernels"][0];
+    assert_eq!(injected["counts"]["trials"], 5, "{}", injected["counts"]);
+    for t in injected["trials"].as_array().unwrap() {
+        assert_eq!(t["verdict"], "reproduced", "{t}");
+        assert_eq!(t["kernel_report"], serde_json::Value::Null, "{t}");
+        assert!(
+            t["oracle"][1]
+                .as_str()
+                .unwrap()
+                .contains("Cannot allocate memory; source intact"),
+            "{t}"
+        );
+        let inject = t["trace"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == "inject")
+            .unwrap_or_else(|| panic!("no injection in the trace: {t}"));
+        assert_eq!(inject["symbol"], "copy_vma+0x0", "{inject}");
+        assert_eq!(inject["value"], 0, "{inject}");
+        assert_eq!(inject["comm"], "move", "{inject}");
+        assert!(
+            inject["returned_to"].as_str().unwrap().starts_with("move_vma"),
+            "{inject}"
+        );
+    }
+    let control = &result["controls"][0];
+    assert_eq!(control["counts"]["trials"], 5, "{control}");
+    for t in control["trials"].as_array().unwrap() {
+        assert_eq!(t["verdict"], "passed", "without the step the move succeeds: {t}");
+        let detail = t["oracle"][1].as_str().unwrap();
+        assert!(detail.contains("moved the mapping; data intact"), "{t}");
+    }
+}
+
+/// An injection the bench cannot do safely is refused before any boot, naming the
+/// scenario file and line: not a function's entry, a void function, and a value the
+/// function's return type (here a pointer: only NULL or an ERR_PTR) cannot hold.
+#[test]
+fn unsafe_injections_are_refused_with_file_and_line() {
+    kernel_dir("base");
+    let dir = tempfile::tempdir().unwrap();
+    let scenarios = concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios");
+    std::fs::create_dir(dir.path().join("fault-mremap-copy-vma")).unwrap();
+    std::fs::copy(
+        format!("{scenarios}/fault-mremap-copy-vma/move.c"),
+        dir.path().join("fault-mremap-copy-vma/move.c"),
+    )
+    .unwrap();
+    let original =
+        std::fs::read_to_string(format!("{scenarios}/fault-mremap-copy-vma.toml")).unwrap();
+    let step = r#"{ break = "copy_vma", cpu = 1, name = "no-vma", if = "tid == $mover.tid", return = 0 },"#;
+    let line = original
+        .lines()
+        .position(|l| l.trim() == step)
+        .expect("the injection step")
+        + 1;
+    for (bad, why) in [
+        (
+            step.replace("\"copy_vma\"", "\"copy_vma+0x4\""),
+            "is not a bare function name",
+        ),
+        (
+            step.replace("\"copy_vma\"", "\"vm_area_free\""),
+            "returns void",
+        ),
+        (step.replace("return = 0", "return = 4096"), "ERR_PTR"),
+    ] {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, original.replace(step, &bad)).unwrap();
+        let out = output_within(
+            memrace().args(["run", path.to_str().unwrap(), "--out"]).arg(dir.path().join("runs")),
+            std::time::Duration::from_secs(300),
+        );
+        let (_, stderr) = text(&out);
+        assert!(!out.status.success(), "{bad}: {stderr}");
+        let at = format!("bad.toml:{line}: fault injection at");
+        assert!(stderr.contains(&at) && stderr.contains(why), "{bad}: {stderr}");
+        assert!(!stderr.contains("boot"), "refused before booting: {stderr}");
+    }
 }
