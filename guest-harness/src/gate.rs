@@ -9,12 +9,21 @@ use crate::control;
 use crate::error::{self, Res};
 use crate::mem::{self, Mapping, PAGE};
 
+/// Gate words in one page.
+pub const WORDS: usize = PAGE / 4;
+
 /// One locked page of gate words, with its guest-physical address.
 pub struct Gate {
     page: Mapping,
     gpa: u64,
     /// TSC ticks per millisecond, so that the spin bound needs no system call.
     tsc_per_ms: u64,
+}
+
+/// The TSC rate, measured once per boot.
+fn tsc_per_ms() -> u64 {
+    static RATE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *RATE.get_or_init(calibrate_tsc)
 }
 
 fn rdtsc() -> u64 {
@@ -33,7 +42,17 @@ fn calibrate_tsc() -> u64 {
 impl Gate {
     /// Map, lock and zero a page, then find its physical address in /proc/self/pagemap.
     pub fn new() -> Res<Gate> {
-        let page = Mapping::private(PAGE)?;
+        Gate::lock(Mapping::private(PAGE)?)
+    }
+
+    /// A gate page in a memfd, shared with whoever maps `fd` (a user program, through
+    /// memrace.h).
+    pub fn shared(fd: &std::os::fd::OwnedFd) -> Res<Gate> {
+        Gate::lock(Mapping::shared(fd, PAGE)?)
+    }
+
+    /// Lock and zero `page`, then find its physical address.
+    fn lock(page: Mapping) -> Res<Gate> {
         page.madvise(
             0,
             PAGE,
@@ -51,7 +70,7 @@ impl Gate {
         Ok(Gate {
             page,
             gpa: info.pfn * PAGE as u64,
-            tsc_per_ms: calibrate_tsc(),
+            tsc_per_ms: tsc_per_ms(),
         })
     }
 
@@ -59,15 +78,21 @@ impl Gate {
     pub fn announce(&self, index: usize, name: &str) {
         control::send(&Message::Gate {
             name: name.to_string(),
-            gpa: self.gpa + 4 * index as u64,
+            gpa: self.gpa(index),
         });
+    }
+
+    /// Guest-physical address of word `index`.
+    pub fn gpa(&self, index: usize) -> u64 {
+        assert!(index < WORDS);
+        self.gpa + 4 * index as u64
     }
 
     /// Spin in user mode until word `index` is non-zero, at most `timeout`. The bound is
     /// kept with RDTSC, so the thread never enters the kernel while it waits (without a vDSO
     /// clocksource, reading the clock would be a system call).
     pub fn wait(&self, index: usize, timeout: Duration) -> Res<()> {
-        assert!(index < PAGE / 4);
+        assert!(index < WORDS);
         let word = self.page.ptr().cast::<u32>().wrapping_add(index);
         let limit = (timeout.as_millis() as u64).saturating_mul(self.tsc_per_ms);
         let start = rdtsc();

@@ -14,6 +14,7 @@ mod job;
 mod mem;
 mod pin;
 mod pressure;
+mod relay;
 mod shell;
 mod system;
 mod trial_cgroup;

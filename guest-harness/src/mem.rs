@@ -54,6 +54,30 @@ impl Mapping {
         )
     }
 
+    /// A read-write `MAP_SHARED` mapping of the first `len` bytes of `fd`.
+    pub fn shared(fd: &std::os::fd::OwnedFd, len: usize) -> Res<Mapping> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a new mapping chosen by the kernel (no MAP_FIXED) cannot alias memory
+        // Rust knows about; every access to it is raw.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(error::last(&format!("mmap(shared, {len:#x})")));
+        }
+        Ok(Mapping {
+            addr: p as usize,
+            len,
+        })
+    }
+
     pub fn addr(&self) -> usize {
         self.addr
     }

@@ -60,11 +60,17 @@ fn the_unchanged_upstream_reproducer_reproduces_on_every_trial_and_never_on_base
     }
     // The no-schedule baseline ran and its rate is in the results (whatever it is).
     let baseline = &result["controls"][0];
-    assert_eq!(baseline["label"], "madv-free-unpatched [no-schedule]", "{baseline}");
+    assert_eq!(
+        baseline["label"], "madv-free-unpatched [no-schedule]",
+        "{baseline}"
+    );
     let counts = &baseline["counts"];
     assert_eq!(counts["trials"], 50, "{counts}");
     let rate = counts["reproduced"].as_u64().unwrap() as f64 / 50.0;
-    eprintln!("madv-free-upstream no-schedule baseline: {:.0}% reproduced", rate * 100.0);
+    eprintln!(
+        "madv-free-upstream no-schedule baseline: {:.0}% reproduced",
+        rate * 100.0
+    );
 }
 
 /// The user's program is untrusted: a fork bomb, one that never exits, one that forges
@@ -142,14 +148,20 @@ fn an_injected_allocation_failure_reaches_the_caller_through_the_error_path() {
         assert_eq!(inject["value"], 0, "{inject}");
         assert_eq!(inject["comm"], "move", "{inject}");
         assert!(
-            inject["returned_to"].as_str().unwrap().starts_with("move_vma"),
+            inject["returned_to"]
+                .as_str()
+                .unwrap()
+                .starts_with("move_vma"),
             "{inject}"
         );
     }
     let control = &result["controls"][0];
     assert_eq!(control["counts"]["trials"], 5, "{control}");
     for t in control["trials"].as_array().unwrap() {
-        assert_eq!(t["verdict"], "passed", "without the step the move succeeds: {t}");
+        assert_eq!(
+            t["verdict"], "passed",
+            "without the step the move succeeds: {t}"
+        );
         let detail = t["oracle"][1].as_str().unwrap();
         assert!(detail.contains("moved the mapping; data intact"), "{t}");
     }
@@ -191,13 +203,63 @@ fn unsafe_injections_are_refused_with_file_and_line() {
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, original.replace(step, &bad)).unwrap();
         let out = output_within(
-            memrace().args(["run", path.to_str().unwrap(), "--out"]).arg(dir.path().join("runs")),
+            memrace()
+                .args(["run", path.to_str().unwrap(), "--out"])
+                .arg(dir.path().join("runs")),
             std::time::Duration::from_secs(300),
         );
         let (_, stderr) = text(&out);
         assert!(!out.status.success(), "{bad}: {stderr}");
         let at = format!("bad.toml:{line}: fault injection at");
-        assert!(stderr.contains(&at) && stderr.contains(why), "{bad}: {stderr}");
-        assert!(!stderr.contains("boot"), "refused before booting: {stderr}");
+        assert!(
+            stderr.contains(&at) && stderr.contains(why),
+            "{bad}: {stderr}"
+        );
+        let booted = walk_has_boot_dir(&dir.path().join("runs"));
+        assert!(!booted, "refused before any VM booted: {stderr}");
     }
+}
+
+/// Whether a run directory under `runs` holds a boot directory (`<kernel>-boot<n>`).
+fn walk_has_boot_dir(runs: &std::path::Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(runs) else {
+        return false;
+    };
+    entries.flatten().any(|run| {
+        std::fs::read_dir(run.path()).is_ok_and(|inner| {
+            inner
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().contains("-boot"))
+        })
+    })
+}
+
+/// memrace.h: a program the harness does not gate announces READY with its own tid and a
+/// gate of its own; the schedule parks its getppid by that tid and waits for its PHASE
+/// and FACT. A READY for another task's tid and one under a name the harness announces
+/// itself are refused, never relayed.
+#[test]
+fn a_program_announces_itself_and_its_gate_through_memrace_h() {
+    kernel_dir("base");
+    let out = tempfile::tempdir().unwrap();
+    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/memrace-h.toml");
+    let result = run_scenario_json(&[scenario], out.path());
+    let trials = result["kernels"][0]["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 3);
+    for t in trials {
+        assert_eq!(t["verdict"], "passed", "{t}");
+        assert_eq!(t["hits"], serde_json::json!(["in-getppid"]), "{t}");
+        let trace = t["trace"].to_string();
+        assert!(trace.contains("FACT answer 42"), "{trace}");
+        assert!(!trace.contains("READY forged"), "{trace}");
+        assert_eq!(
+            trace.matches("READY bystander").count(),
+            1,
+            "only the harness's: {trace}"
+        );
+    }
+    let control = std::fs::read_to_string(out.path().join("base-boot1/control.log")).unwrap();
+    let refused = control.matches("memrace.h%20message%20refused").count()
+        + control.matches("memrace.h message refused").count();
+    assert_eq!(refused, 6, "two refusals per trial: {control}");
 }

@@ -23,6 +23,7 @@ use crate::gate::Gate;
 use crate::job::Params;
 use crate::pin;
 use crate::pressure::{self, Pressure};
+use crate::relay::{self, Relay};
 use crate::trial_cgroup::TrialCgroup;
 
 /// linux/capability.h (the libc crate does not export them).
@@ -148,10 +149,12 @@ impl Exec {
     }
 }
 
-/// A started program: its pid and the read ends of its stdout and stderr.
+/// A started program: its pid, the read ends of its stdout, its stderr and (for a
+/// racing process) its memrace.h channel.
 struct Running {
     pid: libc::pid_t,
-    out: [Option<File>; 2],
+    out: [Option<File>; 3],
+    relay: Option<Relay>,
     ended: Option<Ended>,
 }
 
@@ -209,6 +212,9 @@ struct Start<'a> {
     gate: Option<(&'a Gate, usize, Duration)>,
     cgroup: &'a TrialCgroup,
     env: &'a [CString],
+    /// Give the program a memrace.h channel (racing processes, not setup ones).
+    relay: bool,
+    gate_timeout: Duration,
 }
 
 /// Fork the program; the child joins the cgroup, pins, isolates, reports READY and waits
@@ -218,10 +224,27 @@ fn start(s: &Start) -> Res<Running> {
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let null = File::open("/dev/null").map_err(|e| error::describe("open /dev/null", &e))?;
+    let (mut relay, ctl_r) = match s.relay {
+        true => Relay::new(&s.process.name).map(|(r, f)| (Some(r), Some(f)))?,
+        false => (None, None),
+    };
+    let mut env = s.env.to_vec();
+    if relay.is_some() {
+        for (k, v) in [
+            ("MEMRACE_CTL_FD", relay::CTL_FD.to_string()),
+            ("MEMRACE_GATE_FD", relay::GATE_FD.to_string()),
+            (
+                "MEMRACE_GATE_TIMEOUT_MS",
+                s.gate_timeout.as_millis().to_string(),
+            ),
+        ] {
+            env.push(CString::new(format!("{k}={v}")).expect("no NUL"));
+        }
+    }
     let mut arg_ptrs: Vec<*const libc::c_char> =
         s.process.argv.iter().map(|a| a.as_ptr()).collect();
     arg_ptrs.push(std::ptr::null());
-    let mut env_ptrs: Vec<*const libc::c_char> = s.env.iter().map(|e| e.as_ptr()).collect();
+    let mut env_ptrs: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
     env_ptrs.push(std::ptr::null());
     let procs = s.cgroup.procs_path();
     // SAFETY: the trial process is single-threaded here (pressure threads start after every
@@ -265,15 +288,25 @@ fn start(s: &Start) -> Res<Running> {
             libc::dup2(out_w.as_raw_fd(), 1);
             libc::dup2(err_w.as_raw_fd(), 2);
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+        if relay.as_ref().is_some_and(|r| !r.install_in_child()) {
+            fail("memrace-h-channel");
+        }
+        // SAFETY: as above.
+        unsafe {
             libc::execve(arg_ptrs[0], arg_ptrs.as_ptr(), env_ptrs.as_ptr());
         }
         let errno = std::io::Error::last_os_error();
         fail(&format!("exec-failed {errno}"));
     }
     drop((out_w, err_w));
+    if let Some(r) = relay.as_mut() {
+        r.close_child_ends();
+    }
     Ok(Running {
         pid,
-        out: [Some(File::from(out_r)), Some(File::from(err_r))],
+        out: [Some(File::from(out_r)), Some(File::from(err_r)), ctl_r],
+        relay,
         ended: None,
     })
 }
@@ -298,9 +331,15 @@ impl Output {
     }
 }
 
-/// Forward every program's output and reap them until all have ended and their pipes
-/// are drained, or `deadline`.
-fn supervise(running: &mut [Running], output: &mut Output, deadline: Instant) -> Res<()> {
+/// Forward every program's output, relay its memrace.h messages (names in `reserved` are
+/// the harness's own), and reap them until all have ended and their pipes are drained, or
+/// `deadline`.
+fn supervise(
+    running: &mut [Running],
+    output: &mut Output,
+    deadline: Instant,
+    reserved: &[String],
+) -> Res<()> {
     let mut buf = vec![0u8; 4096];
     loop {
         let mut fds = Vec::new();
@@ -337,10 +376,15 @@ fn supervise(running: &mut [Running], output: &mut Output, deadline: Instant) ->
                 continue;
             }
             let (i, j, _) = fds[k];
-            let slot = &mut running[i].out[j];
-            let n = slot.as_mut().map_or(Ok(0), |f| f.read(&mut buf));
+            let r = &mut running[i];
+            let n = r.out[j].as_mut().map_or(Ok(0), |f| f.read(&mut buf));
             match n {
-                Ok(0) | Err(_) => *slot = None,
+                Ok(0) | Err(_) => r.out[j] = None,
+                Ok(n) if j == 2 => {
+                    if let Some(relay) = r.relay.as_mut() {
+                        relay.feed(&buf[..n], r.pid, reserved);
+                    }
+                }
                 Ok(n) => output.add(
                     if j == 0 {
                         Stream::Stdout
@@ -392,10 +436,12 @@ impl Exec {
                 gate: None,
                 cgroup,
                 env: &env,
+                relay: false,
+                gate_timeout: self.gate_timeout,
             };
             let mut running = [start(&s)?];
             let deadline = Instant::now() + self.timeout;
-            if supervise(&mut running, &mut output, deadline).is_err() {
+            if supervise(&mut running, &mut output, deadline, &[]).is_err() {
                 return Ok((Outcome::Error, format!("setup-timeout {}", p.name)));
             }
             if running[0].ended != Some(Ended::Exited(0)) {
@@ -420,6 +466,8 @@ impl Exec {
                 g.announce(i, name);
             }
         }
+        // A program's memrace.h cannot claim what the harness announces.
+        let reserved: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut running = Vec::new();
         let mut word = 0;
         for p in &main {
@@ -432,6 +480,8 @@ impl Exec {
                 gate: slot,
                 cgroup,
                 env: &env,
+                relay: true,
+                gate_timeout: self.gate_timeout,
             };
             running.push((p.name.clone(), start(&s)?));
         }
@@ -448,7 +498,7 @@ impl Exec {
                 &pids,
                 cgroup,
             )?;
-            let supervised = supervise(&mut procs, &mut output, deadline);
+            let supervised = supervise(&mut procs, &mut output, deadline, &reserved);
             if supervised.is_err() {
                 cgroup.kill_all();
                 // Drain what is left so the verdict sees everything that was printed.
@@ -456,6 +506,7 @@ impl Exec {
                     &mut procs,
                     &mut output,
                     Instant::now() + Duration::from_secs(2),
+                    &reserved,
                 );
             }
             Res::Ok(supervised)

@@ -15,6 +15,10 @@ use std::process::Command;
 use std::time::Duration;
 use toml::Spanned;
 
+/// The header a user program includes for READY, gates, PHASE and FACT
+/// (guest-harness/include/memrace.h; the harness side is guest-harness/src/relay.rs).
+const MEMRACE_H: &str = include_str!("../../../guest-harness/include/memrace.h");
+
 /// Where shipped programs go in the guest unless a file says otherwise.
 const DEFAULT_DEST_DIR: &str = "/memrace/bin";
 /// A compiler that takes longer than this on a reproducer is stuck.
@@ -320,6 +324,15 @@ impl Exec {
             line: 0,
             why: e.to_string(),
         })?;
+        // Sources may `#include "memrace.h"` (docs/scenarios.md): it is on the include path.
+        let include = work.join("include");
+        std::fs::create_dir_all(&include)
+            .and_then(|()| std::fs::write(include.join("memrace.h"), MEMRACE_H))
+            .map_err(|e| ExecError::At {
+                file: include.display().to_string(),
+                line: 0,
+                why: e.to_string(),
+            })?;
         let mut out = Vec::new();
         for (i, f) in self.files.iter().enumerate() {
             let at = |why: String| ExecError::At {
@@ -332,6 +345,8 @@ impl Exec {
                 let mut gcc = Command::new("gcc");
                 gcc.arg("-static")
                     .arg("-O2")
+                    .arg("-I")
+                    .arg(&include)
                     .args(&f.cflags)
                     .arg("-o")
                     .arg(&exe)

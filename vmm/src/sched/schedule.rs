@@ -702,6 +702,28 @@ steps = [
     }
 
     #[test]
+    fn an_injection_does_not_park_and_is_spent_by_its_hit() {
+        let s = parse(
+            "[schedule]\nsteps = [\n  { break = \"copy_vma\", cpu = 1, name = \"f\", return = -12 },\n  { hit = \"f\" },\n  { break = \"copy_vma\", cpu = 1, name = \"g\" },\n  { hit = \"g\" },\n  { release = 1 },\n]\n",
+        )
+        .unwrap();
+        assert_eq!(s.injections(), vec![(3, "copy_vma", -12)]);
+        assert!(s.steps[0].action.to_string().ends_with("returning -12"));
+        // The injection's vCPU is not parked: releasing it is an error.
+        let e = err("[schedule]\nsteps = [\n  { break = \"f\", cpu = 1, name = \"f\", return = 0 },\n  { hit = \"f\" },\n  { release = 1 },\n]\n");
+        assert!(
+            e.starts_with("t.toml:5:") && e.contains("not parked"),
+            "{e}"
+        );
+        let e = err("[schedule]\nsteps = [\n  { break = \"f\", cpu = 1, name = \"f\", return = 0, detector = true },\n]\n");
+        assert!(e.starts_with("t.toml:3:") && e.contains("not both"), "{e}");
+        let e = err("[schedule]\nsteps = [\n  { hit = \"f\", return = 0 },\n]\n");
+        assert!(e.contains("belong to a `break` step"), "{e}");
+        let e = err("[schedule]\nsteps = [\n  { reclaim = \"cgroup\", cpu = 1, name = \"p\", mappings = \"lazyfree\" },\n]\n");
+        assert!(e.contains("`mappings` belong to reclaim \"anon\""), "{e}");
+    }
+
+    #[test]
     fn errors_carry_line_numbers() {
         let e = err("[schedule]\nsteps = [\n  { wait = \"READY a\" },\n  { hit = \"nope\" },\n]\n");
         assert!(
