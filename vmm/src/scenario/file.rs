@@ -445,7 +445,7 @@ description = "d"
 [workload]
 name = "exec"
 [[file]]
-source = "examples/madv-free-upstream/test.c"
+source = "madv-free-upstream/test.c"
 [[process]]
 name = "test"
 argv = ["/memrace/bin/test"]
