@@ -98,16 +98,6 @@ struct Armed {
     hits: u64,
 }
 
-/// A hit of an injection breakpoint, for `force_return`.
-struct Injected {
-    name: String,
-    cpu: VcpuId,
-    symbol: String,
-    tid: Option<u64>,
-    comm: Option<String>,
-    value: i64,
-}
-
 struct Parked {
     name: String,
     irqs_on: bool,
@@ -712,15 +702,20 @@ impl<'a> Engine<'a> {
             Err(_) => (None, None),
         };
         if let Some(value) = inject {
-            let injected = Injected {
+            let returned_to = self.force_return(cpu, &regs, value, &name, &symbol, step)?;
+            self.trace.push(TraceEvent::Inject {
+                t_us,
                 name: name.clone(),
                 cpu,
                 symbol,
                 tid,
                 comm,
                 value,
-            };
-            return self.force_return(injected, &regs, step).map(Some);
+                returned_to: self.intro.describe(returned_to),
+            });
+            self.hits.push(name.clone());
+            self.vm.resume(&self.running())?;
+            return Ok(Some(Happened::Hit { name }));
         }
         self.trace.push(TraceEvent::Hit {
             t_us,
@@ -744,22 +739,18 @@ impl<'a> Engine<'a> {
         Ok(Some(Happened::Hit { name }))
     }
 
-    /// Fault injection: the function whose entry `injected.name` is returns at once with
-    /// its value; the breakpoint is spent and the vCPU goes on (it does not park).
+    /// Fault injection: the function whose entry breakpoint `name` is (hit on `cpu` with
+    /// `regs`) returns `value` at once; the breakpoint is spent and the vCPU will go on
+    /// (it does not park). Returns where the function returned to.
     fn force_return(
         &mut self,
-        injected: Injected,
+        cpu: VcpuId,
         regs: &crate::backend::Regs,
+        value: i64,
+        name: &str,
+        symbol: &str,
         step: &Step,
-    ) -> Result<Happened, EngineError> {
-        let Injected {
-            name,
-            cpu,
-            symbol,
-            tid,
-            comm,
-            value,
-        } = injected;
+    ) -> Result<u64, EngineError> {
         let vm = &mut *self.vm;
         let forced = crate::arch::forced_return(regs, value, |at| {
             let bytes = vm.read_virt(cpu, at, 8)?;
@@ -777,22 +768,9 @@ impl<'a> Engine<'a> {
             });
         }
         self.vm.set_regs(cpu, &forced.regs)?;
-        self.armed.remove(&name);
+        self.armed.remove(name);
         self.program(cpu)?;
-        let t_us = self.now_us();
-        self.trace.push(TraceEvent::Inject {
-            t_us,
-            name: name.clone(),
-            cpu,
-            symbol,
-            tid,
-            comm,
-            value,
-            returned_to: self.intro.describe(forced.return_address),
-        });
-        self.hits.push(name.clone());
-        self.vm.resume(&self.running())?;
-        Ok(Happened::Hit { name })
+        Ok(forced.return_address)
     }
 
     /// Program `cpu`'s breakpoints: every armed one on it (including the one it is parked on).
