@@ -13,6 +13,22 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const MAX_LINE: usize = 4096;
 /// Longest name token (gate, phase, fact key).
 pub const MAX_NAME: usize = 64;
+/// The benchmarks of a perf job (`mode perf`, `param benches`), in the order the harness
+/// runs them. The bench checks names against this before it boots anything.
+pub const PERF_BENCHES: &[&str] = &[
+    "anon-fault-4k",
+    "anon-fault-thp",
+    "shmem-fault",
+    "file-fault",
+    "mmap-munmap",
+    "mremap-4k",
+    "mremap-pmd",
+    "fork",
+    "madv-dontneed",
+    "madv-free-pageout",
+    "odirect-read",
+    "migrate",
+];
 
 /// Which output stream of the guest command an `OUT` line carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +69,14 @@ pub enum Message {
     },
     /// A measured fact, e.g. `cpus 2`.
     Fact { key: String, value: String },
+    /// One timed repetition of benchmark `bench`: `ops` operations in `ns` nanoseconds
+    /// of the guest's CLOCK_MONOTONIC (instructions executed, under QEMU's icount).
+    Sample {
+        bench: String,
+        rep: u32,
+        ns: u64,
+        ops: u64,
+    },
     /// The guest command exited with `code`; power-off follows.
     Exit { code: i32 },
 }
@@ -252,6 +276,15 @@ pub fn parse_line(line: &[u8]) -> Result<Message, ParseError> {
                 value: text(args[1])?,
             })
         }
+        "SAMPLE" => {
+            want("SAMPLE", 4)?;
+            Ok(Message::Sample {
+                bench: name(args[0])?,
+                rep: number(args[1])?,
+                ns: number(args[2])?,
+                ops: number(args[3])?,
+            })
+        }
         "EXIT" => {
             want("EXIT", 1)?;
             Ok(Message::Exit {
@@ -296,6 +329,12 @@ impl fmt::Display for Message {
                 write!(f, "RESULT {trial} {outcome} {}", escape(detail.as_bytes()))
             }
             Message::Fact { key, value } => write!(f, "FACT {key} {}", escape(value.as_bytes())),
+            Message::Sample {
+                bench,
+                rep,
+                ns,
+                ops,
+            } => write!(f, "SAMPLE {bench} {rep} {ns} {ops}"),
             Message::Exit { code } => write!(f, "EXIT {code}"),
         }
     }
@@ -370,6 +409,12 @@ mod tests {
                 key: "cpus".into(),
                 value: "2".into(),
             },
+            Message::Sample {
+                bench: "anon-fault-4k.t2".into(),
+                rep: 4,
+                ns: 123_456_789,
+                ops: 4096,
+            },
             Message::Exit { code: -7 },
         ];
         for m in msgs {
@@ -393,6 +438,10 @@ mod tests {
         assert!(matches!(
             parse_line(b"RM -rf"),
             Err(ParseError::UnknownVerb(_))
+        ));
+        assert!(matches!(
+            parse_line(b"SAMPLE fork 1 -5 64"),
+            Err(ParseError::BadNumber(_))
         ));
         assert!(matches!(
             parse_line(b"READY a;b 1 2"),

@@ -19,6 +19,8 @@ pub enum Mode {
     Command(Vec<OsString>),
     /// Run `trials` trials of the named workload.
     Workload { name: String, trials: u32 },
+    /// Run the benchmarks the parameters name (`memrace perf`).
+    Perf,
 }
 
 /// A parsed job file.
@@ -194,6 +196,12 @@ pub fn parse(input: &str) -> Res<Job> {
                 trials: trials.unwrap_or(1),
             }
         }
+        Some("perf") => {
+            if !args.is_empty() || workload.is_some() || trials.is_some() {
+                return Err("mode perf takes only param lines".into());
+            }
+            Mode::Perf
+        }
         Some(other) => return Err(format!("unknown mode {other:?}")),
         None => return Err("job file has no mode line".into()),
     };
@@ -263,6 +271,7 @@ mod tests {
             "mode workload\nworkload w\nparam a;b 1\n",
             "mode workload\nmode command\n",
             "mode command\narg %4\n",
+            "mode perf\ntrials 3\n",
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }

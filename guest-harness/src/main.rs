@@ -12,6 +12,7 @@ mod error;
 mod gate;
 mod job;
 mod mem;
+mod perf;
 mod pin;
 mod pressure;
 mod relay;
@@ -48,6 +49,7 @@ fn run() -> Res<i32> {
     match job.mode {
         job::Mode::Command(argv) => command::run(&argv, job.params),
         job::Mode::Workload { name, trials } => workloads::run(&name, trials, job.params),
+        job::Mode::Perf => perf::run(job.params),
     }
 }
 

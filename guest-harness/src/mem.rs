@@ -82,6 +82,10 @@ impl Mapping {
         self.addr
     }
 
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
     pub fn ptr(&self) -> *mut u8 {
         self.addr as *mut u8
     }

@@ -59,6 +59,7 @@ fn main() {
         mem_mib: 256,
         run_dir: run_dir.clone(),
         debug: true,
+        instruction_clock: false,
     };
     for _ in 0..3 {
         match bench::time_to_start_kernel(&cfg, &opts, start_kernel, LIMIT) {

@@ -3,7 +3,6 @@
 
 use crate::backend::{Backend, ControlMessage, VmEvent, VmExit};
 use crate::console::{ConsoleWatch, KernelReport};
-use control_proto::Stream;
 use std::time::{Duration, Instant};
 
 /// Kernel command line every memrace guest gets. Why each piece is there:
@@ -67,12 +66,13 @@ pub struct BootReport {
     pub bad_control_lines: usize,
 }
 
-/// Drive a started VM until it ends or a bound passes. `output` receives the guest
-/// command's stdout/stderr as they arrive; `console` sees every console line.
+/// Drive a started VM until it ends or a bound passes. `control` receives every
+/// well-formed control message as it arrives (the guest command's output, a perf job's
+/// samples); `console` sees every console line.
 pub fn run(
     vm: &mut dyn Backend,
     limits: Limits,
-    output: &mut dyn FnMut(Stream, &[u8]),
+    control: &mut dyn FnMut(&ControlMessage),
     console: &mut dyn FnMut(&str),
 ) -> BootReport {
     let started = Instant::now();
@@ -99,6 +99,9 @@ pub fn run(
                 break Verdict::NoStatus { why: e.to_string() };
             }
         };
+        if let VmEvent::Control(message) = &event {
+            control(message);
+        }
         match event {
             VmEvent::Console(line) => {
                 console(&line);
@@ -108,7 +111,6 @@ pub fn run(
                 hello = Some(started.elapsed());
                 deadline = Instant::now() + limits.run;
             }
-            VmEvent::Control(ControlMessage::Output { stream, data }) => output(stream, &data),
             VmEvent::Control(ControlMessage::Fact { key, value }) => facts.push((key, value)),
             VmEvent::Control(ControlMessage::Exit { code: c }) => code = Some(c),
             VmEvent::Control(_) | VmEvent::Breakpoint { .. } => {}

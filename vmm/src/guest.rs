@@ -33,6 +33,8 @@ pub enum Job {
         trials: u32,
         params: Vec<(String, String)>,
     },
+    /// Run mm microbenchmarks and send their samples (`memrace perf`).
+    Perf { params: Vec<(String, String)> },
 }
 
 impl Job {
@@ -52,14 +54,25 @@ impl Job {
                 trials,
                 params,
             } => {
-                let mut out = format!("mode workload\nworkload {}\ntrials {trials}\n", e(name));
-                for (k, v) in params {
-                    out.push_str(&format!("param {} {}\n", e(k), e(v)));
-                }
-                out
+                let head = format!("mode workload\nworkload {}\ntrials {trials}\n", e(name));
+                head + &render_params(params)
             }
+            Job::Perf { params } => format!("mode perf\n{}", render_params(params)),
         }
     }
+}
+
+fn render_params(params: &[(String, String)]) -> String {
+    params
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "param {} {}\n",
+                escape(k.as_bytes()),
+                escape(v.as_bytes())
+            )
+        })
+        .collect()
 }
 
 fn workspace_root() -> PathBuf {
@@ -196,5 +209,9 @@ mod tests {
             w.render(),
             "mode workload\nworkload madv-free-dio\ntrials 3\nparam pages 1\n"
         );
+        let p = Job::Perf {
+            params: vec![("benches".into(), "fork,migrate".into())],
+        };
+        assert_eq!(p.render(), "mode perf\nparam benches fork,migrate\n");
     }
 }

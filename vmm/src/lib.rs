@@ -10,6 +10,7 @@ pub mod fsutil;
 pub mod guest;
 pub mod initramfs;
 pub mod kernel;
+pub mod perf;
 pub mod report;
 pub mod scenario;
 pub mod sched;

@@ -26,6 +26,8 @@ enum Command {
     Run(cli::run::RunArgs),
     /// Re-run a recorded scenario and check the breakpoint hits occur in the same order.
     Replay(cli::replay::ReplayArgs),
+    /// Compare two kernels' performance on mm microbenchmarks in the guest (A/B, statistics, plots).
+    Perf(cli::perf::PerfArgs),
     /// Measure what the backends cost.
     #[command(subcommand)]
     Bench(cli::bench::BenchCommand),
@@ -38,6 +40,7 @@ fn main() {
         Command::Boot(b) => cli::boot::run(b),
         Command::Run(r) => cli::run::run(r),
         Command::Replay(r) => cli::replay::run(r),
+        Command::Perf(p) => cli::perf::run(p),
         Command::Bench(b) => cli::bench::run(b),
     };
     match result {

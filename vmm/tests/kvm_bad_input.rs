@@ -20,6 +20,7 @@ fn config(kernel: &Path, run_dir: &Path, cpus: usize, mem_mib: u64) -> VmConfig 
         mem_mib,
         run_dir: run_dir.to_path_buf(),
         debug: true,
+        instruction_clock: false,
     }
 }
 

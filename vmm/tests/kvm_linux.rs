@@ -84,6 +84,7 @@ fn config(kernel: PathBuf, run_dir: &Path, cpus: usize) -> VmConfig {
         mem_mib: 256,
         run_dir: run_dir.to_path_buf(),
         debug: true,
+        instruction_clock: false,
     }
 }
 

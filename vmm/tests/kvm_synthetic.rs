@@ -510,7 +510,7 @@ fn a_triple_fault_after_exit_is_a_clean_end_and_without_it_is_not() {
     ] {
         let program = fixtures::write_then_triple_fault(console, control);
         let mut vm = launch_program(&program, &opts).unwrap();
-        let report = boot::run(&mut vm, limits, &mut |_, _| {}, &mut |_| {});
+        let report = boot::run(&mut vm, limits, &mut |_| {}, &mut |_| {});
         assert_eq!(
             vm.stop_reason(),
             Some(StopReason::TripleFault),

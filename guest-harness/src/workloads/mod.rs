@@ -20,6 +20,8 @@ mod race;
 mod syscall_pair;
 mod thp_pmd;
 
+pub use thp_pmd::smaps_field;
+
 /// The housekeeping CPU: trial processes start here; racing threads pin elsewhere.
 const HOUSEKEEPING_CPU: usize = 0;
 /// How long the boot clocksource may take to be replaced (about a second after TSC

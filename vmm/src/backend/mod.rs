@@ -42,6 +42,10 @@ pub struct VmConfig {
     /// Start with every vCPU stopped and a debugger attached, so breakpoints
     /// can be armed before the first guest instruction.
     pub debug: bool,
+    /// QEMU's instruction counting (`-icount`, TCG only): guest time advances with the
+    /// instructions executed instead of the host's clock, so guest timings of the same
+    /// work repeat without host noise. Other backends refuse it.
+    pub instruction_clock: bool,
 }
 
 /// Guest memory as users write it (`512M`, `1G`, or MiB as a plain number), in MiB.
@@ -149,6 +153,8 @@ pub enum BackendError {
     Memory { addr: u64, len: usize, why: String },
     #[error("the VM has exited")]
     Exited,
+    #[error("{0} cannot count instructions as guest time: QEMU's icount needs TCG. Use --backend qemu on a host without hardware virtualization, or the wall-time metric")]
+    NoInstructionClock(String),
     #[error("{0}")]
     Qemu(#[from] qemu::QemuError),
     #[error("{0}")]
@@ -167,6 +173,9 @@ pub enum Launcher {
 
 impl Launcher {
     pub fn launch(&self, cfg: &VmConfig) -> Result<Box<dyn Backend>, BackendError> {
+        if cfg.instruction_clock && *self != Launcher::Qemu(qemu::QemuAccel::Tcg) {
+            return Err(BackendError::NoInstructionClock(self.to_string()));
+        }
         Ok(match self {
             Launcher::Kvm(opts) => Box::new(kvm::launch(cfg, opts)?),
             Launcher::Qemu(accel) => Box::new(qemu::QemuVm::launch(cfg, *accel)?),

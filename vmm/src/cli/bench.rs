@@ -209,6 +209,7 @@ fn debug_config(vmlinux: &Path, initramfs: PathBuf, run_dir: PathBuf) -> VmConfi
         mem_mib: 512,
         run_dir,
         debug: true,
+        instruction_clock: false,
     }
 }
 

@@ -5,7 +5,7 @@ use clap::{Args, ValueEnum};
 use control_proto::Stream;
 use memrace::backend::kvm::{self, CpuFeature, KvmLevel, KvmOptions};
 use memrace::backend::qemu::QemuAccel;
-use memrace::backend::{Launcher, VmConfig};
+use memrace::backend::{ControlMessage, Launcher, VmConfig};
 use memrace::boot::{self, BootReport, Limits, Verdict, BASE_CMDLINE};
 use memrace::guest::{self, Job};
 use memrace::kernel::image::{self, ImageKind};
@@ -180,6 +180,7 @@ pub fn boot(args: &BootArgs, backend: &Launcher) -> Result<(BootReport, PathBuf)
         mem_mib,
         run_dir: dir.clone(),
         debug: false,
+        instruction_clock: false,
     };
     let launcher = match backend {
         Launcher::Kvm(opts) => Launcher::Kvm(opts.clone().hiding(&args.cpuid_mask)),
@@ -194,11 +195,13 @@ pub fn boot(args: &BootArgs, backend: &Launcher) -> Result<(BootReport, PathBuf)
     let report = boot::run(
         vm.as_mut(),
         limits,
-        &mut |stream, data| {
-            let _ = match stream {
-                Stream::Stdout => std::io::stdout().write_all(data),
-                Stream::Stderr => std::io::stderr().write_all(data),
-            };
+        &mut |message| {
+            if let ControlMessage::Output { stream, data } = message {
+                let _ = match stream {
+                    Stream::Stdout => std::io::stdout().write_all(data),
+                    Stream::Stderr => std::io::stderr().write_all(data),
+                };
+            }
         },
         &mut |line| {
             if verbose {

@@ -146,6 +146,7 @@ fn boot_vm(
         mem_mib,
         run_dir: dir,
         debug: true,
+        instruction_clock: false,
     };
     // Boot time starts here, after the initramfs (and, once, the harness) is built.
     let launched = Instant::now();

@@ -852,7 +852,7 @@ fn matches_wait(m: &ControlMessage, verb: &str, name: Option<&str>) -> bool {
         ControlMessage::Result { .. } => ("RESULT", None),
         ControlMessage::Exit { .. } => ("EXIT", None),
         ControlMessage::Hello { .. } => ("HELLO", None),
-        ControlMessage::Output { .. } => return false,
+        ControlMessage::Output { .. } | ControlMessage::Sample { .. } => return false,
     };
     v == verb && (name.is_none() || n == name)
 }
