@@ -144,20 +144,21 @@ const TRANSIENT_CLOCKSOURCE: &str = "tsc-early";
 /// failed, unregisters it), and the switch runs under stop_machine(): every CPU must join
 /// it, so it would stall behind a vCPU that a schedule parked (scenarios §0.4 R1) and
 /// end that trial as infeasible. Workloads call this before their first trial.
-pub fn settle_clocksource(bound: Duration) -> Res<()> {
+/// Returns the clocksource in use (empty if it cannot be read).
+pub fn settle_clocksource(bound: Duration) -> Res<String> {
     let started = std::time::Instant::now();
     loop {
         let current = match fs::read_to_string(CURRENT_CLOCKSOURCE) {
             Ok(s) => s.trim().to_string(),
             Err(e) => {
                 control::note(&error::describe(&format!("read {CURRENT_CLOCKSOURCE}"), &e));
-                return Ok(());
+                return Ok(String::new());
             }
         };
         if current != TRANSIENT_CLOCKSOURCE {
-            control::fact("clocksource", current);
+            control::fact("clocksource", &current);
             control::fact("clocksource_wait_ms", started.elapsed().as_millis());
-            return Ok(());
+            return Ok(current);
         }
         if started.elapsed() >= bound {
             return Err(format!(

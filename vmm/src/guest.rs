@@ -65,13 +65,7 @@ impl Job {
 fn render_params(params: &[(String, String)]) -> String {
     params
         .iter()
-        .map(|(k, v)| {
-            format!(
-                "param {} {}\n",
-                escape(k.as_bytes()),
-                escape(v.as_bytes())
-            )
-        })
+        .map(|(k, v)| format!("param {} {}\n", escape(k.as_bytes()), escape(v.as_bytes())))
         .collect()
 }
 

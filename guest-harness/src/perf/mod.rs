@@ -23,6 +23,8 @@ mod benches;
 
 /// How long the boot clocksource may take to be replaced (see `system::settle_clocksource`).
 const CLOCKSOURCE_BOUND: Duration = Duration::from_secs(15);
+/// Idle time before every repetition: a few scheduler ticks and RCU grace periods.
+const SETTLE: Duration = Duration::from_millis(30);
 /// Most repetitions (and warm-ups) one benchmark may be asked for.
 const MAX_REPS: u64 = 1000;
 
@@ -127,7 +129,13 @@ pub fn run(params: Params) -> Res<i32> {
     let plan = plan(params)?;
     std::fs::write(THP_ENABLED, "madvise")
         .map_err(|e| crate::error::describe(&format!("write {THP_ENABLED}"), &e))?;
-    crate::system::settle_clocksource(CLOCKSOURCE_BOUND)?;
+    // A jiffies clocksource (TSC calibration failed) would round every timing to a tick.
+    let clocksource = crate::system::settle_clocksource(CLOCKSOURCE_BOUND)?;
+    if clocksource != "tsc" {
+        return Err(format!(
+            "perf needs the tsc clocksource, the guest uses {clocksource:?}: boot with tsc_early_khz= (memrace perf does)"
+        ));
+    }
     for &(name, bench) in &plan.benches {
         for &threads in &plan.threads {
             let label = format!("{name}.t{threads}");
@@ -155,6 +163,10 @@ fn run_bench(label: &str, bench: BenchFn, threads: usize, plan: &Plan) -> Res<()
                 let pinned = pin::pin_to(thread);
                 for _ in 0..total {
                     barrier.wait();
+                    // Idle first, so the deferred work of what ran before (RCU callbacks,
+                    // vmstat and LRU drains) runs now rather than inside the timed part.
+                    // Free under icount, where an idle guest skips to its next timer.
+                    std::thread::sleep(SETTLE);
                     let sample = pinned.clone().and_then(|()| {
                         let mut timer = Timer::default();
                         bench(&mut timer, &ctx).map(|ops| (timer.total, ops))
@@ -195,7 +207,8 @@ fn run_bench(label: &str, bench: BenchFn, threads: usize, plan: &Plan) -> Res<()
         }
     }
     for w in workers {
-        w.join().map_err(|_| format!("{label}: a benchmark thread panicked"))?;
+        w.join()
+            .map_err(|_| format!("{label}: a benchmark thread panicked"))?;
     }
     failure.map_or(Ok(()), Err)
 }

@@ -246,3 +246,31 @@ pub trait Backend {
     /// Tear the VM down. Idempotent.
     fn kill(&mut self);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_qemu_tcg_counts_instructions_as_guest_time() {
+        let cfg = VmConfig {
+            kernel: PathBuf::from("/nonexistent/vmlinux"),
+            initramfs: PathBuf::new(),
+            cmdline: String::new(),
+            cpus: 1,
+            mem_mib: 64,
+            run_dir: std::env::temp_dir(),
+            debug: false,
+            instruction_clock: true,
+        };
+        let kvm = Launcher::Kvm(kvm::KvmOptions {
+            device: PathBuf::from("/nonexistent/kvm"),
+            cpuid: Default::default(),
+            prefer_pvh: true,
+        });
+        for launcher in [kvm, Launcher::Qemu(qemu::QemuAccel::Kvm)] {
+            let err = launcher.launch(&cfg).err().expect("refused");
+            assert!(matches!(err, BackendError::NoInstructionClock(_)), "{err}");
+        }
+    }
+}

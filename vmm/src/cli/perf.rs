@@ -80,7 +80,8 @@ fn plan(args: &PerfArgs, launcher: &memrace::backend::Launcher) -> Result<PerfPl
             );
         }
     }
-    if !(0.0..100.0).contains(&args.threshold_wall) || !(0.0..100.0).contains(&args.threshold_icount)
+    if !(0.0..100.0).contains(&args.threshold_wall)
+        || !(0.0..100.0).contains(&args.threshold_icount)
     {
         bail!("--threshold-wall/--threshold-icount: want a percentage in 0..100");
     }
@@ -142,9 +143,12 @@ pub fn run(args: PerfArgs) -> Result<i32> {
     }
     let plan = plan(&args, &launcher)?;
     let dir = out_dir(&args)?;
-    let per_boot = (plan.labels().len() as u32 * plan.reps) as u64;
-    let boots = (plan.boot_order().len() * plan.metrics.len()) as u64;
-    let bar = indicatif::ProgressBar::new(boots * per_boot);
+    let samples: usize = plan
+        .metrics
+        .iter()
+        .map(|&m| plan.labels(m).len() * plan.reps as usize * plan.boot_order().len())
+        .sum();
+    let bar = indicatif::ProgressBar::new(samples as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "{prefix:<28} [{elapsed_precise}] {bar:25} {pos}/{len} samples {msg}",

@@ -110,7 +110,11 @@ pub fn collect(
         Verdict::Timeout { stage, seconds } => {
             return Err(PerfError::Guest(format!(
                 "timeout: no {} within {seconds} s; console:\n{}",
-                if stage == "boot" { "/init" } else { "end of the perf job" },
+                if stage == "boot" {
+                    "/init"
+                } else {
+                    "end of the perf job"
+                },
                 console()
             )))
         }

@@ -64,28 +64,28 @@ fn plot(r: &PerfResult, c: &Comparison) -> Result<String, String> {
             }
             values.sort_by(f64::total_cmp);
             let mut data = Data::new(values.clone());
-            let (q1, q2, q3) = (
-                data.lower_quartile(),
-                data.median(),
-                data.upper_quartile(),
-            );
+            let (q1, q2, q3) = (data.lower_quartile(), data.median(), data.upper_quartile());
             let (min, max) = (values[0], values[values.len() - 1]);
             let w = 0.18;
             let elements: Vec<DynElement<'_, SVGBackend, (f64, f64)>> = vec![
-                Rectangle::new([(centre - w, q1), (centre + w, q3)], colour.mix(0.15).filled())
-                    .into_dyn(),
+                Rectangle::new(
+                    [(centre - w, q1), (centre + w, q3)],
+                    colour.mix(0.15).filled(),
+                )
+                .into_dyn(),
                 Rectangle::new([(centre - w, q1), (centre + w, q3)], colour.stroke_width(1))
                     .into_dyn(),
-                PathElement::new(vec![(centre - w, q2), (centre + w, q2)], colour.stroke_width(2))
-                    .into_dyn(),
+                PathElement::new(
+                    vec![(centre - w, q2), (centre + w, q2)],
+                    colour.stroke_width(2),
+                )
+                .into_dyn(),
                 PathElement::new(vec![(centre, min), (centre, q1)], colour.stroke_width(1))
                     .into_dyn(),
                 PathElement::new(vec![(centre, q3), (centre, max)], colour.stroke_width(1))
                     .into_dyn(),
             ];
-            chart
-                .draw_series(elements)
-                .map_err(|e| e.to_string())?;
+            chart.draw_series(elements).map_err(|e| e.to_string())?;
             let n = boots.len().max(1) as f64;
             chart
                 .draw_series(boots.iter().enumerate().flat_map(|(i, boot)| {

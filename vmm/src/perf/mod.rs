@@ -112,11 +112,22 @@ impl PerfPlan {
         }
     }
 
-    /// `<bench>.t<threads>` labels, in the order the guest runs them.
-    pub fn labels(&self) -> Vec<String> {
+    /// The thread counts measured under `metric`. Under icount QEMU runs every vCPU on
+    /// one host thread, taking turns, so a multi-threaded figure would measure QEMU's
+    /// turn-taking rather than the kernel's scalability: icount runs one thread only.
+    pub fn threads(&self, metric: Metric) -> Vec<usize> {
+        match metric {
+            Metric::Wall => self.threads.clone(),
+            Metric::Icount => self.threads.iter().copied().filter(|&t| t == 1).collect(),
+        }
+    }
+
+    /// `<bench>.t<threads>` labels under `metric`, in the order the guest runs them.
+    pub fn labels(&self, metric: Metric) -> Vec<String> {
+        let threads = self.threads(metric);
         self.benches
             .iter()
-            .flat_map(|b| self.threads.iter().map(move |t| format!("{b}.t{t}")))
+            .flat_map(|b| threads.iter().map(move |t| format!("{b}.t{t}")))
             .collect()
     }
 
@@ -138,6 +149,12 @@ impl PerfPlan {
                 "nothing to measure: no benchmark, thread count or metric".into(),
             ));
         }
+        if let Some(&m) = self.metrics.iter().find(|&&m| self.threads(m).is_empty()) {
+            return Err(PerfError::Plan(format!(
+                "the {} metric measures one thread only (QEMU's icount runs the vCPUs in turn); add 1 to --threads",
+                m.name()
+            )));
+        }
         if let Some(t) = self.threads.iter().find(|&&t| t == 0 || t > self.cpus) {
             return Err(PerfError::Plan(format!(
                 "--threads {t}: want 1..={} (one thread per vCPU at most; see --cpus)",
@@ -156,7 +173,6 @@ pub struct SampleRecord {
     pub ns: u64,
     pub ops: u64,
 }
-
 
 /// One boot's samples.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -214,7 +230,7 @@ impl PerfResult {
     fn compare_all(&mut self) {
         let mut out = Vec::new();
         for &metric in &self.plan.metrics {
-            for label in self.plan.labels() {
+            for label in self.plan.labels(metric) {
                 let (a, b) = (
                     self.per_boot(metric, 0, &label),
                     self.per_boot(metric, 1, &label),
@@ -270,26 +286,18 @@ pub fn run(
 ) -> Result<PerfResult, PerfError> {
     plan.check()?;
     let started = Instant::now();
-    let params = vec![
-        ("benches".to_string(), plan.benches.join(",")),
-        (
-            "threads".to_string(),
-            plan.threads
-                .iter()
-                .map(usize::to_string)
-                .collect::<Vec<_>>()
-                .join(","),
-        ),
-        ("reps".to_string(), plan.reps.to_string()),
-        ("warmup".to_string(), plan.warmup.to_string()),
-    ];
-    let initramfs = out_dir.join("initramfs.cpio");
-    guest::build_initramfs(&initramfs, &Job::Perf { params }, &[])?;
-    let expected = collect::Expected {
-        labels: plan.labels(),
-        reps: plan.reps,
-        runs_per_label: plan.reps + plan.warmup,
-    };
+    // One initramfs per metric: the job names the thread counts that metric measures.
+    let mut jobs = Vec::new();
+    for &metric in &plan.metrics {
+        let initramfs = out_dir.join(format!("initramfs-{}.cpio", metric.name()));
+        guest::build_initramfs(&initramfs, &perf_job(&plan, metric), &[])?;
+        let expected = collect::Expected {
+            labels: plan.labels(metric),
+            reps: plan.reps,
+            runs_per_label: plan.reps + plan.warmup,
+        };
+        jobs.push((metric, initramfs, expected));
+    }
     let mut result = PerfResult {
         plan,
         backend: launcher.to_string(),
@@ -301,15 +309,17 @@ pub fn run(
         complete: false,
         seconds: 0.0,
     };
+    // The wall metric needs a TSC clocksource (see `tcg_guest_tsc_khz`); under icount
+    // the TSC counts instructions and calibrates fine.
+    let tsc_khz = crate::backend::qemu::tcg_guest_tsc_khz(TSC_WINDOW);
     let order = result.plan.boot_order();
-    let total = order.len() * result.plan.metrics.len();
-    let schedule: Vec<(Metric, usize)> = result
-        .plan
-        .metrics
+    let total = order.len() * jobs.len();
+    let schedule: Vec<(&(Metric, PathBuf, collect::Expected), usize)> = jobs
         .iter()
-        .flat_map(|&m| order.iter().map(move |&k| (m, k)))
+        .flat_map(|job| order.iter().map(move |&k| (job, k)))
         .collect();
-    for (index, &(metric, kernel)) in schedule.iter().enumerate() {
+    for (index, &((metric, initramfs, expected), kernel)) in schedule.iter().enumerate() {
+        let metric = *metric;
         let sequence = (index % order.len()) as u32 + 1;
         let k = result.plan.kernels[kernel].clone();
         progress(Progress::Boot {
@@ -321,15 +331,18 @@ pub fn run(
         let cfg = VmConfig {
             kernel: k.image.clone(),
             initramfs: initramfs.clone(),
-            // Two fake NUMA nodes for the migration benchmark.
-            cmdline: format!("{BASE_CMDLINE} numa=fake=2"),
+            cmdline: cmdline(metric, tsc_khz),
             cpus: result.plan.cpus,
             mem_mib: result.plan.mem_mib,
-            run_dir: out_dir.join(format!("{}-{sequence:02}-{}", metric.name(), kernel_tag(kernel))),
+            run_dir: out_dir.join(format!(
+                "{}-{sequence:02}-{}",
+                metric.name(),
+                kernel_tag(kernel)
+            )),
             debug: false,
             instruction_clock: metric == Metric::Icount,
         };
-        let collected = collect::collect(launcher, &cfg, &expected, &mut |s| {
+        let collected = collect::collect(launcher, &cfg, expected, &mut |s| {
             progress(Progress::Sample(s))
         });
         let collected = match collected {
@@ -361,6 +374,32 @@ pub fn run(
     result.complete = true;
     result.write(out_dir)?;
     Ok(result)
+}
+
+/// How long the host's TSC is sampled to tell wall-metric guests its frequency.
+const TSC_WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The kernel command line of `metric`'s boots.
+fn cmdline(metric: Metric, tsc_khz: Option<u64>) -> String {
+    // Two fake NUMA nodes for the migration benchmark.
+    let mut line = format!("{BASE_CMDLINE} numa=fake=2");
+    if let (Metric::Wall, Some(khz)) = (metric, tsc_khz) {
+        line.push_str(&format!(" tsc_early_khz={khz}"));
+    }
+    line
+}
+
+/// The guest job of `metric`'s boots.
+fn perf_job(plan: &PerfPlan, metric: Metric) -> Job {
+    let threads: Vec<String> = plan.threads(metric).iter().map(usize::to_string).collect();
+    Job::Perf {
+        params: vec![
+            ("benches".to_string(), plan.benches.join(",")),
+            ("threads".to_string(), threads.join(",")),
+            ("reps".to_string(), plan.reps.to_string()),
+            ("warmup".to_string(), plan.warmup.to_string()),
+        ],
+    }
 }
 
 fn kernel_tag(kernel: usize) -> &'static str {
@@ -400,9 +439,10 @@ mod tests {
     fn boots_alternate_abba_and_labels_cover_every_thread_count() {
         assert_eq!(plan(4).boot_order(), [0, 1, 1, 0, 0, 1, 1, 0]);
         assert_eq!(
-            plan(2).labels(),
+            plan(2).labels(Metric::Wall),
             ["fork.t1", "fork.t2", "migrate.t1", "migrate.t2"]
         );
+        assert_eq!(plan(2).labels(Metric::Icount), ["fork.t1", "migrate.t1"]);
     }
 
     #[test]
@@ -410,6 +450,9 @@ mod tests {
         assert!(plan(1).check().is_err());
         let mut p = plan(2);
         p.threads = vec![3];
+        assert!(p.check().is_err());
+        p.threads = vec![2];
+        p.metrics = vec![Metric::Icount];
         assert!(p.check().is_err());
         assert!(plan(2).check().is_ok());
     }

@@ -92,7 +92,11 @@ pub fn markdown(r: &PerfResult) -> String {
         }
     );
     for &metric in &p.metrics {
-        let rows: Vec<_> = r.comparisons.iter().filter(|c| c.metric == metric).collect();
+        let rows: Vec<_> = r
+            .comparisons
+            .iter()
+            .filter(|c| c.metric == metric)
+            .collect();
         let _ = writeln!(out, "## {}: {}\n", metric.name(), metric.unit());
         let _ = writeln!(out, "{}\n", metric_meaning(metric));
         let _ = writeln!(

@@ -57,14 +57,22 @@ pub fn summarise(boots: &[Vec<f64>]) -> Option<Summary> {
         return None;
     }
     let mean = all.iter().mean();
-    let stddev = if all.len() > 1 { all.iter().std_dev() } else { 0.0 };
+    let stddev = if all.len() > 1 {
+        all.iter().std_dev()
+    } else {
+        0.0
+    };
     Some(Summary {
         samples: all.len(),
         boots: boots.iter().filter(|b| !b.is_empty()).count(),
         median: Data::new(all.clone()).median(),
         min: Statistics::min(all.iter()),
         max: Statistics::max(all.iter()),
-        stddev_pct: if mean > 0.0 { 100.0 * stddev / mean } else { 0.0 },
+        stddev_pct: if mean > 0.0 {
+            100.0 * stddev / mean
+        } else {
+            0.0
+        },
     })
 }
 
@@ -140,18 +148,29 @@ mod tests {
     #[test]
     fn summary_of_repetitions() {
         let s = summarise(&[vec![1.0, 2.0], vec![3.0]]).unwrap();
-        assert_eq!((s.samples, s.boots, s.median, s.min, s.max), (3, 2, 2.0, 1.0, 3.0));
+        assert_eq!(
+            (s.samples, s.boots, s.median, s.min, s.max),
+            (3, 2, 2.0, 1.0, 3.0)
+        );
         assert!((s.stddev_pct - 50.0).abs() < 1e-9);
         assert_eq!(summarise(&[vec![]]), None);
     }
 
     #[test]
     fn a_clear_slowdown_is_a_regression_with_an_interval_around_it() {
-        let c = compare(&boots(&[100.0, 102.0, 99.0]), &boots(&[150.0, 149.0, 152.0]), 2.0);
+        let c = compare(
+            &boots(&[100.0, 102.0, 99.0]),
+            &boots(&[150.0, 149.0, 152.0]),
+            2.0,
+        );
         assert_eq!(c.verdict, Verdict::Regression);
         assert!(c.ci_low_pct > 40.0 && c.ci_high_pct < 60.0, "{c:?}");
         assert!((c.pct - 49.8).abs() < 1.0, "{c:?}");
-        let back = compare(&boots(&[150.0, 149.0, 152.0]), &boots(&[100.0, 102.0, 99.0]), 2.0);
+        let back = compare(
+            &boots(&[150.0, 149.0, 152.0]),
+            &boots(&[100.0, 102.0, 99.0]),
+            2.0,
+        );
         assert_eq!(back.verdict, Verdict::Improvement);
     }
 

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::mpsc::{channel, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-pub use process::{find_qemu, Accel as QemuAccel, ICOUNT_SHIFT};
+pub use process::{find_qemu, tcg_guest_tsc_khz, Accel as QemuAccel, ICOUNT_SHIFT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QemuError {

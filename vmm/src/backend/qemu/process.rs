@@ -33,6 +33,29 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// about 30–50 million instructions per second here, so a boot takes 2 s instead of 15.
 pub const ICOUNT_SHIFT: u32 = 3;
 
+/// The frequency, in kHz, of the TSC that TCG guests read: without icount QEMU's TCG
+/// `rdtsc` returns the host's TSC plus an offset, so it ticks at the host's rate. A
+/// guest told this (`tsc_early_khz=`) skips calibrating against the emulated PIT, which
+/// under TCG often fails and leaves it on a jiffies clocksource (tick resolution).
+/// Measured against the host's monotonic clock over `window`.
+pub fn tcg_guest_tsc_khz(window: Duration) -> Option<u64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: rdtsc has no preconditions on x86_64.
+        let tsc = || unsafe { core::arch::x86_64::_rdtsc() };
+        let (t0, c0) = (Instant::now(), tsc());
+        std::thread::sleep(window);
+        let (c1, t1) = (tsc(), Instant::now());
+        let ns = t1.duration_since(t0).as_nanos() as u64;
+        (ns > 0 && c1 > c0).then(|| (c1 - c0).saturating_mul(1_000_000) / ns)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = window;
+        None
+    }
+}
+
 /// Which accelerator QEMU uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {
@@ -104,10 +127,7 @@ pub fn command_line(cfg: &VmConfig, accel: Accel, sockets: &Path, debug: bool) -
         // Every instruction advances guest time by 2^ICOUNT_SHIFT ns, and an idle guest
         // jumps to its next timer instead of waiting for the host's (sleep=off): guest
         // timings then depend only on what the guest executed.
-        args.extend([
-            "-icount".into(),
-            format!("shift={ICOUNT_SHIFT},sleep=off"),
-        ]);
+        args.extend(["-icount".into(), format!("shift={ICOUNT_SHIFT},sleep=off")]);
     }
     if debug {
         // -S: no guest instruction runs before the debugger has armed its breakpoints.

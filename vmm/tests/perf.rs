@@ -1,0 +1,129 @@
+//! `memrace perf` end to end on the qemu backend with real kernels: the A/A
+//! false-positive control, the positive control (a kernel with a known cost on the
+//! anonymous fault path), and bad input refused before any boot.
+
+mod common;
+
+use common::{output_within, run, text, COMMAND_LIMIT};
+use serde_json::Value;
+
+/// `memrace perf ARGS… --backend qemu --out DIR`; must exit 0. Returns result.json.
+fn perf_json(args: &[&str], out: &std::path::Path) -> Value {
+    let output = output_within(
+        common::memrace()
+            .arg("perf")
+            .args(args)
+            .args(["--backend", "qemu", "--out"])
+            .arg(out),
+        COMMAND_LIMIT,
+    );
+    let (stdout, stderr) = text(&output);
+    println!("{stdout}");
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    for report in ["report.md", "report.html"] {
+        assert!(out.join(report).is_file(), "{report} missing\n{stderr}");
+    }
+    let json = std::fs::read_to_string(out.join("result.json")).expect("result.json");
+    let v: Value = serde_json::from_str(&json).expect("result.json parses");
+    assert_eq!(v["complete"], true);
+    v
+}
+
+/// The verdict of `bench` under `metric`.
+fn verdict<'a>(result: &'a Value, metric: &str, bench: &str) -> &'a str {
+    result["comparisons"]
+        .as_array()
+        .expect("comparisons")
+        .iter()
+        .find(|c| c["metric"] == metric && c["bench"] == bench)
+        .unwrap_or_else(|| panic!("no comparison of {bench} under {metric}"))["change"]["verdict"]
+        .as_str()
+        .expect("verdict")
+}
+
+#[test]
+fn an_a_a_run_declares_no_change_on_any_benchmark_in_either_metric() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = perf_json(
+        &["--kernel", "base", "--kernel", "base", "--quick"],
+        dir.path(),
+    );
+    let comparisons = r["comparisons"].as_array().unwrap();
+    let benches = 12;
+    // Wall at one and two threads, icount at one.
+    assert_eq!(comparisons.len(), benches * 3, "{comparisons:#?}");
+    for c in comparisons {
+        assert_eq!(
+            c["change"]["verdict"], "no-change",
+            "A/A declared a change: {c:#}"
+        );
+        assert_eq!(c["a"]["boots"], 2);
+        assert_eq!(c["a"]["samples"], 6);
+    }
+    let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
+    assert_eq!(html.matches("<svg").count(), benches * 3);
+}
+
+#[test]
+fn a_known_fault_cost_is_a_regression_on_the_fault_benchmarks_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = perf_json(
+        &[
+            "--kernel",
+            "base",
+            "--kernel",
+            "perf-anon-fault-cost",
+            "--bench",
+            "anon-fault-4k,anon-fault-thp,odirect-read,mmap-munmap",
+        ],
+        dir.path(),
+    );
+    for metric in ["wall", "icount"] {
+        for bench in ["anon-fault-4k.t1", "anon-fault-thp.t1"] {
+            assert_eq!(verdict(&r, metric, bench), "regression", "{metric} {bench}");
+        }
+        for bench in ["odirect-read.t1", "mmap-munmap.t1"] {
+            assert_eq!(verdict(&r, metric, bench), "no-change", "{metric} {bench}");
+        }
+    }
+}
+
+#[test]
+fn bad_perf_input_is_refused_before_any_boot() {
+    for (args, want) in [
+        (vec!["--kernel", "base"], "exactly two kernels"),
+        (
+            vec!["--kernel", "base", "--kernel", "base", "--bench", "nope"],
+            "no such benchmark",
+        ),
+        (
+            vec!["--kernel", "base", "--kernel", "base", "--boots", "1"],
+            "at least 2",
+        ),
+        (
+            vec![
+                "--kernel",
+                "base",
+                "--kernel",
+                "base",
+                "--metric",
+                "icount",
+                "--threads",
+                "2",
+            ],
+            "one thread only",
+        ),
+        (
+            vec!["--kernel", "base", "--kernel", "no-such-variant"],
+            "no-such-variant",
+        ),
+    ] {
+        let mut full = vec!["perf", "--backend", "qemu"];
+        full.extend(&args);
+        let (out, took) = run(&full);
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: want {want:?} in {stderr}");
+        assert!(took.as_secs() < 60, "{args:?} took {took:?}: it booted?");
+    }
+}
