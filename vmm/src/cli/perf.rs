@@ -125,12 +125,7 @@ fn plan(args: &PerfArgs, launcher: &memrace::backend::Launcher) -> Result<PerfPl
 fn out_dir(args: &PerfArgs) -> Result<PathBuf> {
     let dir = match &args.out {
         Some(d) => d.clone(),
-        None => {
-            let stamp = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_secs();
-            PathBuf::from("runs").join(format!("perf-{stamp}"))
-        }
+        None => super::stamped_runs_dir("perf")?,
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)

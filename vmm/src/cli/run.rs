@@ -68,12 +68,7 @@ fn out_dir(args: &RunArgs, name: &str) -> Result<PathBuf> {
     let dir = match &args.out {
         Some(d) if !args.all => d.clone(),
         Some(d) => d.join(name),
-        None => {
-            let stamp = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_secs();
-            PathBuf::from("runs").join(format!("{name}-{stamp}"))
-        }
+        None => super::stamped_runs_dir(name)?,
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
