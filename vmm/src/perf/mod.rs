@@ -230,7 +230,9 @@ impl PerfResult {
     fn compare_all(&mut self) {
         let mut out = Vec::new();
         for &metric in &self.plan.metrics {
-            for label in self.plan.labels(metric) {
+            let labels = self.plan.labels(metric);
+            let confidence = stats::per_comparison_confidence(labels.len());
+            for label in labels {
                 let (a, b) = (
                     self.per_boot(metric, 0, &label),
                     self.per_boot(metric, 1, &label),
@@ -241,7 +243,7 @@ impl PerfResult {
                         bench: label,
                         a: sa,
                         b: sb,
-                        change: stats::compare(&a, &b, self.plan.threshold(metric)),
+                        change: stats::compare(&a, &b, self.plan.threshold(metric), confidence),
                     });
                 }
             }

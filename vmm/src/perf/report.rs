@@ -75,8 +75,10 @@ pub fn markdown(r: &PerfResult) -> String {
         "Backend {}, {} vCPUs, {} MiB. Per metric, {} boots per kernel in ABBA order; each \
          boot runs {} warm-up and {} timed repetitions of every benchmark. Figures are \
          medians over all repetitions; %change is B against A from the boots' medians, with \
-         its 95% confidence interval (Welch). A change is declared when the interval excludes \
-         zero and the change is at least {}% (wall) or {}% (icount).{}\n",
+         its confidence interval (Welch). The intervals of one metric are simultaneous at 95% \
+         (Bonferroni: with m comparisons each is a 1 − 0.05/m interval), so an A/A run \
+         declares anything at most 5% of the time. A change is declared when the interval \
+         excludes zero and the change is at least {}% (wall) or {}% (icount).{}\n",
         r.backend,
         p.cpus,
         p.mem_mib,
@@ -101,7 +103,7 @@ pub fn markdown(r: &PerfResult) -> String {
         let _ = writeln!(out, "{}\n", metric_meaning(metric));
         let _ = writeln!(
             out,
-            "| benchmark | {a} | %stddev | min–max | %change | 95% CI | {b} | %stddev | min–max | verdict |"
+            "| benchmark | {a} | %stddev | min–max | %change | 95% simultaneous CI | {b} | %stddev | min–max | verdict |"
         );
         let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
         for c in rows {

@@ -4,15 +4,26 @@
 //! its page layout, caches and host load, so they are not independent. Each boot is
 //! reduced to the median of its repetitions, and the change B/A is estimated from the
 //! boots' log medians with Welch's t interval (unequal variances), exponentiated back to
-//! a ratio. A change is declared only when that 95% interval excludes zero and the point
+//! a ratio. A change is declared only when that interval excludes zero and the point
 //! estimate passes the metric's threshold.
+//!
+//! One run makes many comparisons (every benchmark, thread count and metric), and "no
+//! change anywhere" is a statement about all of them: at 95% each, an A/A run of 24 noisy
+//! comparisons would declare something about two times in three. So the intervals of one
+//! metric are simultaneous (Bonferroni): with m comparisons each is a 1 − 0.05/m interval,
+//! and the chance that any of them excludes a true zero is at most 5%.
 
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, StudentsT};
 use statrs::statistics::{Data, Median, Statistics};
 
-/// Confidence level of the interval.
+/// Family-wise confidence level of one metric's intervals.
 pub const CONFIDENCE: f64 = 0.95;
+
+/// The confidence of each of `comparisons` simultaneous intervals (Bonferroni).
+pub fn per_comparison_confidence(comparisons: usize) -> f64 {
+    1.0 - (1.0 - CONFIDENCE) / comparisons.max(1) as f64
+}
 
 /// One kernel's figures for one benchmark and metric, in ns per operation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,9 +55,11 @@ pub enum Verdict {
 pub struct Change {
     /// Estimated change of B relative to A, in % (positive: B takes longer).
     pub pct: f64,
-    /// The 95% confidence interval of `pct`.
+    /// The confidence interval of `pct`, at `confidence`.
     pub ci_low_pct: f64,
     pub ci_high_pct: f64,
+    /// This interval's own level: 95% shared among the metric's comparisons.
+    pub confidence: f64,
     pub verdict: Verdict,
 }
 
@@ -85,8 +98,9 @@ fn log_boot_medians(boots: &[Vec<f64>]) -> Vec<f64> {
         .collect()
 }
 
-/// Compare B's boots to A's. `threshold_pct` is the smallest change worth declaring.
-pub fn compare(a: &[Vec<f64>], b: &[Vec<f64>], threshold_pct: f64) -> Change {
+/// Compare B's boots to A's with an interval at `confidence` (see
+/// [`per_comparison_confidence`]). `threshold_pct` is the smallest change worth declaring.
+pub fn compare(a: &[Vec<f64>], b: &[Vec<f64>], threshold_pct: f64, confidence: f64) -> Change {
     let (la, lb) = (log_boot_medians(a), log_boot_medians(b));
     if la.len() < 2 || lb.len() < 2 {
         let pct = match (la.first(), lb.first()) {
@@ -97,6 +111,7 @@ pub fn compare(a: &[Vec<f64>], b: &[Vec<f64>], threshold_pct: f64) -> Change {
             pct,
             ci_low_pct: f64::NAN,
             ci_high_pct: f64::NAN,
+            confidence,
             verdict: Verdict::Insufficient,
         };
     }
@@ -108,7 +123,7 @@ pub fn compare(a: &[Vec<f64>], b: &[Vec<f64>], threshold_pct: f64) -> Change {
         // Welch–Satterthwaite degrees of freedom.
         let df = (va + vb).powi(2) / (va.powi(2) / (na - 1.0) + vb.powi(2) / (nb - 1.0));
         let t = StudentsT::new(0.0, 1.0, df)
-            .map(|d| d.inverse_cdf(0.5 + CONFIDENCE / 2.0))
+            .map(|d| d.inverse_cdf(0.5 + confidence / 2.0))
             .unwrap_or(f64::INFINITY);
         t * se
     } else {
@@ -130,6 +145,7 @@ pub fn compare(a: &[Vec<f64>], b: &[Vec<f64>], threshold_pct: f64) -> Change {
         pct: change,
         ci_low_pct: low,
         ci_high_pct: high,
+        confidence,
         verdict,
     }
 }
@@ -162,6 +178,7 @@ mod tests {
             &boots(&[100.0, 102.0, 99.0]),
             &boots(&[150.0, 149.0, 152.0]),
             2.0,
+            0.95,
         );
         assert_eq!(c.verdict, Verdict::Regression);
         assert!(c.ci_low_pct > 40.0 && c.ci_high_pct < 60.0, "{c:?}");
@@ -170,6 +187,7 @@ mod tests {
             &boots(&[150.0, 149.0, 152.0]),
             &boots(&[100.0, 102.0, 99.0]),
             2.0,
+            0.95,
         );
         assert_eq!(back.verdict, Verdict::Improvement);
     }
@@ -177,21 +195,34 @@ mod tests {
     #[test]
     fn noise_and_small_changes_are_not_declared() {
         // Overlapping boots: the interval spans zero.
-        let c = compare(&boots(&[100.0, 110.0]), &boots(&[105.0, 98.0]), 2.0);
+        let c = compare(&boots(&[100.0, 110.0]), &boots(&[105.0, 98.0]), 2.0, 0.95);
         assert_eq!(c.verdict, Verdict::NoChange, "{c:?}");
         assert!(c.ci_low_pct < 0.0 && c.ci_high_pct > 0.0);
         // Significant but below the threshold.
-        let c = compare(&boots(&[100.0, 100.1]), &boots(&[101.0, 101.1]), 2.0);
+        let c = compare(&boots(&[100.0, 100.1]), &boots(&[101.0, 101.1]), 2.0, 0.95);
         assert!(c.ci_low_pct > 0.0, "{c:?}");
         assert_eq!(c.verdict, Verdict::NoChange);
     }
 
     #[test]
+    fn simultaneous_intervals_are_wider_and_can_withdraw_a_marginal_change() {
+        assert!((per_comparison_confidence(10) - 0.995).abs() < 1e-12);
+        assert_eq!(per_comparison_confidence(0), CONFIDENCE);
+        let (a, b) = (boots(&[100.0, 102.0, 99.0]), boots(&[104.0, 106.0, 104.5]));
+        let single = compare(&a, &b, 2.0, 0.95);
+        let family = compare(&a, &b, 2.0, per_comparison_confidence(24));
+        assert_eq!(single.verdict, Verdict::Regression, "{single:?}");
+        assert_eq!(family.verdict, Verdict::NoChange, "{family:?}");
+        assert_eq!(single.pct, family.pct);
+        assert!(family.ci_low_pct < single.ci_low_pct && family.ci_high_pct > single.ci_high_pct);
+    }
+
+    #[test]
     fn identical_counts_give_a_point_interval_and_one_boot_is_not_enough() {
-        let c = compare(&boots(&[100.0, 100.0]), &boots(&[100.0, 100.0]), 1.0);
+        let c = compare(&boots(&[100.0, 100.0]), &boots(&[100.0, 100.0]), 1.0, 0.95);
         assert_eq!((c.pct, c.ci_low_pct, c.ci_high_pct), (0.0, 0.0, 0.0));
         assert_eq!(c.verdict, Verdict::NoChange);
-        let c = compare(&boots(&[100.0]), &boots(&[200.0, 201.0]), 1.0);
+        let c = compare(&boots(&[100.0]), &boots(&[200.0, 201.0]), 1.0, 0.95);
         assert_eq!(c.verdict, Verdict::Insufficient);
         assert!((c.pct - 100.0).abs() < 1e-9);
     }
