@@ -23,7 +23,7 @@ mod benches;
 
 /// How long the boot clocksource may take to be replaced (see `system::settle_clocksource`).
 const CLOCKSOURCE_BOUND: Duration = Duration::from_secs(15);
-/// Idle time before every repetition: a few scheduler ticks and RCU grace periods.
+/// Idle time before a repetition's timed part: a few scheduler ticks and RCU grace periods.
 const SETTLE: Duration = Duration::from_millis(30);
 /// Most repetitions (and warm-ups) one benchmark may be asked for.
 const MAX_REPS: u64 = 1000;
@@ -32,11 +32,22 @@ const MAX_REPS: u64 = 1000;
 #[derive(Default)]
 pub struct Timer {
     total: Duration,
+    settled: bool,
 }
 
 impl Timer {
-    /// Run `f`, counting its duration.
+    /// Run `f`, counting its duration. The first call of a repetition idles for
+    /// [`SETTLE`] first, after the benchmark's set-up: the deferred work of what ran
+    /// before (RCU callbacks, vmstat and LRU drains, above all those of the set-up's own
+    /// page faults) runs then rather than inside the timed part. Otherwise a kernel with
+    /// slower set-up faults leaves less of that work for the timed part and shows as
+    /// faster on benchmarks it does not change. Free under icount, where an idle guest
+    /// skips to its next timer.
     pub fn time<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        if !self.settled {
+            std::thread::sleep(SETTLE);
+            self.settled = true;
+        }
         let start = Instant::now();
         let out = f();
         self.total += start.elapsed();
@@ -163,10 +174,6 @@ fn run_bench(label: &str, bench: BenchFn, threads: usize, plan: &Plan) -> Res<()
                 let pinned = pin::pin_to(thread);
                 for _ in 0..total {
                     barrier.wait();
-                    // Idle first, so the deferred work of what ran before (RCU callbacks,
-                    // vmstat and LRU drains) runs now rather than inside the timed part.
-                    // Free under icount, where an idle guest skips to its next timer.
-                    std::thread::sleep(SETTLE);
                     let sample = pinned.clone().and_then(|()| {
                         let mut timer = Timer::default();
                         bench(&mut timer, &ctx).map(|ops| (timer.total, ops))

@@ -16,6 +16,7 @@
 //!   `next_event` has not returned yet stays stopped when `resume` names it (kvm),
 //!   or reports the hit again (qemu).
 
+pub mod choice;
 pub mod kvm;
 pub mod qemu;
 
@@ -155,6 +156,9 @@ pub enum BackendError {
     Exited,
     #[error("{0} cannot count instructions as guest time: QEMU's icount needs TCG. Use --backend qemu on a host without hardware virtualization, or the wall-time metric")]
     NoInstructionClock(String),
+    /// The chosen backend cannot run on this host (the message says what to use).
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{0}")]
     Qemu(#[from] qemu::QemuError),
     #[error("{0}")]

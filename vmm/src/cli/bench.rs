@@ -21,7 +21,8 @@ use memrace::sched::hit::{self, Bindings};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::boot::{BackendKind, BootArgs};
+use super::boot::BootArgs;
+use memrace::backend::choice::{qemu_accel, BackendKind};
 
 /// Bound of every single measurement.
 const LIMIT: Duration = Duration::from_secs(120);
@@ -88,7 +89,7 @@ struct Row {
 pub fn run(cmd: BenchCommand) -> Result<i32> {
     let BenchCommand::Vmm(args) = cmd;
     let level = kvm::probe();
-    let (accel, _) = super::boot::qemu_accel(&level);
+    let (accel, _) = qemu_accel(&level);
     let qemu = Launcher::Qemu(accel);
     println!("{} | {qemu}", kvm::describe());
     let kernel = super::kernel::ensure(&args.kernel)?;

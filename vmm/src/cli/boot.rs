@@ -1,10 +1,10 @@
 //! `memrace boot [--kernel VARIANT|PATH] [--cpus N] [--mem SIZE] -- CMD ARGS…`
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use control_proto::Stream;
-use memrace::backend::kvm::{self, CpuFeature, KvmLevel, KvmOptions};
-use memrace::backend::qemu::QemuAccel;
+use memrace::backend::choice::{self, BackendKind};
+use memrace::backend::kvm::CpuFeature;
 use memrace::backend::{ControlMessage, Launcher, VmConfig};
 use memrace::boot::{self, BootReport, Limits, Verdict, BASE_CMDLINE};
 use memrace::guest::{self, Job};
@@ -12,16 +12,6 @@ use memrace::kernel::image::{self, ImageKind};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
-
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum BackendKind {
-    /// qemu-system-x86_64 (TCG, or KVM where the host has hardware virtualization).
-    Qemu,
-    /// memrace's own VMM on /dev/kvm (needs hardware virtualization to boot Linux).
-    Kvm,
-    /// Pick the best backend this host supports and say why.
-    Auto,
-}
 
 #[derive(Args)]
 pub struct BootArgs {
@@ -83,54 +73,14 @@ pub fn resolve_kernel(spec: &str, backend: &Launcher) -> Result<PathBuf> {
     Ok(super::kernel::ensure(spec)?.boot_image())
 }
 
-/// QEMU's accelerator on a host with this KVM, and why.
-pub fn qemu_accel(level: &KvmLevel) -> (QemuAccel, String) {
-    match level {
-        KvmLevel::Hardware { reason } => (QemuAccel::Kvm, reason.clone()),
-        KvmLevel::Software { reason } => (
-            QemuAccel::Tcg,
-            format!("{reason}; a full Linux boot needs hardware virtualization"),
-        ),
-        KvmLevel::Unavailable { reason } => (QemuAccel::Tcg, reason.clone()),
-    }
-}
-
 /// Resolve `--backend` for a full Linux boot, saying what was chosen and why (`qemu`
-/// stays quiet). `kvm` fails fast on a host whose KVM cannot boot Linux to the end.
+/// stays quiet).
 pub fn choose_backend(kind: BackendKind) -> Result<Launcher> {
-    let level = kvm::probe();
-    let (chosen, why) = match (kind, level.boots_linux_fully()) {
-        (BackendKind::Kvm | BackendKind::Auto, true) => {
-            (Launcher::Kvm(KvmOptions::for_host()), kvm::describe())
-        }
-        (BackendKind::Kvm, false) => bail!(kvm_refusal(&level)),
-        (BackendKind::Qemu | BackendKind::Auto, _) => {
-            let (accel, why) = qemu_accel(&level);
-            (Launcher::Qemu(accel), why)
-        }
-    };
-    announce(kind, &chosen, &why);
-    Ok(chosen)
-}
-
-fn kvm_refusal(level: &KvmLevel) -> String {
-    match level {
-        KvmLevel::Software { reason } => format!(
-            "--backend kvm: this host has only a software KVM ({reason}); Linux gets no further \
-             than early boot on it. Use --backend qemu (or auto)"
-        ),
-        other => format!(
-            "--backend kvm: no usable KVM on this host ({}); use --backend qemu",
-            other.reason()
-        ),
-    }
-}
-
-/// Say which backend `--backend auto|kvm` chose and why; an explicit `qemu` stays quiet.
-fn announce(kind: BackendKind, chosen: &Launcher, why: &str) {
+    let (chosen, why) = choice::choose(kind)?;
     if kind != BackendKind::Qemu {
         eprintln!("memrace: backend {chosen} — {why}");
     }
+    Ok(chosen)
 }
 
 fn run_dir(label: &str) -> Result<PathBuf> {

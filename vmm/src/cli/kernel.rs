@@ -19,9 +19,7 @@ pub enum KernelCommand {
 
 /// The built kernel of `variant`, building it (with progress) if needed.
 pub fn ensure(variant: &str) -> Result<Kernel> {
-    let images = Images::open(&kernel::default_images_dir())?;
-    let v = images.variant(variant)?;
-    Ok(kernel::build(&images, DEFAULT_ARCH, &v)?)
+    Ok(memrace::scenario::orchestrate::ensure_variant(variant)?)
 }
 
 pub fn run(cmd: KernelCommand) -> Result<i32> {

@@ -44,8 +44,8 @@ pub struct PerfArgs {
     /// Smallest instruction-count change declared, in %.
     #[arg(long, default_value_t = 1.0)]
     pub threshold_icount: f64,
-    #[arg(long, value_enum, default_value_t = super::boot::BackendKind::Auto)]
-    pub backend: super::boot::BackendKind,
+    #[arg(long, value_enum, default_value_t = memrace::backend::choice::BackendKind::Auto)]
+    pub backend: memrace::backend::choice::BackendKind,
     /// Directory for result.json, report.md and report.html (default: runs/perf-<time>).
     #[arg(long)]
     pub out: Option<PathBuf>,

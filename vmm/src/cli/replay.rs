@@ -20,8 +20,8 @@ pub struct ReplayArgs {
     /// Replay only this kernel row (its label, e.g. `madv-free-unpatched`).
     #[arg(long)]
     pub kernel: Option<String>,
-    #[arg(long, value_enum, default_value_t = super::boot::BackendKind::Auto)]
-    pub backend: super::boot::BackendKind,
+    #[arg(long, value_enum, default_value_t = memrace::backend::choice::BackendKind::Auto)]
+    pub backend: memrace::backend::choice::BackendKind,
     /// Replay even if the kernel build or the schedule differs from the recorded one
     /// (the comparison is then between different kernels or schedules).
     #[arg(long)]
@@ -69,7 +69,7 @@ pub fn run(args: ReplayArgs) -> Result<i32> {
     let scenario = Scenario::parse(Path::new(&rec.scenario_file), &rec.scenario_text, 4)?;
     let baseline = scenario.schedule.without_breakpoints();
     let launcher = super::boot::choose_backend(args.backend)?;
-    super::run::check_vm_breakpoints(&scenario, &launcher)?;
+    memrace::scenario::orchestrate::check_vm_breakpoints(&scenario, &launcher)?;
     let dir = args.result.with_file_name("replay");
     std::fs::create_dir_all(&dir)?;
     let rows: Vec<&Recorded> = rec
@@ -93,7 +93,12 @@ pub fn run(args: ReplayArgs) -> Result<i32> {
         }
     };
     check_rows(&args, &rows, &schedule_of)?;
-    let mut cache = super::run::KernelCache::new();
+    let mut kernels = memrace::scenario::orchestrate::Kernels::default();
+    let settings = memrace::scenario::orchestrate::Settings {
+        launcher: &launcher,
+        dir: &dir,
+        verbose: false,
+    };
     let mut all_same = true;
     for r in rows {
         let schedule = schedule_of(r);
@@ -111,13 +116,11 @@ pub fn run(args: ReplayArgs) -> Result<i32> {
             trials: r.trials.len() as u32,
             trials_per_boot: r.trials_per_boot,
         };
-        let again = super::run::run_planned(
+        let again = memrace::scenario::orchestrate::run_plan(
             &scenario,
             planned,
-            &launcher,
-            &dir,
-            false,
-            &mut cache,
+            &settings,
+            &mut kernels,
             &mut |_| {},
         )?;
         let same_hits = r

@@ -2,5 +2,6 @@
 
 pub mod exec;
 pub mod file;
+pub mod orchestrate;
 pub mod run;
 pub mod verdict;

@@ -311,6 +311,24 @@ pub struct ScenarioResult {
 }
 
 impl ScenarioResult {
+    /// An empty, incomplete result of `scenario` on `launcher`, started now.
+    pub fn new(scenario: &Scenario, launcher: &Launcher) -> ScenarioResult {
+        ScenarioResult {
+            scenario: scenario.name.clone(),
+            description: scenario.description.clone(),
+            scenario_file: scenario.path.display().to_string(),
+            scenario_text: scenario.text.clone(),
+            backend: launcher.to_string(),
+            started_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            kernels: Vec::new(),
+            controls: Vec::new(),
+            held: false,
+            complete: false,
+        }
+    }
+
     pub fn write(&self, dir: &Path) -> Result<(), RunError> {
         let path = dir.join("result.json");
         write_json_atomically(&path, self).map_err(|source| RunError::Write { path, source })
