@@ -14,3 +14,4 @@ pub mod perf;
 pub mod report;
 pub mod scenario;
 pub mod sched;
+pub mod validate;

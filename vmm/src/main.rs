@@ -28,6 +28,10 @@ enum Command {
     Replay(cli::replay::ReplayArgs),
     /// Compare two kernels' performance on mm microbenchmarks in the guest (A/B, statistics, plots).
     Perf(cli::perf::PerfArgs),
+    /// Validate an mm patch (or a kernel tree's HEAD) against its base: every race
+    /// scenario on both kernels, verdicts relative to the base, and a performance
+    /// comparison; exit code 0 when nothing regressed.
+    Validate(cli::validate::ValidateArgs),
     /// Measure what the backends cost.
     #[command(subcommand)]
     Bench(cli::bench::BenchCommand),
@@ -41,6 +45,7 @@ fn main() {
         Command::Run(r) => cli::run::run(r),
         Command::Replay(r) => cli::replay::run(r),
         Command::Perf(p) => cli::perf::run(p),
+        Command::Validate(v) => cli::validate::run(v),
         Command::Bench(b) => cli::bench::run(b),
     };
     match result {

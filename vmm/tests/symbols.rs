@@ -381,3 +381,30 @@ fn not_a_vmlinux() {
         Err(SymbolError::Io { .. })
     ));
 }
+
+#[test]
+fn changed_lines_map_to_the_functions_they_are_compiled_into() {
+    let s = syms();
+    let lines = |l: &[u64]| {
+        l.iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<u64>>()
+    };
+    // The smp_mb() of the MADV_FREE check, as in line_inside_try_to_unmap_one.
+    let touched = s.functions_at_lines("mm/rmap.c", &lines(&[1870])).unwrap();
+    assert_eq!(
+        touched.get("try_to_unmap_one"),
+        Some(&lines(&[1870])),
+        "{touched:?}"
+    );
+    // The comment above try_to_unmap_one compiles to nothing.
+    let comment = s
+        .functions_at_lines("mm/rmap.c", &lines(&[1638, 1639]))
+        .unwrap();
+    assert!(comment.is_empty(), "{comment:?}");
+    assert!(s
+        .functions_at_lines("no/such_file.c", &lines(&[1]))
+        .is_err());
+    let entry = nm_addr("try_to_unmap_one");
+    assert_eq!(s.function_containing(entry + 4), Some("try_to_unmap_one"));
+}

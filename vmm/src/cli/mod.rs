@@ -4,6 +4,7 @@ pub mod kernel;
 pub mod perf;
 pub mod replay;
 pub mod run;
+pub mod validate;
 
 /// `runs/<name>-<unix seconds>`, the default result directory of a command.
 pub fn stamped_runs_dir(name: &str) -> anyhow::Result<std::path::PathBuf> {

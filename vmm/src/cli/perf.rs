@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use memrace::perf::{self, KernelUnderTest, Metric, PerfPlan, Progress};
+use memrace::perf::{self, KernelUnderTest, Metric, PerfPlan};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -95,31 +95,28 @@ fn plan(args: &PerfArgs, launcher: &memrace::backend::Launcher) -> Result<PerfPl
     } else {
         args.benches.clone()
     };
-    let mut threads = if args.threads.is_empty() {
+    let mut plan = PerfPlan::standard(
+        [kernel(a, launcher)?, kernel(b, launcher)?],
+        benches,
+        args.quick,
+    );
+    plan.cpus = args.cpus;
+    plan.threads = if args.threads.is_empty() {
         vec![1, args.cpus]
     } else {
         args.threads.clone()
     };
-    threads.dedup();
-    let metrics = if args.metrics.is_empty() {
-        vec![Metric::Wall, Metric::Icount]
-    } else {
-        args.metrics.clone()
-    };
-    let (boots, reps) = if args.quick { (2, 3) } else { (4, 5) };
-    Ok(PerfPlan {
-        kernels: [kernel(a, launcher)?, kernel(b, launcher)?],
-        benches,
-        threads,
-        reps: args.reps.unwrap_or(reps),
-        warmup: args.warmup,
-        boots: args.boots.unwrap_or(boots),
-        metrics,
-        cpus: args.cpus,
-        mem_mib,
-        threshold_wall_pct: args.threshold_wall,
-        threshold_icount_pct: args.threshold_icount,
-    })
+    plan.threads.dedup();
+    if !args.metrics.is_empty() {
+        plan.metrics = args.metrics.clone();
+    }
+    plan.reps = args.reps.unwrap_or(plan.reps);
+    plan.boots = args.boots.unwrap_or(plan.boots);
+    plan.warmup = args.warmup;
+    plan.mem_mib = mem_mib;
+    plan.threshold_wall_pct = args.threshold_wall;
+    plan.threshold_icount_pct = args.threshold_icount;
+    Ok(plan)
 }
 
 fn out_dir(args: &PerfArgs) -> Result<PathBuf> {
@@ -138,38 +135,7 @@ pub fn run(args: PerfArgs) -> Result<i32> {
     }
     let plan = plan(&args, &launcher)?;
     let dir = out_dir(&args)?;
-    let samples: usize = plan
-        .metrics
-        .iter()
-        .map(|&m| plan.labels(m).len() * plan.reps as usize * plan.boot_order().len())
-        .sum();
-    let bar = indicatif::ProgressBar::new(samples as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{prefix:<28} [{elapsed_precise}] {bar:25} {pos}/{len} samples {msg}",
-        )
-        .expect("static template"),
-    );
-    let result = perf::run(plan, &launcher, &dir, &mut |p| match p {
-        Progress::Boot {
-            index,
-            total,
-            kernel,
-            metric,
-        } => {
-            bar.set_prefix(format!("boot {}/{total} {}", index + 1, metric.name()));
-            bar.set_message(kernel.to_string());
-            if bar.is_hidden() {
-                eprintln!(
-                    "memrace: perf boot {}/{total}: {} on {kernel}",
-                    index + 1,
-                    metric.name()
-                );
-            }
-        }
-        Progress::Sample(_) => bar.inc(1),
-    });
-    bar.finish_and_clear();
+    let result = perf::run_with_progress(plan, &launcher, &dir);
     let result = result.with_context(|| {
         format!(
             "perf run failed; what it measured is in {}",

@@ -156,10 +156,55 @@ impl<'a> DebugInfo<'a> {
         line: u64,
         code: &[Range<u64>],
     ) -> Result<u64, SymbolError> {
-        let base = file.rsplit('/').next().unwrap_or(file);
-        let mut matched: BTreeSet<PathBuf> = BTreeSet::new();
         let mut best: Option<u64> = None;
         let mut lines: BTreeSet<u64> = BTreeSet::new();
+        self.rows_of_file(file, code, |l, addr| {
+            lines.insert(l);
+            if l == line {
+                best = Some(best.map_or(addr, |b| b.min(addr)));
+            }
+        })?;
+        best.ok_or_else(|| {
+            let below = lines.range(..line).rev().take(3);
+            let above = lines.range(line..).take(3);
+            let mut nearby: Vec<u64> = below.chain(above).copied().collect();
+            nearby.sort_unstable();
+            SymbolError::NoCodeAtLine {
+                file: file.into(),
+                line,
+                nearby,
+            }
+        })
+    }
+
+    /// `(line, address)` of every `is_stmt` row for one of `lines` of `file` (matched
+    /// as in [`DebugInfo::line_address`]), inlined copies included. Lines without
+    /// code (comments, declarations) have none.
+    pub fn line_addresses(
+        &self,
+        file: &str,
+        lines: &BTreeSet<u64>,
+        code: &[Range<u64>],
+    ) -> Result<Vec<(u64, u64)>, SymbolError> {
+        let mut out = Vec::new();
+        self.rows_of_file(file, code, |l, addr| {
+            if lines.contains(&l) {
+                out.push((l, addr));
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// Call `row(line, address)` for every `is_stmt` row in `code` of the one source
+    /// file whose path ends with `file`; an unknown or ambiguous file is an error.
+    fn rows_of_file(
+        &self,
+        file: &str,
+        code: &[Range<u64>],
+        mut row: impl FnMut(u64, u64),
+    ) -> Result<(), SymbolError> {
+        let base = file.rsplit('/').next().unwrap_or(file);
+        let mut matched: BTreeSet<PathBuf> = BTreeSet::new();
         self.for_each_unit(|unit| {
             let Some(program) = unit.line_program.clone() else {
                 return Ok(None::<Infallible>);
@@ -188,20 +233,17 @@ impl<'a> DebugInfo<'a> {
                 return Ok(None);
             }
             let mut rows = program.rows();
-            while let Some((_, row)) = rows.next_row()? {
-                let addr = row.address();
-                let Some(l) = row.line() else { continue };
-                if row.end_sequence()
-                    || !row.is_stmt()
-                    || !wanted.contains(&row.file_index())
-                    || !code.iter().any(|r| r.contains(&addr))
+            while let Some((_, r)) = rows.next_row()? {
+                let addr = r.address();
+                let Some(l) = r.line() else { continue };
+                if r.end_sequence()
+                    || !r.is_stmt()
+                    || !wanted.contains(&r.file_index())
+                    || !code.iter().any(|c| c.contains(&addr))
                 {
                     continue;
                 }
-                lines.insert(l.get());
-                if l.get() == line {
-                    best = Some(best.map_or(addr, |b| b.min(addr)));
-                }
+                row(l.get(), addr);
             }
             Ok(None)
         })?;
@@ -218,17 +260,7 @@ impl<'a> DebugInfo<'a> {
                 candidates: matched.iter().map(|p| p.display().to_string()).collect(),
             });
         }
-        best.ok_or_else(|| {
-            let below = lines.range(..line).rev().take(3);
-            let above = lines.range(line..).take(3);
-            let mut nearby: Vec<u64> = below.chain(above).copied().collect();
-            nearby.sort_unstable();
-            SymbolError::NoCodeAtLine {
-                file: file.into(),
-                line,
-                nearby,
-            }
-        })
+        Ok(())
     }
 
     /// The declared return type of the out-of-line function whose code starts at

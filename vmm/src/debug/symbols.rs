@@ -1,6 +1,6 @@
 //! [`Symbols`]: names, source lines and struct members of one vmlinux.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -182,6 +182,36 @@ impl Symbols {
             Some(sym) => format!("{}+{:#x}", sym.name, addr - sym.addr),
             None => format!("{addr:#x}"),
         }
+    }
+
+    /// The out-of-line function whose code holds `addr`, if `addr` is kernel code.
+    pub fn function_containing(&self, addr: u64) -> Option<&str> {
+        self.nearest_code(addr)
+            .filter(|_| self.is_code(addr))
+            .map(|sym| sym.name.as_str())
+    }
+
+    /// The out-of-line functions with code from `lines` of `file` (a path suffix such
+    /// as `mm/rmap.c`), where that code was inlined included, each with the lines it
+    /// holds: what a change to those lines changes in this kernel. Lines without code
+    /// give none.
+    pub fn functions_at_lines(
+        &self,
+        file: &str,
+        lines: &BTreeSet<u64>,
+    ) -> Result<BTreeMap<String, BTreeSet<u64>>, SymbolError> {
+        let rows = DebugInfo::new(&self.path, self.dwarf()?).line_addresses(
+            file,
+            lines,
+            &self.code_ranges,
+        )?;
+        let mut out: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+        for (line, addr) in rows {
+            if let Some(f) = self.function_containing(addr) {
+                out.entry(f.to_string()).or_default().insert(line);
+            }
+        }
+        Ok(out)
     }
 
     fn from_elf(vmlinux: &Path) -> Result<Symbols, SymbolError> {

@@ -63,12 +63,22 @@ pub fn missing(requests: &[Requested], config: &str) -> Vec<String> {
         .collect()
 }
 
+/// What [`configure`] does when Kconfig drops requested options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DroppedOptions {
+    /// Fail: the fragments are written for this source, so a drop is a bug to fix.
+    Refuse,
+    /// Warn on stderr and go on: a kernel of another version may lack some options.
+    Warn,
+}
+
 /// Write `<build>/.config` for `tree` from `base` plus `fragments`, and verify it.
 pub fn configure(
     tree: &Path,
     build: &Path,
     base: &str,
     fragments: &[PathBuf],
+    dropped: DroppedOptions,
 ) -> Result<(), KernelError> {
     let make = |target: &str| {
         let mut cmd = Command::new("make");
@@ -99,10 +109,17 @@ pub fn configure(
     let config =
         std::fs::read_to_string(&config_path).map_err(|e| KernelError::io(&config_path, e))?;
     let missing = missing(&requests, &config);
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(KernelError::ConfigDropped(missing))
+    match (missing.is_empty(), dropped) {
+        (true, _) => Ok(()),
+        (false, DroppedOptions::Refuse) => Err(KernelError::ConfigDropped(missing)),
+        (false, DroppedOptions::Warn) => {
+            eprintln!(
+                "memrace: warning: this kernel's Kconfig dropped requested options \
+                 (absent in this version, or unmet dependencies); building without them:\n  {}",
+                missing.join("\n  ")
+            );
+            Ok(())
+        }
     }
 }
 

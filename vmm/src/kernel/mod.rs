@@ -9,8 +9,10 @@ pub mod build;
 pub mod config;
 pub mod image;
 mod lock;
+pub mod patch;
 pub mod recipe;
 pub mod source;
+pub mod tree;
 
 use crate::child::{self, ChildError};
 use lock::CacheLock;
@@ -45,8 +47,31 @@ pub enum KernelError {
         want: String,
         got: String,
     },
-    #[error("patch {patch} does not apply: {why}\n  the patch must apply with `patch -p1` to the recipe's source version")]
+    #[error("cannot read patch {path}: {source}\n  give the path of a patch file: `git format-patch` output, a `b4 am` mbox, or a unified diff")]
+    PatchRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a patch: it holds no unified diff (`--- a/<file>`, `+++ b/<file>`, `@@` hunks)\n  give `git format-patch` output, a `b4 am` mbox, or the output of `git diff` or `diff -u`")]
+    NotAPatch { path: PathBuf },
+    #[error("patch {patch} does not apply:\n{why}\n  a patch must apply with `patch -p1` at the top of the base kernel's source (the recipe's Debian source, or the git tree's commit); rebase it onto that source")]
     Patch { patch: String, why: String },
+    #[error("{path} does not exist\n  give the path of a Linux kernel git checkout")]
+    GitRepoMissing { path: PathBuf },
+    #[error("{path} is not a git repository: {why}\n  give the top directory of a Linux kernel git checkout")]
+    NotAGitRepo { path: PathBuf, why: String },
+    #[error("{repo} has no commit {rev:?}: {why}\n  name a commit, branch or tag of that repository (see `git -C {repo} log --oneline`)")]
+    UnknownRevision {
+        repo: PathBuf,
+        rev: String,
+        why: String,
+    },
+    #[error("{repo} at {commit} is not a Linux kernel tree: it has no {missing} at its top\n  name a commit of a kernel tree (Makefile, mm/ and kernel/ at the top)")]
+    NotAKernelTree {
+        repo: PathBuf,
+        commit: String,
+        missing: String,
+    },
     #[error("Kconfig dropped requested options (unmet dependencies?):\n  {}", .0.join("\n  "))]
     ConfigDropped(Vec<String>),
     #[error("kernel build failed; full log: {log}\n{tail}")]
@@ -184,7 +209,8 @@ fn toolchain() -> String {
         .unwrap_or_else(|| "unknown gcc".into())
 }
 
-/// Content address of a variant: source, base config, every fragment and patch byte, toolchain.
+/// Content address of a variant: source (the Debian package, or a git tree object),
+/// base config, every fragment and patch byte, toolchain.
 pub fn variant_hash(
     images: &Images,
     arch: &str,
@@ -194,14 +220,12 @@ pub fn variant_hash(
     let a = images.arch(arch)?;
     let mut h = Sha256::new();
     let src = &images.recipe.source;
-    for part in [
-        &src.package,
-        &src.version,
-        &src.sha256,
-        &arch.to_string(),
-        &a.base,
-        &toolchain.to_string(),
-    ] {
+    let origin = match &variant.git {
+        // A tree id names the files, whichever commit (or repository) has them.
+        Some(git) => vec!["git", git.tree.as_str()],
+        None => vec![src.package.as_str(), &src.version, &src.sha256],
+    };
+    for part in origin.into_iter().chain([arch, &a.base, toolchain]) {
         h.update(part.as_bytes());
         h.update([0]);
     }
@@ -266,7 +290,10 @@ pub fn build(images: &Images, arch: &str, variant: &Variant) -> Result<Kernel, K
     }
     let a = images.arch(arch)?;
     let started = std::time::Instant::now();
-    let pristine = source::unpack(&images.recipe.source, &cache)?;
+    let pristine = match &variant.git {
+        Some(git) => tree::export(git, &cache)?,
+        None => source::unpack(&images.recipe.source, &cache)?,
+    };
     let tree = dir.join("src");
     let patches: Vec<(String, PathBuf)> = variant
         .patches
@@ -278,11 +305,18 @@ pub fn build(images: &Images, arch: &str, variant: &Variant) -> Result<Kernel, K
     // relative paths make ccache entries shared by every variant.
     let build_dir = tree.join("memrace-build");
     std::fs::create_dir_all(&build_dir).map_err(|e| KernelError::io(&build_dir, e))?;
+    // The fragments are written for the recipe's kernel; another version may lack
+    // some of their options and still be worth building.
+    let dropped = match variant.git {
+        Some(_) => config::DroppedOptions::Warn,
+        None => config::DroppedOptions::Refuse,
+    };
     config::configure(
         &tree,
         &build_dir,
         &a.base,
         &images.fragment_paths(a, variant),
+        dropped,
     )?;
     let hint_path = cache.join("kernels").join("steps-hint");
     let hint = std::fs::read_to_string(&hint_path)
@@ -319,7 +353,10 @@ pub fn build(images: &Images, arch: &str, variant: &Variant) -> Result<Kernel, K
         description: variant.description.clone(),
         arch: arch.to_string(),
         hash,
-        source_version: images.recipe.source.version.clone(),
+        source_version: match &variant.git {
+            Some(git) => format!("git {} ({})", git.commit, git.subject),
+            None => images.recipe.source.version.clone(),
+        },
         patches: variant.patches.clone(),
         fragments: images
             .fragment_paths(a, variant)
@@ -356,4 +393,32 @@ pub fn list() -> Vec<Kernel> {
         .collect();
     kernels.sort_by(|a, b| a.manifest.variant.cmp(&b.manifest.variant));
     kernels
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_patch_on_base_is_addressed_like_the_variant_with_that_patch() {
+        let images = Images::open(&default_images_dir()).unwrap();
+        let base = images.variant(DEFAULT_VARIANT).unwrap();
+        let unpatched = images.variant("mremap-unpatched").unwrap();
+        let patch = images.patch_path("mremap-rmap-locks.patch");
+        let mine = base.with_patches("mine", std::slice::from_ref(&patch));
+        assert_eq!(mine.name, "mine");
+        assert!(
+            mine.description.contains("mremap-rmap-locks.patch"),
+            "{}",
+            mine.description
+        );
+        assert_eq!(
+            images.patch_path(&mine.patches[0]),
+            patch,
+            "an absolute path as it is"
+        );
+        let hash = |v: &Variant| variant_hash(&images, DEFAULT_ARCH, v, "gcc 12").unwrap();
+        assert_eq!(hash(&mine), hash(&unpatched));
+        assert_ne!(hash(&mine), hash(&base));
+    }
 }

@@ -1,5 +1,6 @@
 //! Kernel recipes and variants: data files under `images/`.
 
+use super::tree::GitSource;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -66,6 +67,9 @@ pub struct Variant {
     /// Which image the guest boots (the build makes both; symbols come from vmlinux).
     #[serde(default)]
     pub boot: BootImage,
+    /// Built from this commit instead of the recipe's Debian source.
+    #[serde(skip)]
+    pub git: Option<GitSource>,
 }
 
 /// The kernel image a variant boots.
@@ -133,6 +137,49 @@ impl Variant {
         let mut v: Variant = parse(path, text)?;
         v.name = name.to_string();
         Ok(v)
+    }
+
+    /// This variant with the developer's patch files `extra` applied after its own
+    /// patches. Paths are made absolute, which [`Images::patch_path`] takes as they are.
+    pub fn with_patches(&self, name: &str, extra: &[PathBuf]) -> Variant {
+        let mut derived = self.clone();
+        derived.name = name.to_string();
+        let names: Vec<String> = extra
+            .iter()
+            .map(|p| {
+                p.file_name()
+                    .unwrap_or(p.as_os_str())
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        derived.description = format!("{} plus patches {}", self.name, names.join(", "));
+        derived.patches.extend(extra.iter().map(|p| {
+            std::path::absolute(p)
+                .unwrap_or_else(|_| p.clone())
+                .to_string_lossy()
+                .into_owned()
+        }));
+        derived
+    }
+
+    /// The kernel at `src`'s commit, configured with memrace's own fragment only: the
+    /// developer's tree is built as it is, without the recipe's patches or extras.
+    pub fn from_git(name: &str, src: GitSource) -> Variant {
+        let short = &src.commit[..src.commit.len().min(12)];
+        Variant {
+            name: name.to_string(),
+            description: format!(
+                "{} at {} ({short} {:?})",
+                src.repo.display(),
+                src.rev,
+                src.subject
+            ),
+            patches: Vec::new(),
+            fragments: Vec::new(),
+            boot: BootImage::Vmlinux,
+            git: Some(src),
+        }
     }
 }
 
@@ -211,8 +258,15 @@ impl Images {
         }
     }
 
+    /// Where a variant's patch is: under `images/patches/`, or an absolute path as it
+    /// is (a developer's patch given to [`Variant::with_patches`]).
     pub fn patch_path(&self, patch: &str) -> PathBuf {
-        self.dir.join("patches").join(patch)
+        let path = Path::new(patch);
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.dir.join("patches").join(patch)
+        }
     }
 
     /// The fragments merged for `variant`, in order: the arch base fragment, then the variant's.

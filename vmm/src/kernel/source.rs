@@ -1,8 +1,10 @@
 //! Fetching and unpacking Debian's kernel source package, verified by SHA-256.
 
 use super::lock::CacheLock;
+use super::patch::{self, PatchFile};
 use super::recipe::Source;
 use super::{run_checked, KernelError, STEP_LIMIT};
+use crate::child::{self, ChildError};
 use crate::fsutil::write_atomic;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -129,8 +131,10 @@ pub fn patched_files(patch: &str) -> Vec<String> {
 }
 
 /// A private copy of `pristine` at `dest`, made of hard links (cheap), with `patches`
-/// applied in order. Every file a patch touches is first replaced by a real copy, so
-/// the pristine tree shared by all variants is never written through a link.
+/// applied in order, each patch of a series on its own so that a failure names it.
+/// Every file a patch touches is first replaced by a real copy, so the pristine tree
+/// shared by all variants is never written through a link. A failure removes `dest`:
+/// the tree is complete or absent, never half-patched.
 pub fn patched_tree(
     pristine: &Path,
     dest: &Path,
@@ -140,41 +144,112 @@ pub fn patched_tree(
     if done.is_file() {
         return Ok(());
     }
+    // Every patch is read (and a non-patch refused) before the tree is made.
+    let files = patches
+        .iter()
+        .map(|(name, path)| Ok((name.as_str(), patch::read(path)?)))
+        .collect::<Result<Vec<_>, KernelError>>()?;
     let _ = std::fs::remove_dir_all(dest);
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent).map_err(|e| KernelError::io(parent, e))?;
     }
+    let made = link_and_patch(pristine, dest, &files);
+    if made.is_err() {
+        let _ = std::fs::remove_dir_all(dest);
+    }
+    made?;
+    write_atomic(&done, b"").map_err(|e| KernelError::io(&done, e))?;
+    Ok(())
+}
+
+fn link_and_patch(
+    pristine: &Path,
+    dest: &Path,
+    files: &[(&str, PatchFile)],
+) -> Result<(), KernelError> {
     let mut cp = Command::new("cp");
     cp.arg("-al").arg(pristine).arg(dest);
     run_checked(&mut cp, "linking the source tree")?;
-    for (name, path) in patches {
-        let text = std::fs::read_to_string(path).map_err(|e| KernelError::io(path, e))?;
-        for file in patched_files(&text) {
-            let target = dest.join(&file);
-            if target.is_file() {
-                let copy = dest.join(format!("{file}.memrace-copy"));
-                std::fs::copy(&target, &copy).map_err(|e| KernelError::io(&target, e))?;
-                std::fs::rename(&copy, &target).map_err(|e| KernelError::io(&target, e))?;
+    // Beside the tree, not in it: nothing but the patches' changes lands in the tree.
+    let part_file = dest.with_extension("memrace-part.patch");
+    for (name, file) in files {
+        for (index, part) in file.parts.iter().enumerate() {
+            for touched in patched_files(&part.text) {
+                let target = dest.join(&touched);
+                if target.is_file() {
+                    let copy = dest.join(format!("{touched}.memrace-copy"));
+                    std::fs::copy(&target, &copy).map_err(|e| KernelError::io(&target, e))?;
+                    std::fs::rename(&copy, &target).map_err(|e| KernelError::io(&target, e))?;
+                }
             }
+            std::fs::write(&part_file, &part.text).map_err(|e| KernelError::io(&part_file, e))?;
+            let applied = apply(dest, &part_file);
+            let _ = std::fs::remove_file(&part_file);
+            applied.map_err(|why| KernelError::Patch {
+                patch: file.part_name(name, index),
+                why,
+            })?;
         }
-        let mut patch = Command::new("patch");
-        patch
-            .args([
-                "-p1",
-                "--batch",
-                "--forward",
-                "--no-backup-if-mismatch",
-                "-i",
-            ])
-            .arg(path)
-            .current_dir(dest);
-        run_checked(&mut patch, "patch").map_err(|e| KernelError::Patch {
-            patch: name.clone(),
-            why: e.to_string(),
-        })?;
     }
-    write_atomic(&done, b"").map_err(|e| KernelError::io(&done, e))?;
     Ok(())
+}
+
+/// Run `patch -p1` in `tree` on `part_file`; on failure, what it said.
+fn apply(tree: &Path, part_file: &Path) -> Result<(), String> {
+    let mut cmd = Command::new("patch");
+    cmd.args(["-p1", "--batch", "--forward", "--no-backup-if-mismatch"])
+        // No .rej files: a failed tree is removed, so they would name files that are gone.
+        .arg("--reject-file=-")
+        .arg("-i")
+        .arg(part_file)
+        .current_dir(tree);
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    match child::output_within(&mut cmd, STEP_LIMIT) {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(failure_report(
+            &text(&out.stdout),
+            &text(&out.stderr),
+            &out.status.to_string(),
+        )),
+        Err(ChildError::Timeout { output, .. }) => Err(failure_report(
+            &text(&output.stdout),
+            &text(&output.stderr),
+            &format!(
+                "did not finish within {} min and was stopped",
+                STEP_LIMIT.as_secs() / 60
+            ),
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// GNU patch names files and failed hunks on stdout, problems with its input on
+/// stderr. Quote both, without the files and hunks that applied, indented.
+fn failure_report(stdout: &str, stderr: &str, status: &str) -> String {
+    const MAX_LINES: usize = 40;
+    let mut kept: Vec<&str> = Vec::new();
+    let mut file_line = None;
+    for line in stdout.lines() {
+        if line.starts_with("patching file ") {
+            file_line = Some(line);
+        } else if !(line.starts_with("Hunk #") && line.contains(" succeeded at ")) {
+            kept.extend(file_line.take());
+            kept.push(line);
+        }
+    }
+    kept.extend(stderr.lines());
+    if kept.is_empty() {
+        kept.push(status);
+    }
+    let mut report: Vec<String> = kept
+        .iter()
+        .take(MAX_LINES)
+        .map(|l| format!("    {l}"))
+        .collect();
+    if kept.len() > MAX_LINES {
+        report.push(format!("    ({} more lines)", kept.len() - MAX_LINES));
+    }
+    report.join("\n")
 }
 
 #[cfg(test)]
@@ -188,6 +263,123 @@ mod tests {
             patched_files(p),
             vec!["mm/rmap.c".to_string(), "x/y.h".to_string()]
         );
+    }
+
+    const ID: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    /// A pristine tree with `mm/rmap.c` holding `line 1` … `line 30`.
+    fn pristine(dir: &Path) -> PathBuf {
+        let tree = dir.join("pristine");
+        std::fs::create_dir_all(tree.join("mm")).unwrap();
+        let text: String = (1..=30).map(|n| format!("line {n}\n")).collect();
+        std::fs::write(tree.join("mm/rmap.c"), text).unwrap();
+        tree
+    }
+
+    /// A diff of `mm/rmap.c` with two hunks: line 4 → `four`, and line 22 →
+    /// `twenty-two`, where `line 22` must read `was22` for the second to apply.
+    fn two_hunks(was22: &str) -> String {
+        format!(
+            "--- a/mm/rmap.c\n+++ b/mm/rmap.c\n\
+             @@ -2,5 +2,5 @@\n line 2\n line 3\n-line 4\n+four\n line 5\n line 6\n\
+             @@ -20,5 +20,5 @@\n line 20\n line 21\n-{was22}\n+twenty-two\n line 23\n line 24\n"
+        )
+    }
+
+    fn message(subject: &str, diff: &str) -> String {
+        format!("From {ID} Mon Sep 17 00:00:00 2001\nSubject: {subject}\n\nWhy.\n---\n{diff}")
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> (String, PathBuf) {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        (name.to_string(), path)
+    }
+
+    #[test]
+    fn applies_a_patch_to_a_private_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let pristine = pristine(dir.path());
+        let dest = dir.path().join("variant/src");
+        let good = write(dir.path(), "good.patch", &two_hunks("line 22"));
+        patched_tree(&pristine, &dest, &[good]).unwrap();
+        let patched = std::fs::read_to_string(dest.join("mm/rmap.c")).unwrap();
+        assert!(patched.contains("four\n") && patched.contains("twenty-two\n"));
+        let original = std::fs::read_to_string(pristine.join("mm/rmap.c")).unwrap();
+        assert!(
+            original.contains("line 4\n"),
+            "the pristine tree is untouched"
+        );
+        assert!(dest.join(".memrace-tree-complete").is_file());
+        let beside: Vec<_> = std::fs::read_dir(dest.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            beside,
+            vec![std::ffi::OsString::from("src")],
+            "no part file left"
+        );
+    }
+
+    #[test]
+    fn a_failed_hunk_is_quoted_and_no_tree_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let pristine = pristine(dir.path());
+        let dest = dir.path().join("variant/src");
+        let bad = write(dir.path(), "bad.patch", &two_hunks("no such line"));
+        let err = patched_tree(&pristine, &dest, &[bad]).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, KernelError::Patch { .. }), "{text}");
+        assert!(text.contains("patch bad.patch does not apply"), "{text}");
+        assert!(text.contains("patching file mm/rmap.c"), "{text}");
+        assert!(text.contains("Hunk #2 FAILED at 20"), "{text}");
+        assert!(text.contains("1 out of 2 hunks FAILED"), "{text}");
+        assert!(text.contains("patch -p1"), "the hint: {text}");
+        assert!(!dest.exists(), "the half-patched tree is removed");
+    }
+
+    #[test]
+    fn a_failed_part_of_a_series_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let pristine = pristine(dir.path());
+        let dest = dir.path().join("variant/src");
+        let first = "--- a/mm/rmap.c\n+++ b/mm/rmap.c\n@@ -1,2 +1,2 @@\n-line 1\n+one\n line 2\n";
+        let series = message("[PATCH 1/3] mm: first", first)
+            + &message("[PATCH 2/3] mm: second", &two_hunks("no such line"))
+            + &message("[PATCH 3/3] mm: third", first);
+        let series = write(dir.path(), "series.mbox", &series);
+        let err = patched_tree(&pristine, &dest, &[series])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("patch series.mbox [2/3] \"mm: second\" does not apply"),
+            "{err}"
+        );
+        assert!(err.contains("Hunk #2 FAILED"), "{err}");
+        assert!(!dest.exists());
+    }
+
+    #[test]
+    fn an_already_applied_patch_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let pristine = pristine(dir.path());
+        let dest = dir.path().join("variant/src");
+        let good = write(dir.path(), "good.patch", &two_hunks("line 22"));
+        let again = write(dir.path(), "again.patch", &two_hunks("line 22"));
+        let err = patched_tree(&pristine, &dest, &[good, again])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("again.patch") && err.contains("Reversed"),
+            "{err}"
+        );
+        let not_a_patch = write(dir.path(), "notes.txt", "notes\n");
+        let err = patched_tree(&pristine, &dest, &[not_a_patch])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not a patch"), "{err}");
+        assert!(!dest.exists());
     }
 
     #[test]

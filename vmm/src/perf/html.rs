@@ -102,13 +102,24 @@ fn plot(r: &PerfResult, c: &Comparison) -> Result<String, String> {
 
 /// The whole report as one self-contained HTML page.
 pub fn report(r: &PerfResult) -> String {
-    let mut out = String::from(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>memrace perf</title>\n\
-         <style>body{font-family:sans-serif;margin:1em 2em}pre{background:#f6f6f6;padding:1em;overflow-x:auto}\
-         figure{display:inline-block;margin:0.5em}figcaption{font-size:small;text-align:center}</style>\n\
-         </head><body>\n",
-    );
-    let _ = writeln!(out, "<pre>{}</pre>", escape(&markdown(r)));
+    page("memrace perf", &markdown(r), &figures(r))
+}
+
+/// A self-contained HTML page: `text` (Markdown, shown as is) above `body`.
+pub fn page(title: &str, text: &str, body: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{}</title>\n\
+         <style>body{{font-family:sans-serif;margin:1em 2em}}pre{{background:#f6f6f6;padding:1em;overflow-x:auto}}\
+         figure{{display:inline-block;margin:0.5em}}figcaption{{font-size:small;text-align:center}}</style>\n\
+         </head><body>\n<pre>{}</pre>\n{body}</body></html>\n",
+        escape(title),
+        escape(text)
+    )
+}
+
+/// Per metric, what it measures and one plot per comparison.
+pub fn figures(r: &PerfResult) -> String {
+    let mut out = String::new();
     for &metric in &r.plan.metrics {
         let _ = writeln!(
             out,
@@ -128,6 +139,5 @@ pub fn report(r: &PerfResult) -> String {
             );
         }
     }
-    out.push_str("</body></html>\n");
     out
 }

@@ -105,6 +105,26 @@ pub struct PerfPlan {
 }
 
 impl PerfPlan {
+    /// The default plan of `benches` on `kernels`: one thread and one per vCPU on two
+    /// vCPUs, both metrics, 4 boots of 5 repetitions per kernel and metric (`quick`: 2
+    /// boots of 3), thresholds 5% (wall) and 1% (icount).
+    pub fn standard(kernels: [KernelUnderTest; 2], benches: Vec<String>, quick: bool) -> PerfPlan {
+        let (boots, reps) = if quick { (2, 3) } else { (4, 5) };
+        PerfPlan {
+            kernels,
+            benches,
+            threads: vec![1, 2],
+            reps,
+            warmup: 1,
+            boots,
+            metrics: vec![Metric::Wall, Metric::Icount],
+            cpus: 2,
+            mem_mib: 512,
+            threshold_wall_pct: 5.0,
+            threshold_icount_pct: 1.0,
+        }
+    }
+
     pub fn threshold(&self, metric: Metric) -> f64 {
         match metric {
             Metric::Wall => self.threshold_wall_pct,
@@ -376,6 +396,48 @@ pub fn run(
     result.complete = true;
     result.write(out_dir)?;
     Ok(result)
+}
+
+/// [`run`] with a progress bar over the samples (a line per boot where stderr is not
+/// a terminal).
+pub fn run_with_progress(
+    plan: PerfPlan,
+    launcher: &Launcher,
+    out_dir: &Path,
+) -> Result<PerfResult, PerfError> {
+    let samples: usize = plan
+        .metrics
+        .iter()
+        .map(|&m| plan.labels(m).len() * plan.reps as usize * plan.boot_order().len())
+        .sum();
+    let bar = indicatif::ProgressBar::new(samples as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix:<28} [{elapsed_precise}] {bar:25} {pos}/{len} samples {msg}",
+        )
+        .expect("static template"),
+    );
+    let result = run(plan, launcher, out_dir, &mut |p| match p {
+        Progress::Boot {
+            index,
+            total,
+            kernel,
+            metric,
+        } => {
+            bar.set_prefix(format!("boot {}/{total} {}", index + 1, metric.name()));
+            bar.set_message(kernel.to_string());
+            if bar.is_hidden() {
+                eprintln!(
+                    "memrace: perf boot {}/{total}: {} on {kernel}",
+                    index + 1,
+                    metric.name()
+                );
+            }
+        }
+        Progress::Sample(_) => bar.inc(1),
+    });
+    bar.finish_and_clear();
+    result
 }
 
 /// How long the host's TSC is sampled to tell wall-metric guests its frequency.

@@ -1,0 +1,131 @@
+//! `memrace validate PATCH… [--base VARIANT]` or `memrace validate --tree PATH
+//! [--base-commit REV]`: parse, hand over to `memrace::validate`, print the report and
+//! exit with its code.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use memrace::backend::choice::BackendKind;
+use memrace::validate::{self, BenchChoice, Input, Options, ScenarioChoice};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct ValidateArgs {
+    /// Patch files applied in order on --base: git format-patch files, an mbox series
+    /// (as `b4 am` writes it) or plain diffs.
+    #[arg(conflicts_with = "tree")]
+    pub patches: Vec<PathBuf>,
+    /// The kernel variant the patches apply to.
+    #[arg(long, default_value = "base", conflicts_with = "tree")]
+    pub base: String,
+    /// A kernel git tree: its HEAD is validated against --base-commit, both built with
+    /// memrace's config fragment.
+    #[arg(long)]
+    pub tree: Option<PathBuf>,
+    /// The tree's base commit.
+    #[arg(long, default_value = "HEAD~1", requires = "tree")]
+    pub base_commit: String,
+    /// `all`, `auto` (those whose race code the patch changes) or scenario names,
+    /// comma-separated.
+    #[arg(long, default_value = "all", value_delimiter = ',')]
+    pub scenarios: Vec<String>,
+    /// `auto` (those exercising a changed file), `all`, `none` or benchmark names,
+    /// comma-separated.
+    #[arg(long, default_value = "auto", value_delimiter = ',')]
+    pub benches: Vec<String>,
+    /// Trials per kernel and scenario (default: the scenario's; --quick: 3).
+    #[arg(long)]
+    pub trials: Option<u32>,
+    /// The short mode: 3 trials per scenario and kernel, the perf comparison's quick mode.
+    #[arg(long)]
+    pub quick: bool,
+    #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
+    pub backend: BackendKind,
+    /// Directory for the reports (default: runs/validate-<time>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Echo the guest console.
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+fn choice<T>(words: &[String], keywords: &[(&str, fn() -> T)], named: fn(Vec<String>) -> T) -> T {
+    if let [one] = words {
+        if let Some((_, make)) = keywords.iter().find(|(k, _)| k == one) {
+            return make();
+        }
+    }
+    named(words.to_vec())
+}
+
+pub fn run(args: ValidateArgs) -> Result<i32> {
+    let input = match &args.tree {
+        Some(repo) => Input::Tree {
+            repo: repo.clone(),
+            base_rev: args.base_commit.clone(),
+        },
+        None if args.patches.is_empty() => bail!(
+            "nothing to validate: give patch files (`memrace validate my.patch`) or a kernel \
+             git tree (`memrace validate --tree ~/linux`)"
+        ),
+        None => {
+            for p in &args.patches {
+                if !p.is_file() {
+                    bail!("{}: no such patch file", p.display());
+                }
+            }
+            Input::Patches {
+                base: args.base.clone(),
+                files: args.patches.clone(),
+            }
+        }
+    };
+    if args.trials == Some(0) {
+        bail!("--trials 0: a scenario needs at least one trial per kernel");
+    }
+    let launcher = super::boot::choose_backend(args.backend)?;
+    if let memrace::backend::Launcher::Qemu(_) = launcher {
+        memrace::backend::qemu::find_qemu()?;
+    }
+    let out = match &args.out {
+        Some(d) => d.clone(),
+        None => super::stamped_runs_dir("validate")?,
+    };
+    let opts = Options {
+        input,
+        scenarios: choice(
+            &args.scenarios,
+            &[
+                ("all", || ScenarioChoice::All),
+                ("auto", || ScenarioChoice::Auto),
+            ],
+            ScenarioChoice::Named,
+        ),
+        benches: choice(
+            &args.benches,
+            &[
+                ("auto", || BenchChoice::Auto),
+                ("all", || BenchChoice::All),
+                ("none", || BenchChoice::Skip),
+            ],
+            BenchChoice::Named,
+        ),
+        trials: args.trials,
+        quick: args.quick,
+        verbose: args.verbose,
+        out: out.clone(),
+    };
+    let result = validate::run(&opts, &launcher).with_context(|| {
+        format!(
+            "validate did not finish; what it found so far is in {}",
+            out.display()
+        )
+    })?;
+    print!("{}", validate::report::markdown(&result));
+    eprintln!(
+        "memrace: validate took {:.0} s; reports in {} (report.md, report.html, junit.xml, result.json); exit code {}",
+        result.seconds,
+        out.display(),
+        result.exit_code
+    );
+    Ok(result.exit_code)
+}
