@@ -48,13 +48,12 @@ pub struct ValidateArgs {
     pub verbose: bool,
 }
 
-fn choice<T>(words: &[String], keywords: &[(&str, fn() -> T)], named: fn(Vec<String>) -> T) -> T {
-    if let [one] = words {
-        if let Some((_, make)) = keywords.iter().find(|(k, _)| k == one) {
-            return make();
-        }
+/// The one word of a list option, if it is a single word (a keyword such as `auto`).
+fn single(words: &[String]) -> Option<&str> {
+    match words {
+        [one] => Some(one.as_str()),
+        _ => None,
     }
-    named(words.to_vec())
 }
 
 pub fn run(args: ValidateArgs) -> Result<i32> {
@@ -92,23 +91,17 @@ pub fn run(args: ValidateArgs) -> Result<i32> {
     };
     let opts = Options {
         input,
-        scenarios: choice(
-            &args.scenarios,
-            &[
-                ("all", || ScenarioChoice::All),
-                ("auto", || ScenarioChoice::Auto),
-            ],
-            ScenarioChoice::Named,
-        ),
-        benches: choice(
-            &args.benches,
-            &[
-                ("auto", || BenchChoice::Auto),
-                ("all", || BenchChoice::All),
-                ("none", || BenchChoice::Skip),
-            ],
-            BenchChoice::Named,
-        ),
+        scenarios: match single(&args.scenarios) {
+            Some("all") => ScenarioChoice::All,
+            Some("auto") => ScenarioChoice::Auto,
+            _ => ScenarioChoice::Named(args.scenarios.clone()),
+        },
+        benches: match single(&args.benches) {
+            Some("auto") => BenchChoice::Auto,
+            Some("all") => BenchChoice::All,
+            Some("none") => BenchChoice::Skip,
+            _ => BenchChoice::Named(args.benches.clone()),
+        },
         trials: args.trials,
         quick: args.quick,
         verbose: args.verbose,
