@@ -198,7 +198,9 @@ fn a_git_tree_commit_is_validated_like_the_patch_it_carries() {
     std::fs::remove_file(&vma).unwrap();
     std::fs::write(&vma, private).unwrap();
     git(&tree, &["init", "-q", "-b", "main"]);
-    git(&tree, &["add", "-A"]);
+    // -f: Debian's top-level .gitignore ignores everything at the top (its packaging
+    // repository's layout).
+    git(&tree, &["add", "-A", "-f", "."]);
     git(&tree, &["commit", "-q", "-m", "Debian linux-source-6.12"]);
     git(
         &tree,
