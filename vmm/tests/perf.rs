@@ -82,6 +82,9 @@ fn a_known_fault_cost_is_a_regression_on_the_fault_benchmarks_only() {
             "perf-anon-fault-cost",
             "--bench",
             "anon-fault-4k,anon-fault-thp,odirect-read,mmap-munmap,mremap-4k,madv-dontneed",
+            // One thread: the t2 rows would only widen wall's simultaneous intervals.
+            "--threads",
+            "1",
         ],
         dir.path(),
     );
