@@ -19,7 +19,7 @@ pub enum KernelCommand {
 
 /// The built kernel of `variant`, building it (with progress) if needed.
 pub fn ensure(variant: &str) -> Result<Kernel> {
-    Ok(memrace::scenario::orchestrate::ensure_variant(variant)?)
+    Ok(kernel::ensure(variant)?)
 }
 
 pub fn run(cmd: KernelCommand) -> Result<i32> {

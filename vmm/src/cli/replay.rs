@@ -66,7 +66,11 @@ pub fn run(args: ReplayArgs) -> Result<i32> {
         .with_context(|| format!("reading {}", args.result.display()))?;
     let rec: RecordedResult = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a memrace result.json", args.result.display()))?;
-    let scenario = Scenario::parse(Path::new(&rec.scenario_file), &rec.scenario_text, 4)?;
+    let scenario = Scenario::parse(
+        Path::new(&rec.scenario_file),
+        &rec.scenario_text,
+        memrace::scenario::orchestrate::MAX_BREAKPOINTS,
+    )?;
     let baseline = scenario.schedule.without_breakpoints();
     let launcher = super::boot::choose_backend(args.backend)?;
     memrace::scenario::orchestrate::check_vm_breakpoints(&scenario, &launcher)?;

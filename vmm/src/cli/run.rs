@@ -11,8 +11,6 @@ use std::path::PathBuf;
 
 /// The race the README's first command shows.
 pub const DEFAULT_SCENARIO: &str = "madv-free-dio";
-/// x86 debug registers per vCPU; schedules are checked against this before boot.
-const MAX_BREAKPOINTS: usize = 4;
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -110,7 +108,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
     // Validate every scenario before booting anything.
     let scenarios = names
         .iter()
-        .map(|n| file::find(&dir, n, MAX_BREAKPOINTS))
+        .map(|n| file::find(&dir, n, orchestrate::MAX_BREAKPOINTS))
         .collect::<Result<Vec<_>, _>>()?;
     let mut kernels = Kernels::default();
     for s in &scenarios {

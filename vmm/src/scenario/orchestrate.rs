@@ -7,11 +7,15 @@ use super::file::{KernelExpectation, Scenario, ScenarioError};
 use super::run::{run_kernel, KernelPlan, KernelRun, RunContext, RunError, ScenarioResult};
 use crate::backend::{BackendError, Launcher};
 use crate::debug::{KernelIntrospect, Spec, SymbolError, Symbols};
-use crate::kernel::{self, recipe::Images, Kernel, KernelError, DEFAULT_ARCH};
+use crate::kernel::{self, Kernel, KernelError};
 use crate::sched::schedule::Schedule;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+
+/// x86 debug registers per vCPU: every schedule is checked against this when its
+/// scenario file is read.
+pub const MAX_BREAKPOINTS: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OrchestrateError {
@@ -97,13 +101,6 @@ pub struct Kernels {
     loaded: BTreeMap<String, Rc<LoadedKernel>>,
 }
 
-/// The built kernel of variant `name`, building it (with progress) if needed.
-pub fn ensure_variant(name: &str) -> Result<Kernel, KernelError> {
-    let images = Images::open(&kernel::default_images_dir())?;
-    let variant = images.variant(name)?;
-    kernel::build(&images, DEFAULT_ARCH, &variant)
-}
-
 impl Kernels {
     /// Register an already built kernel under `label` (one not named by a variant).
     pub fn add(
@@ -130,7 +127,7 @@ impl Kernels {
         if let Some(k) = self.loaded.get(label) {
             return Ok(k.clone());
         }
-        let built = ensure_variant(label)?;
+        let built = kernel::ensure(label)?;
         self.add(label, &built)
     }
 }

@@ -24,8 +24,6 @@ use verdict::{Outcome, RaceVerdict};
 const TREE_BASE_ENTRY: &str = "base";
 /// Trials per kernel and scenario in `--quick`.
 const QUICK_TRIALS: u32 = 3;
-/// Most breakpoints a scenario may arm per vCPU (x86 debug registers).
-const MAX_BREAKPOINTS: usize = 4;
 /// Bound of `git diff` between the tree's two commits.
 const GIT_DIFF_LIMIT: Duration = Duration::from_secs(300);
 
@@ -294,7 +292,7 @@ fn scenarios(choice: &ScenarioChoice) -> Result<Vec<Scenario>, ValidateError> {
     };
     names
         .iter()
-        .map(|n| Ok(file::find(&dir, n, MAX_BREAKPOINTS)?))
+        .map(|n| Ok(file::find(&dir, n, orchestrate::MAX_BREAKPOINTS)?))
         .collect()
 }
 
