@@ -69,13 +69,43 @@ pub struct Pick {
     pub why: String,
 }
 
+/// The functions the patches of the variant `name` change, each with the patch, mapped
+/// on its build; none when it has no patches or is not built (its symbols are only
+/// loaded then).
+fn functions_changed_by(name: &str, images: &Images) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let Ok(variant) = images.variant(name) else {
+        return out;
+    };
+    if variant.patches.is_empty() {
+        return out;
+    }
+    let Ok(Some(built)) = crate::kernel::find(images, DEFAULT_ARCH, &variant) else {
+        return out;
+    };
+    let Ok(symbols) = Symbols::load(&built.vmlinux()) else {
+        return out;
+    };
+    for patch_name in &variant.patches {
+        let Ok(file) = patch::read(&images.patch_path(patch_name)) else {
+            continue;
+        };
+        let hunks: Vec<Hunk> = file.parts.iter().flat_map(patch::hunks).collect();
+        for f in Touched::of(&hunks, &symbols).functions.into_keys() {
+            out.entry(f).or_insert_with(|| patch_name.clone());
+        }
+    }
+    out
+}
+
 /// The functions a scenario's race lives in: those of its breakpoints (resolved on
-/// `symbols`), and those its race kernels' own patches change (mapped on those
-/// kernels' builds where they are built), each with where it comes from.
+/// `symbols`), and those its race kernels' own patches change (`changed_by`, memoised
+/// per variant: scenarios share their race kernels), each with where it comes from.
 fn race_functions(
     scenario: &Scenario,
     symbols: &Symbols,
     images: &Images,
+    changed_by: &mut BTreeMap<String, BTreeMap<String, String>>,
 ) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for (_, spec) in scenario.schedule.breakpoint_specs() {
@@ -92,28 +122,16 @@ fn race_functions(
         }
     }
     for entry in &scenario.kernels {
-        let Ok(variant) = images.variant(&entry.variant) else {
-            continue;
-        };
-        let Ok(Some(built)) = crate::kernel::find(images, DEFAULT_ARCH, &variant) else {
-            continue;
-        };
-        let Ok(variant_symbols) = Symbols::load(&built.vmlinux()) else {
-            continue;
-        };
-        for name in &variant.patches {
-            let Ok(file) = patch::read(&images.patch_path(name)) else {
-                continue;
-            };
-            let hunks: Vec<Hunk> = file.parts.iter().flat_map(patch::hunks).collect();
-            for f in Touched::of(&hunks, &variant_symbols).functions.into_keys() {
-                out.entry(f).or_insert_with(|| {
-                    format!(
-                        "the race's own kernel {} changes it ({name})",
-                        entry.variant
-                    )
-                });
-            }
+        let changed = changed_by
+            .entry(entry.variant.clone())
+            .or_insert_with(|| functions_changed_by(&entry.variant, images));
+        for (f, patch_name) in changed.iter() {
+            out.entry(f.clone()).or_insert_with(|| {
+                format!(
+                    "the race's own kernel {} changes it ({patch_name})",
+                    entry.variant
+                )
+            });
         }
     }
     out
@@ -126,9 +144,10 @@ pub fn scenarios(
     symbols: &Symbols,
     images: &Images,
 ) -> Vec<Pick> {
+    let mut changed_by = BTreeMap::new();
     all.iter()
         .filter_map(|s| {
-            let reasons: Vec<String> = race_functions(s, symbols, images)
+            let reasons: Vec<String> = race_functions(s, symbols, images, &mut changed_by)
                 .into_iter()
                 .filter(|(f, _)| touched.functions.contains_key(f))
                 .map(|(f, why)| format!("the patch changes `{f}` ({}): {why}", touched.where_(&f)))
