@@ -52,6 +52,7 @@ fn main() {
     };
     let run_dir = std::env::temp_dir().join(format!("memrace-bench-kvm-{}", std::process::id()));
     let cfg = VmConfig {
+        arch: memrace::arch::Arch::X86_64,
         kernel: vmlinux,
         initramfs: PathBuf::new(),
         cmdline: "console=ttyS0".into(),

@@ -13,6 +13,7 @@ use memrace::backend::VmConfig;
 
 fn config(kernel: &Path, run_dir: &Path, cpus: usize, mem_mib: u64) -> VmConfig {
     VmConfig {
+        arch: memrace::arch::Arch::X86_64,
         kernel: kernel.to_path_buf(),
         initramfs: PathBuf::new(),
         cmdline: "console=ttyS0".into(),

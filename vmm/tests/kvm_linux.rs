@@ -77,6 +77,7 @@ fn symbol(vmlinux: &Path, name: &str) -> u64 {
 
 fn config(kernel: PathBuf, run_dir: &Path, cpus: usize) -> VmConfig {
     VmConfig {
+        arch: memrace::arch::Arch::X86_64,
         kernel,
         initramfs: PathBuf::new(),
         cmdline: "console=ttyS0 earlyprintk=serial,ttyS0,115200 panic=-1 reboot=k".into(),
@@ -109,7 +110,7 @@ fn run_to_start_kernel(vmlinux: &Path, opts: &KvmOptions, run_dir: &Path) -> (Kv
         next_breakpoint(&mut vm, START_KERNEL_LIMIT),
         (0, start_kernel)
     );
-    assert_eq!(vm.regs(0).unwrap().rip, start_kernel);
+    assert_eq!(vm.regs(0).unwrap().pc(), start_kernel);
     eprintln!(
         "start_kernel reached after {:.2?} ({:?} entry)",
         t0.elapsed(),
@@ -188,7 +189,7 @@ fn bzimage_enters_its_64_bit_entry_point_with_the_zero_page() {
     vm.set_breakpoints(0, &[entry]).unwrap();
     vm.resume(&[0]).unwrap();
     assert_eq!(next_breakpoint(&mut vm, START_KERNEL_LIMIT), (0, entry));
-    let zero_page = vm.regs(0).unwrap().rsi;
+    let zero_page = vm.regs(0).unwrap().named("rsi").unwrap();
     assert_eq!(zero_page, 0x7000, "RSI points at the zero page");
 
     // What the decompressor reads from the zero page (Documentation/arch/x86/zero-page.rst).

@@ -88,7 +88,7 @@ fn a_paused_vcpu_stays_put_while_another_runs_to_its_breakpoint() {
         (read_u64(&vm, fx.counters[0]), read_u64(&vm, fx.counters[1])),
         (N, 0)
     );
-    assert_eq!(vm.regs(0).unwrap().rip, fx.done[0]);
+    assert_eq!(vm.regs(0).unwrap().pc(), fx.done[0]);
 
     vm.resume(&[1]).unwrap();
     assert_eq!(next_breakpoint(&mut vm, LIMIT), (1, fx.done[1]));
@@ -461,7 +461,7 @@ fn a_hit_not_yet_received_is_not_stepped_past_by_resume() {
     vm.resume(&[other]).unwrap();
     assert_eq!(next_breakpoint(&mut vm, LIMIT), (other, fx.between));
     assert_eq!(
-        vm.regs(other).unwrap().rip,
+        vm.regs(other).unwrap().pc(),
         fx.between,
         "still stopped on it"
     );
@@ -479,7 +479,7 @@ fn servicing_a_parked_vcpu_re_fires_its_breakpoint_without_stepping() {
     for _ in 0..3 {
         assert!(vm.service_parked(&[], &[0]).unwrap());
         assert_eq!(next_breakpoint(&mut vm, LIMIT), (0, fx.between));
-        assert_eq!(vm.regs(0).unwrap().rip, fx.between);
+        assert_eq!(vm.regs(0).unwrap().pc(), fx.between);
     }
     vm.set_breakpoints(0, &[fx.done]).unwrap();
     vm.resume(&[0]).unwrap();

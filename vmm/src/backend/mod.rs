@@ -23,6 +23,7 @@ pub mod qemu;
 use std::path::PathBuf;
 use std::time::Instant;
 
+pub use crate::arch::Regs;
 pub use control_proto::Message as ControlMessage;
 
 /// Index of a vCPU; equals the guest's CPU number (APIC id).
@@ -31,6 +32,8 @@ pub type VcpuId = usize;
 /// What to boot.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
+    /// The guest architecture (the kernel's and the harness's).
+    pub arch: crate::arch::Arch,
     /// ELF `vmlinux` (PVH entry) or `bzImage`.
     pub kernel: PathBuf,
     /// newc cpio archive whose `/init` is the guest harness.
@@ -94,32 +97,6 @@ pub enum VmEvent {
     Exited(VmExit),
 }
 
-/// The x86_64 registers the schedule engine reads and writes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Regs {
-    pub rax: u64,
-    pub rbx: u64,
-    pub rcx: u64,
-    pub rdx: u64,
-    pub rsi: u64,
-    pub rdi: u64,
-    pub rbp: u64,
-    pub rsp: u64,
-    pub r8: u64,
-    pub r9: u64,
-    pub r10: u64,
-    pub r11: u64,
-    pub r12: u64,
-    pub r13: u64,
-    pub r14: u64,
-    pub r15: u64,
-    pub rip: u64,
-    pub rflags: u64,
-    /// Active GS base: the per-CPU area while the vCPU runs kernel code.
-    pub gs_base: u64,
-    pub cr3: u64,
-}
-
 /// `addr..addr + len` must not wrap past the top of the address space.
 pub(crate) fn check_guest_range(addr: u64, len: usize) -> Result<(), BackendError> {
     let last = (len as u64).checked_sub(1).map(|n| addr.checked_add(n));
@@ -133,9 +110,6 @@ pub(crate) fn check_guest_range(addr: u64, len: usize) -> Result<(), BackendErro
         _ => Ok(()),
     }
 }
-
-/// Interrupt-enable flag in RFLAGS.
-pub const RFLAGS_IF: u64 = 1 << 9;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -152,6 +126,12 @@ pub enum BackendError {
     },
     #[error("guest memory access at {addr:#x} (+{len}) failed: {why}")]
     Memory { addr: u64, len: usize, why: String },
+    #[error("{backend} runs {runs} guests; registers of an {given} vCPU cannot be written to it")]
+    WrongArch {
+        backend: &'static str,
+        runs: crate::arch::Arch,
+        given: crate::arch::Arch,
+    },
     #[error("the VM has exited")]
     Exited,
     #[error("{0} cannot count instructions as guest time: QEMU's icount needs TCG. Use --backend qemu on a host without hardware virtualization, or the wall-time metric")]
@@ -211,6 +191,8 @@ impl std::fmt::Display for Launcher {
 pub trait Backend {
     /// "qemu" or "kvm", for reports.
     fn name(&self) -> &'static str;
+    /// The guest architecture this VM runs.
+    fn arch(&self) -> crate::arch::Arch;
     fn vcpu_count(&self) -> usize;
     /// Hardware breakpoints available per vCPU (4 on x86: DR0–DR3).
     fn max_breakpoints(&self) -> usize;
@@ -258,6 +240,7 @@ mod tests {
     #[test]
     fn only_qemu_tcg_counts_instructions_as_guest_time() {
         let cfg = VmConfig {
+            arch: crate::arch::Arch::X86_64,
             kernel: PathBuf::from("/nonexistent/vmlinux"),
             initramfs: PathBuf::new(),
             cmdline: String::new(),

@@ -203,6 +203,7 @@ fn tempdir() -> Result<PathBuf> {
 
 fn debug_config(vmlinux: &Path, initramfs: PathBuf, run_dir: PathBuf) -> VmConfig {
     VmConfig {
+        arch: memrace::arch::Arch::X86_64,
         kernel: vmlinux.to_path_buf(),
         initramfs,
         cmdline: BASE_CMDLINE.into(),

@@ -123,6 +123,7 @@ pub fn boot(args: &BootArgs, backend: &Launcher) -> Result<(BootReport, PathBuf)
     let initramfs = dir.join("initramfs.cpio");
     guest::build_initramfs(&initramfs, &Job::Command(args.command.clone()), &extra)?;
     let cfg = VmConfig {
+        arch: memrace::arch::Arch::X86_64,
         kernel,
         initramfs,
         cmdline: format!("{BASE_CMDLINE} {}", args.append).trim().to_string(),

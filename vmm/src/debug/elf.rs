@@ -45,6 +45,8 @@ pub(crate) struct ElfSymbol {
 /// every load, so it is not cached.
 pub(crate) struct ElfInfo {
     pub key: Key,
+    /// The ELF machine, if memrace runs guests of it.
+    pub arch: Option<crate::arch::Arch>,
     pub symbols: Vec<ElfSymbol>,
     /// Address ranges of executable sections; line-table rows outside them
     /// belong to discarded code (e.g. `.exit.text` of built-in drivers).
@@ -242,6 +244,7 @@ pub(crate) fn read_info(path: &Path) -> Result<ElfInfo, SymbolError> {
         .collect();
     Ok(ElfInfo {
         key,
+        arch: crate::arch::Arch::from_elf(obj.architecture()),
         symbols,
         code_ranges,
     })

@@ -2,7 +2,8 @@
 //! where the current task is, all from one vmlinux's symbols and DWARF.
 
 use super::Symbols;
-use crate::sched::engine::{Introspect, TaskLayout};
+use crate::arch::Arch;
+use crate::sched::engine::{Introspect, PerCpuCurrent, TaskLayout};
 
 pub struct KernelIntrospect<'a> {
     symbols: &'a Symbols,
@@ -13,10 +14,16 @@ impl<'a> KernelIntrospect<'a> {
     pub fn new(symbols: &'a Symbols) -> KernelIntrospect<'a> {
         // Without DWARF there is no task layout: task conditions then fail loudly.
         let task = (|| {
+            let per_cpu = match symbols.arch() {
+                Arch::X86_64 => Some(PerCpuCurrent {
+                    current_task: symbols.symbol("pcpu_hot").ok()?
+                        + symbols.field_offset("pcpu_hot", "current_task").ok()?,
+                    per_cpu_offset: symbols.symbol("__per_cpu_offset").ok()?,
+                }),
+                Arch::Arm64 => None,
+            };
             Some(TaskLayout {
-                current_task: symbols.symbol("pcpu_hot").ok()?
-                    + symbols.field_offset("pcpu_hot", "current_task").ok()?,
-                per_cpu_offset: symbols.symbol("__per_cpu_offset").ok()?,
+                per_cpu,
                 pid: symbols.field_offset("task_struct", "pid").ok()?,
                 tgid: symbols.field_offset("task_struct", "tgid").ok()?,
                 comm: symbols.field_offset("task_struct", "comm").ok()?,

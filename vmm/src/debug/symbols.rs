@@ -11,6 +11,7 @@ use super::index::{self, Index, IndexSource};
 use super::returns::ReturnType;
 use super::spec::Spec;
 use super::{suggest, SymbolError};
+use crate::arch::Arch;
 
 /// How many alternatives an error message offers.
 const SUGGESTIONS: usize = 5;
@@ -18,6 +19,8 @@ const SUGGESTIONS: usize = 5;
 /// Symbol table, inlining facts and (lazily) DWARF of one vmlinux.
 pub struct Symbols {
     path: PathBuf,
+    /// The kernel's architecture (its ELF machine).
+    arch: Arch,
     key: Key,
     source: IndexSource,
     has_dwarf: bool,
@@ -77,10 +80,22 @@ impl Symbols {
         &self.source
     }
 
-    /// Address of an out-of-line function (or assembly entry point).
+    /// The kernel's architecture.
+    pub fn arch(&self) -> Arch {
+        self.arch
+    }
+
+    /// Address of an out-of-line function (or assembly entry point). A name spelled
+    /// for another architecture's kernel (`__x64_sys_getpid` in an arm64 kernel) finds
+    /// this one's (`__arm64_sys_getpid`): see [`crate::arch::kernel_symbol_alias`].
     pub fn function(&self, name: &str) -> Result<u64, SymbolError> {
         if let Some(addr) = self.lookup(name, true)? {
             return Ok(addr);
+        }
+        if let Some(alias) = crate::arch::kernel_symbol_alias(self.arch, name) {
+            if let Some(addr) = self.lookup(&alias, true)? {
+                return Ok(addr);
+            }
         }
         if let Some(addr) = self.lookup(name, false)? {
             return Err(SymbolError::NotCode {
@@ -216,6 +231,10 @@ impl Symbols {
 
     fn from_elf(vmlinux: &Path) -> Result<Symbols, SymbolError> {
         let info = elf::read_info(vmlinux)?;
+        let arch = info.arch.ok_or_else(|| SymbolError::NotElf {
+            path: vmlinux.to_path_buf(),
+            reason: "its ELF machine is neither x86_64 nor arm64 (AArch64), the architectures memrace runs".into(),
+        })?;
         let mut by_name: HashMap<String, Vec<usize>> = HashMap::with_capacity(info.symbols.len());
         for (i, s) in info.symbols.iter().enumerate() {
             by_name.entry(s.name.clone()).or_default().push(i);
@@ -231,6 +250,7 @@ impl Symbols {
         code_by_addr.sort_unstable_by(|a, b| rank(a).cmp(&rank(b)));
         Ok(Symbols {
             path: vmlinux.to_path_buf(),
+            arch,
             key: info.key,
             // Placeholders until `apply` installs the index.
             source: IndexSource::Unsaved(String::new()),

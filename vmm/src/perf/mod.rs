@@ -351,6 +351,7 @@ pub fn run(
             metric,
         });
         let cfg = VmConfig {
+            arch: crate::arch::Arch::X86_64,
             kernel: k.image.clone(),
             initramfs: initramfs.clone(),
             cmdline: cmdline(metric, tsc_khz),

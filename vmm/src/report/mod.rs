@@ -59,13 +59,13 @@ fn trace_lines(events: &[TraceEvent]) -> Vec<String> {
         .map(|e| match e {
             TraceEvent::Step { t_us, line, action } => format!("{:>10.3} ms  step (line {line}): {action}", *t_us as f64 / 1e3),
             TraceEvent::Hit { t_us, name, cpu, symbol, tid, comm, regs } => format!(
-                "{:>10.3} ms  HIT {name} on vCPU {cpu} at {symbol} (task {} {:?}, rdi={:#x} rsi={:#x} rdx={:#x}) -> parked",
+                "{:>10.3} ms  HIT {name} on vCPU {cpu} at {symbol} (task {} {:?}, arg1={:#x} arg2={:#x} arg3={:#x}) -> parked",
                 *t_us as f64 / 1e3,
                 tid.map(|t| t.to_string()).unwrap_or_else(|| "?".into()),
                 comm.clone().unwrap_or_default(),
-                regs.rdi,
-                regs.rsi,
-                regs.rdx
+                regs.named("arg1").unwrap_or_default(),
+                regs.named("arg2").unwrap_or_default(),
+                regs.named("arg3").unwrap_or_default()
             ),
             TraceEvent::Inject { t_us, name, cpu, symbol, tid, comm, value, returned_to } => format!(
                 "{:>10.3} ms  INJECT {name} on vCPU {cpu} at {symbol} (task {} {:?}): returned {value} to {returned_to} without running it",

@@ -134,6 +134,7 @@ fn boot_vm(
     guest::build_initramfs(&initramfs, &job, ctx.files)?;
     let mem_mib = ctx.scenario.mem_mib;
     let cfg = VmConfig {
+        arch: crate::arch::Arch::X86_64,
         kernel: ctx.image.to_path_buf(),
         initramfs,
         cmdline: [BASE_CMDLINE, &ctx.scenario.vm.cmdline, &plan.cmdline]

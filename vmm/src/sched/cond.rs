@@ -1,13 +1,17 @@
 //! Breakpoint conditions, evaluated by the bench at each hit.
 //!
 //! Grammar: `cmp ( "&&" cmp )*`, `cmp := operand OP operand`, OP one of
-//! `== != < <= > >=`. Operands: a register (`rdi`, `rsi`, `rdx`, …, `rip`, `rsp`),
-//! `arg1`..`arg6` (SysV argument registers), `tid`/`tgid` (the current guest task,
+//! `== != < <= > >=`. Operands: `arg1`..`arg6` (the N-th integer argument at a
+//! function's entry, in the kernel's calling convention: the same on every
+//! architecture), a register of the guest's architecture (`rdi`, …, `rip`, `rsp` on
+//! x86_64; `x0`..`x30`, `sp`, `pc`, `fp`, `lr` on arm64), `tid`/`tgid` (the current guest task,
 //! `task_struct.pid`/`.tgid`), `comm` (its name), `hits` (this breakpoint's hit count,
 //! this hit included), a number (decimal or 0x-hex), a "string", or a reference to
 //! what the guest reported: `$<ready-name>.tid`, `$<ready-name>.cpu`, `$fact.<key>`.
 
 use std::fmt;
+
+use crate::arch::{is_register_name, Arch};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Operand {
@@ -43,9 +47,11 @@ pub enum CondError {
     #[error("condition {text:?}: {why}")]
     Parse { text: String, why: String },
     #[error(
-        "unknown variable {0:?} (registers rax..r15, rip, rsp, arg1..arg6, tid, tgid, comm, hits)"
+        "unknown variable {0:?} (tid, tgid, comm, hits; arg1..arg6 (arg8 on arm64), the N-th argument at a function's entry; registers rax..r15, rip on x86_64, x0..x30, sp, pc, fp, lr on arm64)"
     )]
     UnknownVar(String),
+    #[error("register {name:?} does not exist on {arch}: name the argument instead (arg1, arg2, …), which means the same on every architecture")]
+    NotThisArch { name: String, arch: Arch },
     #[error("{0:?} is not known yet: no READY/FACT message gave it in this trial")]
     UnboundRef(String),
     #[error("cannot compare {0} with {1}")]
@@ -54,10 +60,8 @@ pub enum CondError {
     Read { what: String, why: String },
 }
 
-pub const VARIABLES: [&str; 26] = [
-    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13",
-    "r14", "r15", "rip", "arg1", "arg2", "arg3", "arg4", "arg5", "arg6", "tid", "tgid", "hits",
-];
+/// Variables every guest has (registers come from the architecture).
+const TASK_VARIABLES: [&str; 4] = ["tid", "tgid", "comm", "hits"];
 
 fn operand(tok: &str, text: &str) -> Result<Operand, CondError> {
     let err = |why: &str| CondError::Parse {
@@ -88,7 +92,9 @@ fn operand(tok: &str, text: &str) -> Result<Operand, CondError> {
             .map(Operand::Num)
             .map_err(|_| err("number too large"));
     }
-    if VARIABLES.contains(&tok) || tok == "comm" {
+    // Which architecture runs is known only at the trial: a register of any of them
+    // parses, and `Condition::check_registers` refuses a foreign one before arming.
+    if TASK_VARIABLES.contains(&tok) || Arch::ALL.iter().any(|a| is_register_name(*a, tok)) {
         return Ok(Operand::Var(tok.to_string()));
     }
     Err(CondError::UnknownVar(tok.to_string()))
@@ -126,6 +132,29 @@ impl Condition {
             });
         }
         Ok(Condition(cmps))
+    }
+
+    /// Refuse a register that `arch` does not have (`rdx` on arm64).
+    pub fn check_registers(&self, arch: Arch) -> Result<(), CondError> {
+        let foreign = self
+            .0
+            .iter()
+            .flat_map(|c| [&c.lhs, &c.rhs])
+            .find_map(|o| match o {
+                Operand::Var(v)
+                    if !TASK_VARIABLES.contains(&v.as_str()) && !is_register_name(arch, v) =>
+                {
+                    Some(v)
+                }
+                _ => None,
+            });
+        match foreign {
+            Some(name) => Err(CondError::NotThisArch {
+                name: name.clone(),
+                arch,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Does the condition read the current task (needs guest memory reads)?
@@ -224,6 +253,31 @@ mod tests {
             Operand::Ref(r) if r == "reader.tid" => Ok(Value::Num(77)),
             Operand::Ref(r) => Err(CondError::UnboundRef(r.clone())),
         })
+    }
+
+    #[test]
+    fn registers_parse_for_any_architecture_and_are_checked_for_the_guest_s() {
+        let portable = Condition::parse("arg3 == 0x1000 && tid == 7").unwrap();
+        let x86 = Condition::parse("rdx == 0x1000").unwrap();
+        let arm = Condition::parse("x2 == 0x1000 && lr != 0").unwrap();
+        for arch in Arch::ALL {
+            portable.check_registers(arch).unwrap();
+        }
+        x86.check_registers(Arch::X86_64).unwrap();
+        arm.check_registers(Arch::Arm64).unwrap();
+        let err = x86.check_registers(Arch::Arm64).unwrap_err();
+        assert!(
+            err.to_string().contains("\"rdx\" does not exist on arm64"),
+            "{err}"
+        );
+        assert!(matches!(
+            arm.check_registers(Arch::X86_64),
+            Err(CondError::NotThisArch { .. })
+        ));
+        assert!(matches!(
+            Condition::parse("x31 == 1"),
+            Err(CondError::UnknownVar(_))
+        ));
     }
 
     #[test]

@@ -13,7 +13,7 @@
 use super::hit::{self, Bindings};
 use super::schedule::{Action, Schedule, Step};
 use super::trace::TraceEvent;
-use crate::backend::{Backend, BackendError, ControlMessage, VcpuId, VmEvent, VmExit, RFLAGS_IF};
+use crate::backend::{Backend, BackendError, ControlMessage, VcpuId, VmEvent, VmExit};
 use crate::console::{ConsoleWatch, KernelReport};
 use control_proto::Outcome;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -24,13 +24,21 @@ const SERVICE_INTERVAL: Duration = Duration::from_millis(100);
 /// Where the current guest task is found (from DWARF and the symbol table).
 #[derive(Debug, Clone, Copy)]
 pub struct TaskLayout {
+    /// x86_64 keeps `current` in the per-CPU area; `None` where a register holds the
+    /// task pointer itself (arm64's SP_EL0).
+    pub per_cpu: Option<PerCpuCurrent>,
+    pub pid: u64,
+    pub tgid: u64,
+    pub comm: u64,
+}
+
+/// Where x86_64's per-CPU `current_task` is.
+#[derive(Debug, Clone, Copy)]
+pub struct PerCpuCurrent {
     /// Per-CPU offset of the `current_task` pointer (`&pcpu_hot + current_task`).
     pub current_task: u64,
     /// Address of `__per_cpu_offset[]`, used when GS does not hold the kernel base.
     pub per_cpu_offset: u64,
-    pub pid: u64,
-    pub tgid: u64,
-    pub comm: u64,
 }
 
 /// What the engine needs from the kernel's symbols; kept as a trait so synthetic
@@ -301,6 +309,13 @@ impl<'a> Engine<'a> {
                         line: step.line,
                         why,
                     })?;
+                    if let Some(cond) = cond {
+                        cond.check_registers(self.vm.arch())
+                            .map_err(|e| EngineError::Step {
+                                line: step.line,
+                                why: format!("breakpoint {name:?}: {e}"),
+                            })?;
+                    }
                     self.armed.insert(
                         name.clone(),
                         Armed {
@@ -418,7 +433,7 @@ impl<'a> Engine<'a> {
                     "running"
                 };
                 let at = match self.vm.regs(v) {
-                    Ok(r) => self.intro.describe(r.rip),
+                    Ok(r) => self.intro.describe(r.pc()),
                     Err(e) => format!("registers unavailable: {e}"),
                 };
                 vcpus.push(format!("vCPU {v} ({state}): {at}"));
@@ -724,14 +739,14 @@ impl<'a> Engine<'a> {
             symbol,
             tid,
             comm,
-            regs,
+            regs: Box::new(regs),
         });
         self.hits.push(name.clone());
         self.parked.insert(
             cpu,
             Parked {
                 name: name.clone(),
-                irqs_on: regs.rflags & RFLAGS_IF != 0,
+                irqs_on: regs.irqs_enabled(),
                 tid,
             },
         );
@@ -752,7 +767,7 @@ impl<'a> Engine<'a> {
         step: &Step,
     ) -> Result<u64, EngineError> {
         let vm = &mut *self.vm;
-        let forced = crate::arch::forced_return(regs, value, |at| {
+        let forced = regs.forced_return(value, |at| {
             let bytes = vm.read_virt(cpu, at, 8)?;
             Ok::<u64, BackendError>(u64::from_le_bytes(bytes.try_into().expect("8 bytes")))
         })?;

@@ -3,6 +3,7 @@
 
 use super::cond::{CondError, Operand, Value};
 use super::engine::TaskLayout;
+use crate::arch::CurrentTask;
 use crate::backend::{Backend, Regs, VcpuId};
 use std::collections::HashMap;
 
@@ -39,8 +40,9 @@ fn guest_addr(what: &str, base: u64, offset: u64) -> Result<u64, String> {
     })
 }
 
-/// The current task on stopped `cpu`: the per-CPU `current_task` pointer, then
-/// `task_struct.pid`, `.tgid` and `.comm` at their DWARF offsets.
+/// The current task on stopped `cpu`: the architecture's route to the task pointer
+/// (x86_64's per-CPU `current_task`, arm64's SP_EL0), then `task_struct.pid`, `.tgid`
+/// and `.comm` at their DWARF offsets.
 pub fn read_task(
     vm: &mut dyn Backend,
     layout: Option<TaskLayout>,
@@ -48,24 +50,33 @@ pub fn read_task(
     regs: &Regs,
 ) -> Result<Task, String> {
     let layout = layout.ok_or("no task layout (kernel symbols without DWARF?)")?;
-    // In kernel mode GS holds this CPU's per-CPU base; otherwise use __per_cpu_offset[cpu].
-    let base = if regs.gs_base >= 0xffff_8000_0000_0000 {
-        regs.gs_base
-    } else {
-        let slot = (cpu as u64)
-            .checked_mul(8)
-            .ok_or_else(|| format!("__per_cpu_offset[{cpu}] overflows"))?;
-        read_u64(
-            vm,
-            cpu,
-            guest_addr("__per_cpu_offset[cpu]", layout.per_cpu_offset, slot)?,
-        )?
+    let current = match (regs.current_task(), layout.per_cpu) {
+        (CurrentTask::Pointer(task), _) => task,
+        (CurrentTask::Unknown(why), _) => return Err(why.to_string()),
+        (CurrentTask::InPerCpuArea { .. }, None) => {
+            return Err("the kernel's symbols have no per-CPU current_task (pcpu_hot)".into())
+        }
+        (CurrentTask::InPerCpuArea { base }, Some(per_cpu)) => {
+            let base = match base {
+                Some(base) => base,
+                None => {
+                    let slot = (cpu as u64)
+                        .checked_mul(8)
+                        .ok_or_else(|| format!("__per_cpu_offset[{cpu}] overflows"))?;
+                    read_u64(
+                        vm,
+                        cpu,
+                        guest_addr("__per_cpu_offset[cpu]", per_cpu.per_cpu_offset, slot)?,
+                    )?
+                }
+            };
+            read_u64(
+                vm,
+                cpu,
+                guest_addr("the per-CPU current_task", base, per_cpu.current_task)?,
+            )?
+        }
     };
-    let current = read_u64(
-        vm,
-        cpu,
-        guest_addr("the per-CPU current_task", base, layout.current_task)?,
-    )?;
     // pid and tgid are neighbours in task_struct: one read (one gdb round trip on qemu).
     let (tid, tgid) = if layout.tgid == layout.pid + 4 {
         let both = read_u64(vm, cpu, guest_addr("task_struct.pid", current, layout.pid)?)?;
@@ -139,7 +150,8 @@ impl Bindings {
                 "comm" => Value::Str(task()?.comm.clone()),
                 "hits" => Value::Num(hits),
                 other => Value::Num(
-                    register(regs, other).ok_or_else(|| CondError::UnknownVar(other.into()))?,
+                    regs.named(other)
+                        .ok_or_else(|| CondError::UnknownVar(other.into()))?,
                 ),
             },
         })
@@ -155,30 +167,6 @@ fn fact_value(v: &str) -> Value {
     };
     n.map(Value::Num)
         .unwrap_or_else(|| Value::Str(v.to_string()))
-}
-
-/// A register by name; `argN` are the SysV integer argument registers.
-pub fn register(r: &Regs, name: &str) -> Option<u64> {
-    Some(match name {
-        "rax" => r.rax,
-        "rbx" => r.rbx,
-        "rcx" | "arg4" => r.rcx,
-        "rdx" | "arg3" => r.rdx,
-        "rsi" | "arg2" => r.rsi,
-        "rdi" | "arg1" => r.rdi,
-        "rbp" => r.rbp,
-        "rsp" => r.rsp,
-        "r8" | "arg5" => r.r8,
-        "r9" | "arg6" => r.r9,
-        "r10" => r.r10,
-        "r11" => r.r11,
-        "r12" => r.r12,
-        "r13" => r.r13,
-        "r14" => r.r14,
-        "r15" => r.r15,
-        "rip" => r.rip,
-        _ => return None,
-    })
 }
 
 #[cfg(test)]
@@ -200,11 +188,11 @@ mod tests {
 
     #[test]
     fn looks_up_registers_bindings_and_the_task() {
-        let regs = Regs {
+        let regs = Regs::X86_64(crate::arch::X86Regs {
             rdi: 7,
             rdx: 0x4000,
-            ..Regs::default()
-        };
+            ..Default::default()
+        });
         let mut b = Bindings::default();
         b.ready.insert("reader".into(), (1, 42));
         b.facts.insert("addr.y".into(), "0x800000000".into());

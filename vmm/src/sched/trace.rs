@@ -20,7 +20,7 @@ pub enum TraceEvent {
         symbol: String,
         tid: Option<u64>,
         comm: Option<String>,
-        regs: Regs,
+        regs: Box<Regs>,
     },
     /// Fault injection: a breakpoint at a function's entry fired with its condition
     /// true, and the function returned `value` at once, to `returned_to`.

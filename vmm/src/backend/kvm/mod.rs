@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
 use super::{Backend, BackendError, Regs, VcpuId, VmConfig, VmEvent};
+use crate::arch::{Arch, X86Regs};
 use boot::PagingState;
 use devices::{DeviceError, Devices, Lifecycle};
 use memory::GuestRam;
@@ -271,7 +272,7 @@ pub struct KvmVm {
     /// Registers and paging state of each stopped vCPU, read once per stop: a condition
     /// reads the registers and then walks page tables several times, and every read
     /// would otherwise be a round trip to the vCPU thread. Cleared when it runs again.
-    snapshots: Vec<Cell<Option<(Regs, PagingState)>>>,
+    snapshots: Vec<Cell<Option<(X86Regs, PagingState)>>>,
     resume: Arc<ResumeMethod>,
     events: Receiver<VmEvent>,
     lifecycle: Arc<Lifecycle>,
@@ -343,7 +344,7 @@ impl KvmVm {
     }
 
     /// Registers and paging state of stopped vCPU `id` (cached until it runs again).
-    fn snapshot(&self, id: VcpuId) -> Result<(Regs, PagingState), BackendError> {
+    fn snapshot(&self, id: VcpuId) -> Result<(X86Regs, PagingState), BackendError> {
         let handle = self.vcpu(id)?;
         if let Some(s) = self.snapshots[id].get() {
             return Ok(s);
@@ -378,6 +379,12 @@ impl Backend for KvmVm {
 
     fn vcpu_count(&self) -> usize {
         self.vcpus.len()
+    }
+
+    fn arch(&self) -> Arch {
+        // memrace's own VMM boots x86_64 guests only (docs/arm64.md has the design for
+        // arm64 hosts).
+        Arch::X86_64
     }
 
     fn max_breakpoints(&self) -> usize {
@@ -462,10 +469,17 @@ impl Backend for KvmVm {
     }
 
     fn regs(&mut self, vcpu: VcpuId) -> Result<Regs, BackendError> {
-        Ok(self.snapshot(vcpu)?.0)
+        Ok(Regs::X86_64(self.snapshot(vcpu)?.0))
     }
 
     fn set_regs(&mut self, vcpu: VcpuId, regs: &Regs) -> Result<(), BackendError> {
+        let Regs::X86_64(regs) = regs else {
+            return Err(BackendError::WrongArch {
+                backend: self.name(),
+                runs: Arch::X86_64,
+                given: regs.arch(),
+            });
+        };
         let handle = self.vcpu(vcpu)?;
         // The cached snapshot would hide the new values.
         self.snapshots[vcpu].set(None);

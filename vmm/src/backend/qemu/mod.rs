@@ -15,6 +15,7 @@ mod link;
 pub mod process;
 
 use super::{Backend, BackendError, Regs, VcpuId, VmConfig, VmEvent, VmExit};
+use crate::arch::{hardware_breakpoints, register_file, Arch, RegisterFile};
 use gdb::{RegDesc, Stop};
 use link::GdbLink;
 use process::{Accel, Incoming, Process};
@@ -44,34 +45,30 @@ pub enum QemuError {
 /// Refuse `armed` breakpoints at once if QEMU with `accel` cannot hold them all.
 pub fn check_vm_breakpoints(accel: Accel, armed: usize) -> Result<(), QemuError> {
     match accel {
-        Accel::Kvm if armed > HW_BREAKPOINTS => Err(QemuError::VmBreakpoints {
+        Accel::Kvm if armed > KVM_VM_BREAKPOINTS => Err(QemuError::VmBreakpoints {
             wanted: armed,
-            limit: HW_BREAKPOINTS,
+            limit: KVM_VM_BREAKPOINTS,
         }),
         Accel::Kvm | Accel::Tcg => Ok(()),
     }
 }
 
-/// x86 has four debug address registers; the engine keeps the same per-vCPU budget on
-/// qemu so that a schedule that works here also fits a KVM vCPU.
-const HW_BREAKPOINTS: usize = 4;
-
-/// Names of the registers memrace reads, in `Regs` field order.
-const REG_NAMES: [&str; 20] = [
-    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13",
-    "r14", "r15", "rip", "eflags", "gs_base", "cr3",
-];
+/// QEMU with KVM on an x86 host programs one set of four debug address registers.
+const KVM_VM_BREAKPOINTS: usize = 4;
 
 pub struct QemuVm {
+    arch: Arch,
+    /// The registers `regs` reads for `arch`.
+    file: RegisterFile,
     process: Process,
     accel: Accel,
     link: GdbLink,
     cpus: usize,
     /// gdb thread id of each vCPU, in vCPU order.
     threads: Vec<String>,
-    /// Register number and size of each of `REG_NAMES`, from the target description.
+    /// Register number and size of each of `file.names`, from the target description.
     regs: Vec<RegDesc>,
-    /// Where each of `REG_NAMES` sits in the `g` packet, if it is there.
+    /// Where each of `file.names` sits in the `g` packet, if it is there.
     g_offsets: Vec<Option<usize>>,
     /// Breakpoints each vCPU asked for.
     wanted: Vec<Vec<u64>>,
@@ -139,6 +136,8 @@ impl QemuVm {
             .transpose()
             .map_err(|e| QemuError::Io(e.to_string()))?;
         let mut vm = QemuVm {
+            arch: cfg.arch,
+            file: register_file(cfg.arch),
             process,
             accel,
             link: GdbLink::new(gdb, rx, &cfg.run_dir),
@@ -193,14 +192,15 @@ impl QemuVm {
         // Byte offsets in the `g` packet, which carries registers in number order.
         all.sort_by_key(|r| r.regnum);
         let mut offset = 0;
-        self.g_offsets = REG_NAMES.iter().map(|_| None).collect();
+        let names = self.file.names;
+        self.g_offsets = names.iter().map(|_| None).collect();
         for r in &all {
-            if let Some(i) = REG_NAMES.iter().position(|n| *n == r.name) {
+            if let Some(i) = names.iter().position(|n| *n == r.name) {
                 self.g_offsets[i] = Some(offset);
             }
             offset += r.bits / 8;
         }
-        REG_NAMES
+        names
             .iter()
             .map(|name| {
                 all.iter()
@@ -208,7 +208,8 @@ impl QemuVm {
                     .cloned()
                     .ok_or_else(|| {
                         QemuError::Protocol(format!(
-                            "QEMU's target description has no register {name}"
+                            "QEMU's target description has no register {name} (an {} guest)",
+                            self.arch
                         ))
                     })
             })
@@ -257,9 +258,9 @@ impl QemuVm {
         Ok(u64::from_le_bytes(le))
     }
 
-    fn rip(&mut self, vcpu: VcpuId) -> Result<u64, BackendError> {
+    fn pc(&mut self, vcpu: VcpuId) -> Result<u64, BackendError> {
         self.select(vcpu)?;
-        let desc = self.regs[16].clone();
+        let desc = self.regs[self.file.pc].clone();
         Ok(self.read_register(&desc)?)
     }
 
@@ -339,11 +340,11 @@ impl QemuVm {
             self.resume(&set)?;
             return Ok(None);
         };
-        let rip = self.rip(vcpu)?;
-        if self.inserted.contains(&rip) {
-            self.on_breakpoint[vcpu] = Some(rip);
-            if self.wanted[vcpu].contains(&rip) {
-                return Ok(Some(VmEvent::Breakpoint { vcpu, addr: rip }));
+        let pc = self.pc(vcpu)?;
+        if self.inserted.contains(&pc) {
+            self.on_breakpoint[vcpu] = Some(pc);
+            if self.wanted[vcpu].contains(&pc) {
+                return Ok(Some(VmEvent::Breakpoint { vcpu, addr: pc }));
             }
             self.foreign_hits += 1;
         }
@@ -399,21 +400,25 @@ impl Backend for QemuVm {
         "qemu"
     }
 
+    fn arch(&self) -> Arch {
+        self.arch
+    }
+
     fn vcpu_count(&self) -> usize {
         self.cpus
     }
 
     fn max_breakpoints(&self) -> usize {
-        HW_BREAKPOINTS
+        hardware_breakpoints(self.arch)
     }
 
     fn set_breakpoints(&mut self, vcpu: VcpuId, addrs: &[u64]) -> Result<(), BackendError> {
         self.check_vcpu(vcpu)?;
-        if addrs.len() > HW_BREAKPOINTS {
+        if addrs.len() > self.max_breakpoints() {
             return Err(BackendError::TooManyBreakpoints {
                 vcpu,
                 wanted: addrs.len(),
-                limit: HW_BREAKPOINTS,
+                limit: self.max_breakpoints(),
                 backend: "qemu",
             });
         }
@@ -508,7 +513,7 @@ impl Backend for QemuVm {
         let all = self.link.request("g")?;
         let all = gdb::decode_hex(&all).unwrap_or_default();
         let descs = self.regs.clone();
-        let mut v = [0u64; 20];
+        let mut v = vec![0u64; descs.len()];
         for (i, (slot, desc)) in v.iter_mut().zip(&descs).enumerate() {
             let size = (desc.bits / 8).min(8);
             *slot = match self.g_offsets.get(i).copied().flatten() {
@@ -520,39 +525,21 @@ impl Backend for QemuVm {
                 _ => self.read_register(desc)?,
             };
         }
-        Ok(Regs {
-            rax: v[0],
-            rbx: v[1],
-            rcx: v[2],
-            rdx: v[3],
-            rsi: v[4],
-            rdi: v[5],
-            rbp: v[6],
-            rsp: v[7],
-            r8: v[8],
-            r9: v[9],
-            r10: v[10],
-            r11: v[11],
-            r12: v[12],
-            r13: v[13],
-            r14: v[14],
-            r15: v[15],
-            rip: v[16],
-            rflags: v[17],
-            gs_base: v[18],
-            cr3: v[19],
-        })
+        Ok(Regs::from_values(self.arch, &v).expect("one value per register of the file"))
     }
 
     fn set_regs(&mut self, vcpu: VcpuId, regs: &Regs) -> Result<(), BackendError> {
         self.while_stopped(|vm| {
+            if regs.arch() != vm.arch {
+                return Err(BackendError::WrongArch {
+                    backend: "qemu",
+                    runs: vm.arch,
+                    given: regs.arch(),
+                });
+            }
             let now = vm.regs(vcpu)?;
-            let values = |r: &Regs| {
-                [
-                    r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.rsp, r.r8, r.r9, r.r10,
-                    r.r11, r.r12, r.r13, r.r14, r.r15, r.rip, r.rflags,
-                ]
-            };
+            let writable = vm.file.writable;
+            let values = |r: &Regs| r.values()[..writable].to_vec();
             // `regs` (above) selected the vCPU. Only what changes is written, one `P`
             // packet each, in the target description's size and byte order.
             let descs = vm.regs.clone();
@@ -571,7 +558,7 @@ impl Backend for QemuVm {
                         QemuError::Protocol(format!("writing register {}: {e}", desc.name))
                     })?;
             }
-            if regs.rip != now.rip {
+            if regs.pc() != now.pc() {
                 vm.on_breakpoint[vcpu] = None;
             }
             Ok(())

@@ -39,7 +39,8 @@ use super::boot::{self, DebugError, PagingState, StepMode};
 use super::devices::{Devices, Lifecycle, StopReason};
 use super::kick;
 use super::memory::GuestRam;
-use crate::backend::{Regs, VcpuId, VmEvent};
+use crate::arch::X86Regs;
+use crate::backend::{VcpuId, VmEvent};
 use link::{HostEnd, LinkError, VcpuEnd};
 
 /// How long the VMM waits for a vCPU thread to answer a command. A vCPU
@@ -110,7 +111,7 @@ enum Command {
     },
     Stop,
     SetBreakpoints(Vec<u64>),
-    SetRegs(Box<Regs>),
+    SetRegs(Box<X86Regs>),
     Snapshot,
     Quit,
 }
@@ -118,7 +119,7 @@ enum Command {
 enum Reply {
     State(RunState),
     Done(Result<(), VcpuError>),
-    Snapshot(Result<(Regs, PagingState), VcpuError>),
+    Snapshot(Result<(X86Regs, PagingState), VcpuError>),
 }
 
 /// The VMM side of one vCPU thread.
@@ -224,7 +225,7 @@ impl VcpuHandle {
         }
     }
 
-    pub fn set_regs(&self, regs: &Regs) -> Result<(), VcpuError> {
+    pub fn set_regs(&self, regs: &X86Regs) -> Result<(), VcpuError> {
         self.send(Command::SetRegs(Box::new(*regs)))?;
         match self.reply()? {
             Reply::Done(result) => result,
@@ -232,7 +233,7 @@ impl VcpuHandle {
         }
     }
 
-    pub fn snapshot(&self) -> Result<(Regs, PagingState), VcpuError> {
+    pub fn snapshot(&self) -> Result<(X86Regs, PagingState), VcpuError> {
         self.send(Command::Snapshot)?;
         match self.reply()? {
             Reply::Snapshot(result) => result,

@@ -19,8 +19,8 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuFd, VmFd};
 
 use super::paging::{translate, PagingState};
+use crate::arch::X86Regs as Regs;
 use crate::backend::kvm::memory::GuestRam;
-use crate::backend::Regs;
 
 /// x86 has four address breakpoint registers.
 pub const MAX_BREAKPOINTS: usize = 4;
