@@ -1,16 +1,28 @@
 //! Boot a guest, run one command in it, and turn what happened into a verdict.
 //! This is the virtme-ng/vmtest-style path: `memrace boot -- CMD`.
 
+use crate::arch::Arch;
 use crate::backend::{Backend, ControlMessage, VmEvent, VmExit};
 use crate::console::{ConsoleWatch, KernelReport};
 use std::time::{Duration, Instant};
 
-/// Kernel command line every memrace guest gets. Why each piece is there:
-/// `panic=-1 reboot=t` turns a panic into an immediate reset that ends the VM;
-/// `panic_on_warn=1` makes WARN oracles fatal and unambiguous; the watchdog and stall
-/// switches keep long breakpoint pauses from being reported as lockups (§0.4 R4).
-pub const BASE_CMDLINE: &str = "console=ttyS0 nokaslr panic=-1 reboot=t panic_on_warn=1 nowatchdog \
-nmi_watchdog=0 rcupdate.rcu_cpu_stall_suppress=1 workqueue.watchdog_thresh=0 tsc=reliable no-kvmapf";
+/// Kernel command line every memrace guest of `arch` gets. Why each piece is there:
+/// the console is the first serial port (8250 ttyS0; the virt machine's PL011 ttyAMA0);
+/// `panic=-1` turns a panic into an immediate reset that ends the VM (`reboot=t`, a
+/// triple fault, on x86); `panic_on_warn=1` makes WARN oracles fatal and unambiguous;
+/// the watchdog and stall switches keep long breakpoint pauses from being reported as
+/// lockups (§0.4 R4); x86's `tsc=reliable no-kvmapf` keep TCG's TSC as the clock and
+/// async page faults off.
+pub fn base_cmdline(arch: Arch) -> String {
+    let common = "nokaslr panic=-1 panic_on_warn=1 nowatchdog rcupdate.rcu_cpu_stall_suppress=1 \
+workqueue.watchdog_thresh=0";
+    match arch {
+        Arch::X86_64 => {
+            format!("console=ttyS0 {common} reboot=t nmi_watchdog=0 tsc=reliable no-kvmapf")
+        }
+        Arch::Arm64 => format!("console=ttyAMA0 {common}"),
+    }
+}
 
 /// Exit statuses of `memrace boot` that are not the guest command's own.
 pub mod exit_code {

@@ -225,6 +225,17 @@ pub enum Arch {
 impl Arch {
     pub const ALL: [Arch; 2] = [Arch::X86_64, Arch::Arm64];
 
+    /// The architecture memrace itself runs on, if it is one it runs guests of.
+    pub fn host() -> Option<Arch> {
+        if cfg!(target_arch = "x86_64") {
+            Some(Arch::X86_64)
+        } else if cfg!(target_arch = "aarch64") {
+            Some(Arch::Arm64)
+        } else {
+            None
+        }
+    }
+
     /// The kernel's name (`ARCH=` and `arch/<dir>` aside): `x86_64` or `arm64`.
     pub fn name(self) -> &'static str {
         match self {

@@ -4,6 +4,7 @@
 use super::kvm::{self, KvmLevel, KvmOptions};
 use super::qemu::QemuAccel;
 use super::{BackendError, Launcher};
+use crate::arch::Arch;
 
 /// The `--backend` choice.
 #[derive(Clone, Copy, Debug, clap::ValueEnum, PartialEq, Eq)]
@@ -16,9 +17,23 @@ pub enum BackendKind {
     Auto,
 }
 
-/// The backend for a full Linux boot, and why it was chosen. `kvm` is refused on a
-/// host whose KVM cannot boot Linux to the end (a software KVM reaches early boot only).
-pub fn choose(kind: BackendKind) -> Result<(Launcher, String), BackendError> {
+/// The backend for a full Linux boot of an `arch` guest, and why it was chosen. `kvm` is
+/// refused on a host whose KVM cannot boot Linux to the end (a software KVM reaches
+/// early boot only), and for a guest of another architecture than the host's, which
+/// only QEMU's TCG can emulate.
+pub fn choose(kind: BackendKind, arch: Arch) -> Result<(Launcher, String), BackendError> {
+    if Some(arch) != Arch::host() {
+        let host = Arch::host().map_or("this host's".to_string(), |h| h.to_string());
+        return match kind {
+            BackendKind::Kvm => Err(BackendError::Unavailable(format!(
+                "--backend kvm: memrace's own VMM runs guests of the host's architecture, and this {host} host cannot run an {arch} guest on KVM; use --backend qemu (or auto), which emulates it with TCG"
+            ))),
+            BackendKind::Qemu | BackendKind::Auto => Ok((
+                Launcher::Qemu(QemuAccel::Tcg),
+                format!("an {arch} guest on an {host} host: QEMU's TCG emulates it"),
+            )),
+        };
+    }
     let level = kvm::probe();
     match (kind, level.boots_linux_fully()) {
         (BackendKind::Kvm | BackendKind::Auto, true) => {

@@ -166,6 +166,15 @@ impl Launcher {
         })
     }
 
+    /// Hardware breakpoints per vCPU this backend gives an `arch` guest: what every
+    /// schedule is checked against when its scenario file is read, before a VM exists.
+    pub fn max_breakpoints(&self, arch: crate::arch::Arch) -> usize {
+        match self {
+            Launcher::Kvm(_) => kvm::MAX_BREAKPOINTS,
+            Launcher::Qemu(_) => crate::arch::hardware_breakpoints(arch),
+        }
+    }
+
     /// Refuse `armed` breakpoints at once (over all vCPUs) if this backend cannot hold
     /// them: QEMU with KVM acceleration has one set of debug registers for the whole VM.
     /// The per-vCPU budget is checked with the schedule itself.

@@ -13,7 +13,6 @@ use clap::{Args, Subcommand};
 use memrace::backend::kvm::{self, bench, KvmOptions};
 use memrace::backend::qemu::{QemuAccel, QemuVm};
 use memrace::backend::{Backend, Launcher, VmConfig, VmEvent};
-use memrace::boot::BASE_CMDLINE;
 use memrace::debug::{KernelIntrospect, Symbols};
 use memrace::sched::cond::Condition;
 use memrace::sched::engine::{Introspect, TaskLayout};
@@ -92,7 +91,7 @@ pub fn run(cmd: BenchCommand) -> Result<i32> {
     let (accel, _) = qemu_accel(&level);
     let qemu = Launcher::Qemu(accel);
     println!("{} | {qemu}", kvm::describe());
-    let kernel = super::kernel::ensure(&args.kernel)?;
+    let kernel = super::kernel::ensure(memrace::arch::Arch::X86_64, &args.kernel)?;
     let vmlinux = kernel.vmlinux();
     let symbols = Symbols::load(&vmlinux)
         .with_context(|| format!("loading symbols of {}", vmlinux.display()))?;
@@ -157,6 +156,7 @@ pub fn run(cmd: BenchCommand) -> Result<i32> {
         cpus: 2,
         mem: "512M".into(),
         backend,
+        arch: memrace::arch::Arch::X86_64,
         append: String::new(),
         boot_timeout: LIMIT.as_secs(),
         timeout: LIMIT.as_secs(),
@@ -206,7 +206,7 @@ fn debug_config(vmlinux: &Path, initramfs: PathBuf, run_dir: PathBuf) -> VmConfi
         arch: memrace::arch::Arch::X86_64,
         kernel: vmlinux.to_path_buf(),
         initramfs,
-        cmdline: BASE_CMDLINE.into(),
+        cmdline: memrace::boot::base_cmdline(memrace::arch::Arch::X86_64),
         cpus: 2,
         mem_mib: 512,
         run_dir,

@@ -3,10 +3,11 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use control_proto::Stream;
+use memrace::arch::Arch;
 use memrace::backend::choice::{self, BackendKind};
 use memrace::backend::kvm::CpuFeature;
 use memrace::backend::{ControlMessage, Launcher, VmConfig};
-use memrace::boot::{self, BootReport, Limits, Verdict, BASE_CMDLINE};
+use memrace::boot::{self, BootReport, Limits, Verdict};
 use memrace::guest::{self, Job};
 use memrace::kernel::image::{self, ImageKind};
 use std::io::Write;
@@ -25,6 +26,9 @@ pub struct BootArgs {
     pub mem: String,
     #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
     pub backend: BackendKind,
+    /// Guest architecture: the kernel is built for it and the VM emulates it.
+    #[arg(long, value_enum, default_value_t = Arch::X86_64)]
+    pub arch: Arch,
     /// Extra kernel command-line arguments.
     #[arg(long, default_value = "")]
     pub append: String,
@@ -58,7 +62,7 @@ fn parse_cpu_feature(name: &str) -> Result<CpuFeature, String> {
 /// Resolve --kernel: an existing file must be a kernel `backend` can boot; anything
 /// else names a variant. QEMU boots an ELF vmlinux only through its PVH note; memrace's
 /// own VMM also enters one without the note, through its 64-bit entry point.
-pub fn resolve_kernel(spec: &str, backend: &Launcher) -> Result<PathBuf> {
+pub fn resolve_kernel(spec: &str, backend: &Launcher, arch: Arch) -> Result<PathBuf> {
     let path = PathBuf::from(spec);
     if path.exists() || spec.contains('/') {
         return match (image::inspect(&path)?, backend) {
@@ -70,13 +74,13 @@ pub fn resolve_kernel(spec: &str, backend: &Launcher) -> Result<PathBuf> {
     }
     // vmlinux boots through PVH, skipping the bzImage decompressor: the fastest path,
     // unless the variant says otherwise.
-    Ok(super::kernel::ensure(spec)?.boot_image())
+    Ok(super::kernel::ensure(arch, spec)?.boot_image())
 }
 
-/// Resolve `--backend` for a full Linux boot, saying what was chosen and why (`qemu`
-/// stays quiet).
-pub fn choose_backend(kind: BackendKind) -> Result<Launcher> {
-    let (chosen, why) = choice::choose(kind)?;
+/// Resolve `--backend` for a full Linux boot of an `arch` guest, saying what was chosen
+/// and why (`qemu` stays quiet).
+pub fn choose_backend(kind: BackendKind, arch: Arch) -> Result<Launcher> {
+    let (chosen, why) = choice::choose(kind, arch)?;
     if kind != BackendKind::Qemu {
         eprintln!("memrace: backend {chosen} — {why}");
     }
@@ -105,9 +109,9 @@ pub fn boot(args: &BootArgs, backend: &Launcher) -> Result<(BootReport, PathBuf)
     }
     let mem_mib =
         memrace::backend::parse_mem_mib(&args.mem).map_err(|e| anyhow::anyhow!("--mem: {e}"))?;
-    let kernel = resolve_kernel(&args.kernel, backend)?;
+    let kernel = resolve_kernel(&args.kernel, backend, args.arch)?;
     if let Launcher::Qemu(_) = backend {
-        memrace::backend::qemu::find_qemu()?;
+        memrace::backend::qemu::find_qemu(args.arch)?;
     }
     let extra = args
         .files
@@ -123,10 +127,12 @@ pub fn boot(args: &BootArgs, backend: &Launcher) -> Result<(BootReport, PathBuf)
     let initramfs = dir.join("initramfs.cpio");
     guest::build_initramfs(&initramfs, &Job::Command(args.command.clone()), &extra)?;
     let cfg = VmConfig {
-        arch: memrace::arch::Arch::X86_64,
+        arch: args.arch,
         kernel,
         initramfs,
-        cmdline: format!("{BASE_CMDLINE} {}", args.append).trim().to_string(),
+        cmdline: format!("{} {}", boot::base_cmdline(args.arch), args.append)
+            .trim()
+            .to_string(),
         cpus: args.cpus,
         mem_mib,
         run_dir: dir.clone(),
@@ -175,7 +181,7 @@ pub fn boot(args: &BootArgs, backend: &Launcher) -> Result<(BootReport, PathBuf)
 
 pub fn run(args: BootArgs) -> Result<i32> {
     // Before the kernel: a backend this host cannot use fails in milliseconds, not after a build.
-    let backend = choose_backend(args.backend)?;
+    let backend = choose_backend(args.backend, args.arch)?;
     let (report, dir) = boot(&args, &backend)?;
     if let Some(t) = report.time_to_init {
         eprintln!(

@@ -17,9 +17,9 @@ pub enum KernelCommand {
     },
 }
 
-/// The built kernel of `variant`, building it (with progress) if needed.
-pub fn ensure(variant: &str) -> Result<Kernel> {
-    Ok(kernel::ensure(variant)?)
+/// The built kernel of `variant` for `arch`, building it (with progress) if needed.
+pub fn ensure(arch: memrace::arch::Arch, variant: &str) -> Result<Kernel> {
+    Ok(kernel::ensure(arch, variant)?)
 }
 
 pub fn run(cmd: KernelCommand) -> Result<i32> {
@@ -31,7 +31,7 @@ pub fn run(cmd: KernelCommand) -> Result<i32> {
                 variants
             };
             for v in variants {
-                let k = ensure(&v)?;
+                let k = ensure(memrace::arch::Arch::X86_64, &v)?;
                 println!(
                     "{:<28} {}  ({:.0} s to build)",
                     v,
@@ -72,7 +72,10 @@ pub fn run(cmd: KernelCommand) -> Result<i32> {
                 );
             }
         }
-        KernelCommand::Path { variant } => println!("{}", ensure(&variant)?.dir.display()),
+        KernelCommand::Path { variant } => println!(
+            "{}",
+            ensure(memrace::arch::Arch::X86_64, &variant)?.dir.display()
+        ),
     }
     Ok(0)
 }

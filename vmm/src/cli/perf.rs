@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use memrace::arch::Arch;
 use memrace::perf::{self, KernelUnderTest, Metric, PerfPlan};
 use std::path::PathBuf;
 
@@ -46,17 +47,24 @@ pub struct PerfArgs {
     pub threshold_icount: f64,
     #[arg(long, value_enum, default_value_t = memrace::backend::choice::BackendKind::Auto)]
     pub backend: memrace::backend::choice::BackendKind,
+    /// Guest architecture of both kernels.
+    #[arg(long, value_enum, default_value_t = Arch::X86_64)]
+    pub arch: Arch,
     /// Directory for result.json, report.md and report.html (default: runs/perf-<time>).
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
 
-fn kernel(spec: &str, launcher: &memrace::backend::Launcher) -> Result<KernelUnderTest> {
-    let image = super::boot::resolve_kernel(spec, launcher)?;
+fn kernel(
+    spec: &str,
+    launcher: &memrace::backend::Launcher,
+    arch: Arch,
+) -> Result<KernelUnderTest> {
+    let image = super::boot::resolve_kernel(spec, launcher, arch)?;
     let hash = if spec.contains('/') {
         String::new()
     } else {
-        super::kernel::ensure(spec)?.manifest.hash
+        super::kernel::ensure(arch, spec)?.manifest.hash
     };
     Ok(KernelUnderTest {
         label: spec.to_string(),
@@ -96,10 +104,14 @@ fn plan(args: &PerfArgs, launcher: &memrace::backend::Launcher) -> Result<PerfPl
         args.benches.clone()
     };
     let mut plan = PerfPlan::standard(
-        [kernel(a, launcher)?, kernel(b, launcher)?],
+        [
+            kernel(a, launcher, args.arch)?,
+            kernel(b, launcher, args.arch)?,
+        ],
         benches,
         args.quick,
     );
+    plan.arch = args.arch;
     plan.cpus = args.cpus;
     plan.threads = if args.threads.is_empty() {
         vec![1, args.cpus]
@@ -129,9 +141,9 @@ fn out_dir(args: &PerfArgs) -> Result<PathBuf> {
 }
 
 pub fn run(args: PerfArgs) -> Result<i32> {
-    let launcher = super::boot::choose_backend(args.backend)?;
+    let launcher = super::boot::choose_backend(args.backend, args.arch)?;
     if let memrace::backend::Launcher::Qemu(_) = launcher {
-        memrace::backend::qemu::find_qemu()?;
+        memrace::backend::qemu::find_qemu(args.arch)?;
     }
     let plan = plan(&args, &launcher)?;
     let dir = out_dir(&args)?;

@@ -55,6 +55,9 @@ struct RecordedTrial {
 
 #[derive(serde::Deserialize)]
 struct RecordedResult {
+    /// Results from before arm64 existed are x86_64.
+    #[serde(default)]
+    arch: memrace::arch::Arch,
     scenario_file: String,
     scenario_text: String,
     kernels: Vec<Recorded>,
@@ -66,13 +69,13 @@ pub fn run(args: ReplayArgs) -> Result<i32> {
         .with_context(|| format!("reading {}", args.result.display()))?;
     let rec: RecordedResult = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a memrace result.json", args.result.display()))?;
+    let launcher = super::boot::choose_backend(args.backend, rec.arch)?;
     let scenario = Scenario::parse(
         Path::new(&rec.scenario_file),
         &rec.scenario_text,
-        memrace::scenario::orchestrate::MAX_BREAKPOINTS,
+        launcher.max_breakpoints(rec.arch),
     )?;
     let baseline = scenario.schedule.without_breakpoints();
-    let launcher = super::boot::choose_backend(args.backend)?;
     memrace::scenario::orchestrate::check_vm_breakpoints(&scenario, &launcher)?;
     let dir = args.result.with_file_name("replay");
     std::fs::create_dir_all(&dir)?;
@@ -97,7 +100,7 @@ pub fn run(args: ReplayArgs) -> Result<i32> {
         }
     };
     check_rows(&args, &rows, &schedule_of)?;
-    let mut kernels = memrace::scenario::orchestrate::Kernels::default();
+    let mut kernels = memrace::scenario::orchestrate::Kernels::new(rec.arch);
     let settings = memrace::scenario::orchestrate::Settings {
         launcher: &launcher,
         dir: &dir,

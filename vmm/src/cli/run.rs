@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use clap::Args;
+use memrace::arch::Arch;
 use memrace::backend::Launcher;
 use memrace::report;
 use memrace::scenario::file::{self, Scenario};
@@ -30,6 +31,9 @@ pub struct RunArgs {
     pub all: bool,
     #[arg(long, value_enum, default_value_t = memrace::backend::choice::BackendKind::Auto)]
     pub backend: memrace::backend::choice::BackendKind,
+    /// Guest architecture: the kernels are built for it and the VM emulates it.
+    #[arg(long, value_enum, default_value_t = Arch::X86_64)]
+    pub arch: Arch,
     /// Directory for result.json and report.md (default: runs/<scenario>-<time>).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -95,7 +99,7 @@ fn run_scenario(
 }
 
 pub fn run(args: RunArgs) -> Result<i32> {
-    let launcher = super::boot::choose_backend(args.backend)?;
+    let launcher = super::boot::choose_backend(args.backend, args.arch)?;
     let dir = file::default_dir();
     let names: Vec<String> = if args.all {
         file::names(&dir)
@@ -108,9 +112,9 @@ pub fn run(args: RunArgs) -> Result<i32> {
     // Validate every scenario before booting anything.
     let scenarios = names
         .iter()
-        .map(|n| file::find(&dir, n, orchestrate::MAX_BREAKPOINTS))
+        .map(|n| file::find(&dir, n, launcher.max_breakpoints(args.arch)))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut kernels = Kernels::default();
+    let mut kernels = Kernels::new(args.arch);
     for s in &scenarios {
         orchestrate::check_vm_breakpoints(s, &launcher)?;
     }

@@ -40,6 +40,9 @@ pub struct ValidateArgs {
     pub quick: bool,
     #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
     pub backend: BackendKind,
+    /// Guest architecture: both kernels are built for it and run on it.
+    #[arg(long, value_enum, default_value_t = memrace::arch::Arch::X86_64)]
+    pub arch: memrace::arch::Arch,
     /// Directory for the reports (default: runs/validate-<time>).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -81,15 +84,16 @@ pub fn run(args: ValidateArgs) -> Result<i32> {
     if args.trials == Some(0) {
         bail!("--trials 0: a scenario needs at least one trial per kernel");
     }
-    let launcher = super::boot::choose_backend(args.backend)?;
+    let launcher = super::boot::choose_backend(args.backend, args.arch)?;
     if let memrace::backend::Launcher::Qemu(_) = launcher {
-        memrace::backend::qemu::find_qemu()?;
+        memrace::backend::qemu::find_qemu(args.arch)?;
     }
     let out = match &args.out {
         Some(d) => d.clone(),
         None => super::stamped_runs_dir("validate")?,
     };
     let opts = Options {
+        arch: args.arch,
         input,
         scenarios: match single(&args.scenarios) {
             Some("all") => ScenarioChoice::All,

@@ -379,10 +379,10 @@ pub fn build(images: &Images, arch: &str, variant: &Variant) -> Result<Kernel, K
 
 /// The built kernel of the variant `name` in the repository's images, building it (with
 /// progress) if needed.
-pub fn ensure(name: &str) -> Result<Kernel, KernelError> {
+pub fn ensure(arch: crate::arch::Arch, name: &str) -> Result<Kernel, KernelError> {
     let images = Images::open(&default_images_dir())?;
     let variant = images.variant(name)?;
-    build(&images, DEFAULT_ARCH, &variant)
+    build(&images, arch.name(), &variant)
 }
 
 /// Every finished kernel in the cache.

@@ -13,8 +13,9 @@ pub mod html;
 pub mod report;
 pub mod stats;
 
+use crate::arch::Arch;
 use crate::backend::{BackendError, Launcher, VmConfig};
-use crate::boot::BASE_CMDLINE;
+use crate::boot::base_cmdline;
 use crate::fsutil::write_json_atomically;
 use crate::guest::{self, Job};
 use serde::{Deserialize, Serialize};
@@ -88,6 +89,10 @@ pub struct KernelUnderTest {
 /// What to measure.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PerfPlan {
+    /// The guest architecture of both kernels (`standard` picks x86_64; results from
+    /// before arm64 existed are x86_64).
+    #[serde(default)]
+    pub arch: Arch,
     /// A then B: changes are B relative to A.
     pub kernels: [KernelUnderTest; 2],
     pub benches: Vec<String>,
@@ -111,6 +116,7 @@ impl PerfPlan {
     pub fn standard(kernels: [KernelUnderTest; 2], benches: Vec<String>, quick: bool) -> PerfPlan {
         let (boots, reps) = if quick { (2, 3) } else { (4, 5) };
         PerfPlan {
+            arch: Arch::default(),
             kernels,
             benches,
             threads: vec![1, 2],
@@ -351,10 +357,10 @@ pub fn run(
             metric,
         });
         let cfg = VmConfig {
-            arch: crate::arch::Arch::X86_64,
+            arch: result.plan.arch,
             kernel: k.image.clone(),
             initramfs: initramfs.clone(),
-            cmdline: cmdline(metric, tsc_khz),
+            cmdline: cmdline(result.plan.arch, metric, tsc_khz),
             cpus: result.plan.cpus,
             mem_mib: result.plan.mem_mib,
             run_dir: out_dir.join(format!(
@@ -445,10 +451,11 @@ pub fn run_with_progress(
 const TSC_WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The kernel command line of `metric`'s boots.
-fn cmdline(metric: Metric, tsc_khz: Option<u64>) -> String {
+fn cmdline(arch: Arch, metric: Metric, tsc_khz: Option<u64>) -> String {
     // Two fake NUMA nodes for the migration benchmark.
-    let mut line = format!("{BASE_CMDLINE} numa=fake=2");
-    if let (Metric::Wall, Some(khz)) = (metric, tsc_khz) {
+    let mut line = format!("{} numa=fake=2", base_cmdline(arch));
+    // arm64's generic timer reports its frequency itself (CNTFRQ_EL0).
+    if let (Arch::X86_64, Metric::Wall, Some(khz)) = (arch, metric, tsc_khz) {
         line.push_str(&format!(" tsc_early_khz={khz}"));
     }
     line
@@ -486,6 +493,7 @@ mod tests {
             hash: String::new(),
         };
         PerfPlan {
+            arch: Arch::X86_64,
             kernels: [k("a"), k("b")],
             benches: vec!["fork".into(), "migrate".into()],
             threads: vec![1, 2],

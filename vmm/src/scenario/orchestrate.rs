@@ -5,6 +5,7 @@
 
 use super::file::{KernelExpectation, Scenario, ScenarioError};
 use super::run::{run_kernel, KernelPlan, KernelRun, RunContext, RunError, ScenarioResult};
+use crate::arch::Arch;
 use crate::backend::{BackendError, Launcher};
 use crate::debug::{KernelIntrospect, Spec, SymbolError, Symbols};
 use crate::kernel::{self, Kernel, KernelError};
@@ -12,10 +13,6 @@ use crate::sched::schedule::Schedule;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-
-/// x86 debug registers per vCPU: every schedule is checked against this when its
-/// scenario file is read.
-pub const MAX_BREAKPOINTS: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OrchestrateError {
@@ -59,6 +56,12 @@ pub enum OrchestrateError {
         kernel: String,
         why: String,
     },
+    #[error("kernel {label} is an {found} kernel; this run boots {wanted} guests (--arch {wanted}, or give an {wanted} build)")]
+    KernelArch {
+        label: String,
+        found: Arch,
+        wanted: Arch,
+    },
     #[error("{path}: {source}", path = .path.display())]
     Io {
         path: PathBuf,
@@ -94,14 +97,27 @@ pub struct LoadedKernel {
     pub hash: String,
 }
 
-/// The kernels of one command, by label, loaded once. A label that was not added is
-/// taken to be a variant in `images/` and built on first use.
-#[derive(Default)]
+/// The kernels of one command, for one guest architecture, by label, loaded once. A
+/// label that was not added is taken to be a variant in `images/` and built for that
+/// architecture on first use.
 pub struct Kernels {
+    arch: Arch,
     loaded: BTreeMap<String, Rc<LoadedKernel>>,
 }
 
 impl Kernels {
+    pub fn new(arch: Arch) -> Kernels {
+        Kernels {
+            arch,
+            loaded: BTreeMap::new(),
+        }
+    }
+
+    /// The architecture every kernel here is built for.
+    pub fn arch(&self) -> Arch {
+        self.arch
+    }
+
     /// Register an already built kernel under `label` (one not named by a variant).
     pub fn add(
         &mut self,
@@ -113,6 +129,13 @@ impl Kernels {
             path: vmlinux.clone(),
             source: Box::new(source),
         })?;
+        if symbols.arch() != self.arch {
+            return Err(OrchestrateError::KernelArch {
+                label: label.to_string(),
+                found: symbols.arch(),
+                wanted: self.arch,
+            });
+        }
         let loaded = Rc::new(LoadedKernel {
             image: built.boot_image(),
             symbols,
@@ -127,7 +150,7 @@ impl Kernels {
         if let Some(k) = self.loaded.get(label) {
             return Ok(k.clone());
         }
-        let built = kernel::ensure(label)?;
+        let built = kernel::ensure(self.arch, label)?;
         self.add(label, &built)
     }
 }
@@ -330,6 +353,7 @@ pub fn run_plan(
     let files = scenario.guest_files(settings.dir)?;
     let intro = KernelIntrospect::new(&loaded.symbols);
     let ctx = RunContext {
+        arch: kernels.arch(),
         scenario,
         launcher: settings.launcher,
         image: &loaded.image,
@@ -377,7 +401,7 @@ pub fn run_scenario(
         path: settings.dir.to_path_buf(),
         source,
     })?;
-    let mut result = ScenarioResult::new(scenario, settings.launcher);
+    let mut result = ScenarioResult::new(scenario, settings.launcher, kernels.arch());
     for plan in plans {
         let is_control = plan.control;
         let run = run_plan(scenario, plan, settings, kernels, &mut |partial| {

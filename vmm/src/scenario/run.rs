@@ -3,8 +3,9 @@
 
 use super::file::{Expect, Oracle, Scenario};
 use super::verdict::{classify, Counts, TrialVerdict};
+use crate::arch::Arch;
 use crate::backend::{Backend, BackendError, Launcher, VmConfig};
-use crate::boot::BASE_CMDLINE;
+use crate::boot::base_cmdline;
 use crate::fsutil::write_json_atomically;
 use crate::guest::{self, Job};
 use crate::sched::engine::{Engine, Introspect, ScheduleStatus, TrialRun};
@@ -90,6 +91,8 @@ pub struct KernelPlan<'a> {
 
 /// One kernel's run: the image it boots and its symbols, where results go.
 pub struct RunContext<'a> {
+    /// The guest architecture (of the kernel and the harness).
+    pub arch: Arch,
     pub scenario: &'a Scenario,
     pub launcher: &'a Launcher,
     /// The vmlinux (PVH) or bzImage the guest boots.
@@ -134,15 +137,19 @@ fn boot_vm(
     guest::build_initramfs(&initramfs, &job, ctx.files)?;
     let mem_mib = ctx.scenario.mem_mib;
     let cfg = VmConfig {
-        arch: crate::arch::Arch::X86_64,
+        arch: ctx.arch,
         kernel: ctx.image.to_path_buf(),
         initramfs,
-        cmdline: [BASE_CMDLINE, &ctx.scenario.vm.cmdline, &plan.cmdline]
-            .iter()
-            .filter(|s| !s.is_empty())
-            .copied()
-            .collect::<Vec<_>>()
-            .join(" "),
+        cmdline: [
+            base_cmdline(ctx.arch).as_str(),
+            &ctx.scenario.vm.cmdline,
+            &plan.cmdline,
+        ]
+        .iter()
+        .filter(|s| !s.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" "),
         cpus: ctx.scenario.vm.cpus,
         mem_mib,
         run_dir: dir,
@@ -304,6 +311,8 @@ pub struct ScenarioResult {
     /// The scenario file as it was, so `memrace replay` needs nothing else.
     pub scenario_text: String,
     pub backend: String,
+    /// The guest architecture every kernel of this result ran.
+    pub arch: Arch,
     pub started_unix: u64,
     pub kernels: Vec<KernelRun>,
     pub controls: Vec<KernelRun>,
@@ -313,13 +322,14 @@ pub struct ScenarioResult {
 
 impl ScenarioResult {
     /// An empty, incomplete result of `scenario` on `launcher`, started now.
-    pub fn new(scenario: &Scenario, launcher: &Launcher) -> ScenarioResult {
+    pub fn new(scenario: &Scenario, launcher: &Launcher, arch: Arch) -> ScenarioResult {
         ScenarioResult {
             scenario: scenario.name.clone(),
             description: scenario.description.clone(),
             scenario_file: scenario.path.display().to_string(),
             scenario_text: scenario.text.clone(),
             backend: launcher.to_string(),
+            arch,
             started_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),

@@ -7,10 +7,11 @@ pub mod report;
 pub mod select;
 pub mod verdict;
 
+use crate::arch::Arch;
 use crate::backend::Launcher;
 use crate::kernel::patch::{self, Hunk, PatchPart};
 use crate::kernel::recipe::{Images, Variant};
-use crate::kernel::{self, tree, Kernel, KernelError, DEFAULT_ARCH};
+use crate::kernel::{self, tree, Kernel, KernelError};
 use crate::perf::{self, KernelUnderTest, PerfError, PerfPlan, PerfResult};
 use crate::scenario::file::{self, Scenario, ScenarioError};
 use crate::scenario::orchestrate::{self, Kernels, OrchestrateError, Settings};
@@ -87,6 +88,8 @@ pub enum BenchChoice {
 }
 
 pub struct Options {
+    /// The guest architecture both kernels are built for and run on.
+    pub arch: Arch,
     pub input: Input,
     pub scenarios: ScenarioChoice,
     pub benches: BenchChoice,
@@ -147,6 +150,8 @@ pub struct ValidateResult {
     pub base: Side,
     pub patched: Side,
     pub backend: String,
+    /// The guest architecture both kernels were built for and ran.
+    pub arch: Arch,
     pub started_unix: u64,
     pub touched: Touched,
     /// `all`, `auto` or `named`.
@@ -275,7 +280,11 @@ fn git_diff(repo: &Path, base: &str, head: &str) -> Result<String, ValidateError
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn scenarios(choice: &ScenarioChoice) -> Result<Vec<Scenario>, ValidateError> {
+/// The scenarios `choice` names, each checked against `breakpoint_limit` per vCPU.
+fn scenarios(
+    choice: &ScenarioChoice,
+    breakpoint_limit: usize,
+) -> Result<Vec<Scenario>, ValidateError> {
     let dir = file::default_dir();
     let known = file::names(&dir);
     let names: Vec<String> = match choice {
@@ -292,7 +301,7 @@ fn scenarios(choice: &ScenarioChoice) -> Result<Vec<Scenario>, ValidateError> {
     };
     names
         .iter()
-        .map(|n| Ok(file::find(&dir, n, orchestrate::MAX_BREAKPOINTS)?))
+        .map(|n| Ok(file::find(&dir, n, breakpoint_limit)?))
         .collect()
 }
 
@@ -335,7 +344,7 @@ pub fn run(opts: &Options, launcher: &Launcher) -> Result<ValidateResult, Valida
     let images = Images::open(&kernel::default_images_dir())?;
     // Everything that can be refused is refused before the first build.
     let prepared = prepare(&opts.input, &images)?;
-    let mut chosen = scenarios(&opts.scenarios)?;
+    let mut chosen = scenarios(&opts.scenarios, launcher.max_breakpoints(opts.arch))?;
     for s in &chosen {
         orchestrate::check_vm_breakpoints(s, launcher)?;
     }
@@ -352,10 +361,10 @@ pub fn run(opts: &Options, launcher: &Launcher) -> Result<ValidateResult, Valida
         base_variant.name, patched_variant.name
     );
     let built = [
-        kernel::build(&images, DEFAULT_ARCH, base_variant)?,
-        kernel::build(&images, DEFAULT_ARCH, patched_variant)?,
+        kernel::build(&images, opts.arch.name(), base_variant)?,
+        kernel::build(&images, opts.arch.name(), patched_variant)?,
     ];
-    let mut kernels = Kernels::default();
+    let mut kernels = Kernels::new(opts.arch);
     let side = |v: &Variant, k: &Kernel| Side {
         label: v.name.clone(),
         description: v.description.clone(),
@@ -383,6 +392,7 @@ pub fn run(opts: &Options, launcher: &Launcher) -> Result<ValidateResult, Valida
         base,
         patched,
         backend: launcher.to_string(),
+        arch: opts.arch,
         started_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
@@ -516,11 +526,12 @@ fn perf_part(
         image: s.kernel.boot_image(),
         hash: s.hash.clone(),
     };
-    let plan = PerfPlan::standard(
+    let mut plan = PerfPlan::standard(
         [under_test(&result.base), under_test(&result.patched)],
         bench_list.iter().map(|(b, _)| b.clone()).collect(),
         opts.quick,
     );
+    plan.arch = opts.arch;
     let mut record = PerfRecord {
         benches: bench_list,
         dir: dir.display().to_string(),

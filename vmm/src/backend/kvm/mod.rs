@@ -41,7 +41,10 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
 use super::{Backend, BackendError, Regs, VcpuId, VmConfig, VmEvent};
 use crate::arch::{Arch, X86Regs};
+
 use boot::PagingState;
+/// x86's four debug address registers (DR0–DR3) per vCPU.
+pub use boot::MAX_BREAKPOINTS;
 use devices::{DeviceError, Devices, Lifecycle};
 use memory::GuestRam;
 use vcpu::{ResumeMethod, RunRequest, VcpuContext, VcpuHandle};
@@ -388,16 +391,16 @@ impl Backend for KvmVm {
     }
 
     fn max_breakpoints(&self) -> usize {
-        boot::MAX_BREAKPOINTS
+        MAX_BREAKPOINTS
     }
 
     fn set_breakpoints(&mut self, vcpu: VcpuId, addrs: &[u64]) -> Result<(), BackendError> {
         let handle = self.vcpu(vcpu)?;
-        if addrs.len() > boot::MAX_BREAKPOINTS {
+        if addrs.len() > MAX_BREAKPOINTS {
             return Err(BackendError::TooManyBreakpoints {
                 vcpu,
                 wanted: addrs.len(),
-                limit: boot::MAX_BREAKPOINTS,
+                limit: MAX_BREAKPOINTS,
                 backend: "kvm",
             });
         }

@@ -1,5 +1,6 @@
-//! The qemu backend: qemu-system-x86_64 (TCG here, KVM where the host has hardware
-//! virtualization) driven over the gdb remote protocol.
+//! The qemu backend: qemu-system-x86_64 or qemu-system-aarch64 (TCG here, KVM where the
+//! host has hardware virtualization for the guest's architecture) driven over the gdb
+//! remote protocol.
 //!
 //! QEMU's gdbstub is all-stop: when any vCPU stops, all do. `vCont` resumes only
 //! the vCPUs it names, which is what lets a schedule park one vCPU while others run.
@@ -28,8 +29,12 @@ pub use process::{find_qemu, tcg_guest_tsc_khz, Accel as QemuAccel, ICOUNT_SHIFT
 
 #[derive(Debug, thiserror::Error)]
 pub enum QemuError {
-    #[error("QEMU binary {0} not found; install it with: apt-get install qemu-system-x86 (or set MEMRACE_QEMU)")]
-    NotInstalled(String),
+    #[error("QEMU binary {path} not found; install it with: apt-get install {package} (or set {variable})")]
+    NotInstalled {
+        path: String,
+        package: &'static str,
+        variable: &'static str,
+    },
     #[error("{0}")]
     Io(String),
     #[error("gdb stub: {0}")]
@@ -113,7 +118,7 @@ mod tempfile_dir {
 impl QemuVm {
     /// Start QEMU for `cfg`. With `cfg.debug`, every vCPU starts stopped under the gdb stub.
     pub fn launch(cfg: &VmConfig, accel: Accel) -> Result<QemuVm, QemuError> {
-        let qemu = find_qemu()?;
+        let qemu = find_qemu(cfg.arch)?;
         if cfg.cpus == 0 {
             return Err(QemuError::Io(
                 "a VM needs at least one vCPU (--cpus 0 given)".into(),

@@ -1,4 +1,4 @@
-//! Starting qemu-system-x86_64 and turning its outputs into events.
+//! Starting qemu-system-x86_64 or qemu-system-aarch64 and turning its outputs into events.
 //!
 //! memrace listens on unix sockets and QEMU connects to them as a client, so no
 //! output can be produced before memrace is ready to read it. Reader threads feed
@@ -6,6 +6,7 @@
 //! reached end-of-file, so the final control lines always precede `Exited`.
 
 use super::QemuError;
+use crate::arch::Arch;
 use crate::backend::{VmConfig, VmEvent, VmExit};
 use control_proto::{parse_line, LineSplitter};
 use std::io::{Read, Write};
@@ -63,41 +64,106 @@ pub enum Accel {
     Kvm,
 }
 
-/// Find the QEMU binary: `$MEMRACE_QEMU`, else `qemu-system-x86_64` on PATH.
-pub fn find_qemu() -> Result<PathBuf, QemuError> {
-    if let Some(explicit) = std::env::var_os("MEMRACE_QEMU") {
+/// QEMU's system emulator for `arch`: the binary, the Debian package that has it, and
+/// the variable that overrides it.
+fn qemu_binary(arch: Arch) -> (&'static str, &'static str, &'static str) {
+    match arch {
+        Arch::X86_64 => ("qemu-system-x86_64", "qemu-system-x86", "MEMRACE_QEMU"),
+        Arch::Arm64 => (
+            "qemu-system-aarch64",
+            "qemu-system-arm",
+            "MEMRACE_QEMU_ARM64",
+        ),
+    }
+}
+
+/// Find the QEMU binary for an `arch` guest: `$MEMRACE_QEMU` (x86_64) or
+/// `$MEMRACE_QEMU_ARM64`, else `qemu-system-x86_64` / `qemu-system-aarch64` on PATH.
+pub fn find_qemu(arch: Arch) -> Result<PathBuf, QemuError> {
+    let (binary, package, variable) = qemu_binary(arch);
+    let missing = |path: String| QemuError::NotInstalled {
+        path,
+        package,
+        variable,
+    };
+    if let Some(explicit) = std::env::var_os(variable) {
         let p = PathBuf::from(explicit);
         return if p.is_file() {
             Ok(p)
         } else {
-            Err(QemuError::NotInstalled(p.display().to_string()))
+            Err(missing(p.display().to_string()))
         };
     }
     std::env::var_os("PATH")
         .and_then(|paths| {
             std::env::split_paths(&paths)
-                .map(|d| d.join("qemu-system-x86_64"))
+                .map(|d| d.join(binary))
                 .find(|p| p.is_file())
         })
-        .ok_or_else(|| QemuError::NotInstalled("qemu-system-x86_64".into()))
+        .ok_or_else(|| missing(binary.into()))
 }
 
-/// The QEMU command line. microvm + qboot is the fastest machine to boot here, and its
-/// firmware writes an MP table for every vCPU (our kernels have no ACPI).
+/// The machine, CPU and serial ports of an `arch` guest. The console is the machine's
+/// first serial port; the control channel is a second port the kernel never logs to.
+fn machine_args(arch: Arch, accel: Accel, s: &dyn Fn(&str) -> String) -> Vec<String> {
+    let console = [
+        "-chardev".to_string(),
+        format!("socket,id=con,path={}", s("console.sock")),
+        "-serial".into(),
+        "chardev:con".into(),
+        "-chardev".into(),
+        format!("socket,id=ctl,path={}", s("control.sock")),
+    ];
+    let cpu = |tcg: &str| match accel {
+        Accel::Tcg => tcg.to_string(),
+        Accel::Kvm => "host".to_string(),
+    };
+    match arch {
+        // microvm + qboot is the fastest machine to boot here, and its firmware writes an
+        // MP table for every vCPU (our kernels have no ACPI). ttyS0: the console; ttyS1
+        // (0x2f8, IRQ 3): the control channel.
+        Arch::X86_64 => [
+            vec!["-M".into(), "microvm".into(), "-cpu".into(), cpu("max")],
+            console.to_vec(),
+            vec![
+                "-device".into(),
+                "isa-serial,chardev=ctl,iobase=0x2f8,irq=3,index=1".into(),
+            ],
+        ]
+        .concat(),
+        // virt: a GICv3, PSCI through QEMU itself (no firmware with -kernel), a device
+        // tree that describes the vCPUs and memory. Its one PL011 (ttyAMA0) is the
+        // console; the control channel is a virtio console (hvc0) on virtio-mmio.
+        // Cortex-A72 under TCG: an ARMv8.0 core without pointer authentication, whose
+        // emulation costs TCG a large share of its speed.
+        Arch::Arm64 => [
+            vec![
+                "-M".into(),
+                "virt,gic-version=3".into(),
+                "-cpu".into(),
+                cpu("cortex-a72"),
+            ],
+            console.to_vec(),
+            vec![
+                "-device".into(),
+                "virtio-serial-device".into(),
+                "-device".into(),
+                "virtconsole,chardev=ctl".into(),
+            ],
+        ]
+        .concat(),
+    }
+}
+
+/// The QEMU command line.
 pub fn command_line(cfg: &VmConfig, accel: Accel, sockets: &Path, debug: bool) -> Vec<String> {
     let s = |name: &str| sockets.join(name).display().to_string();
-    let mut args: Vec<String> = vec![
-        "-M".into(),
-        "microvm".into(),
+    let mut args = machine_args(cfg.arch, accel, &s);
+    args.extend([
         "-accel".into(),
         match accel {
             Accel::Tcg => "tcg".into(),
             Accel::Kvm => "kvm".into(),
-        },
-        "-cpu".into(),
-        match accel {
-            Accel::Tcg => "max".into(),
-            Accel::Kvm => "host".into(),
         },
         "-smp".into(),
         cfg.cpus.to_string(),
@@ -113,16 +179,7 @@ pub fn command_line(cfg: &VmConfig, accel: Accel, sockets: &Path, debug: bool) -
         cfg.initramfs.display().to_string(),
         "-append".into(),
         cfg.cmdline.clone(),
-        // ttyS0: the console. ttyS1 (0x2f8, IRQ 3): the control channel.
-        "-chardev".into(),
-        format!("socket,id=con,path={}", s("console.sock")),
-        "-serial".into(),
-        "chardev:con".into(),
-        "-chardev".into(),
-        format!("socket,id=ctl,path={}", s("control.sock")),
-        "-device".into(),
-        "isa-serial,chardev=ctl,iobase=0x2f8,irq=3,index=1".into(),
-    ];
+    ]);
     if cfg.instruction_clock {
         // Every instruction advances guest time by 2^ICOUNT_SHIFT ns, and an idle guest
         // jumps to its next timer instead of waiting for the host's (sleep=off): guest
