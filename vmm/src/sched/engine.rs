@@ -243,7 +243,9 @@ impl<'a> Engine<'a> {
             Err(EngineError::Step { line, why }) => ScheduleStatus::Error { line, why },
             Err(EngineError::Backend(e)) => ScheduleStatus::VmGone { why: e.to_string() },
         };
-        if status != ScheduleStatus::Completed {
+        if status == ScheduleStatus::Completed {
+            self.disarm_leftovers();
+        } else {
             self.recover(schedule);
         }
         TrialRun {
@@ -507,6 +509,24 @@ impl<'a> Engine<'a> {
             let _ = self.open_gate(&gate, gpa);
         }
         let _ = self.vm.resume(&self.running());
+    }
+
+    /// After a completed schedule: disarm the breakpoints it armed and no vCPU is parked
+    /// on. Past its last step nothing releases a vCPU that parks on one, or resumes one
+    /// stopped by a detector (`await_message` only notes them), and in the next trial of
+    /// the boot its condition would read that trial's bindings.
+    fn disarm_leftovers(&mut self) {
+        let parked_on: BTreeSet<String> = self.parked.values().map(|p| p.name.clone()).collect();
+        let cpus: BTreeSet<VcpuId> = self
+            .armed
+            .iter()
+            .filter(|(n, _)| !parked_on.contains(*n))
+            .map(|(_, a)| a.cpu)
+            .collect();
+        self.armed.retain(|n, _| parked_on.contains(n));
+        for cpu in cpus {
+            let _ = self.program(cpu);
+        }
     }
 
     /// Wait for whatever the trial's steps should know about next.

@@ -773,3 +773,39 @@ fn a_control_line_that_does_not_parse_is_traced_and_never_acted_on() {
     assert!(run.trace.iter().any(|e| matches!(e,
         TraceEvent::Control { line, .. } if line.starts_with("(rejected: ") && line.ends_with("READY reader x 5"))));
 }
+
+#[test]
+fn a_completed_schedule_leaves_no_breakpoint_armed_behind_it() {
+    // The detector never fires during the schedule; vCPU 2 reaches it afterwards,
+    // before the guest reports its result.
+    let mut vm = FakeVm::new(3)
+        .script(1, [reach("alpha"), send("PHASE one-done")])
+        .script(
+            2,
+            [
+                after(1, "alpha"),
+                reach("detect"),
+                send("RESULT 1 intact done"),
+            ],
+        );
+    let s = schedule(
+        r#"[schedule]
+steps = [
+  { break = "detect", cpu = 2, name = "d", detector = true },
+  { break = "alpha", cpu = 1, name = "a" },
+  { hit = "a" },
+  { release = 1 },
+  { wait = "PHASE one-done" },
+]
+"#,
+        3,
+    );
+    let mut engine = Engine::start(&mut vm, &FakeKernel).unwrap();
+    let run = engine.run_trial(1, &s);
+    assert_eq!(run.schedule, ScheduleStatus::Completed);
+    let oracle = engine.await_result(Duration::from_millis(50));
+    drop(engine);
+    assert_eq!(oracle, Some(("intact".into(), "done".into())));
+    assert!(vm.calls().contains(&Call::SetBreakpoints(2, vec![])));
+    assert_eq!(vm.first(|c| *c == bp(2, "detect")), None);
+}
