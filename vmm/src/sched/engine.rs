@@ -326,8 +326,8 @@ impl<'a> Engine<'a> {
                     if let Err(status) = got {
                         return Ok(status);
                     }
-                    let cpu = self.armed.get(name).map(|a| a.cpu).unwrap_or_default();
-                    if let Some(p) = self.parked.get(&cpu) {
+                    // The vCPU parked at this hit; none after an injection (it went on).
+                    if let Some((cpu, p)) = self.parked.iter().find(|(_, p)| p.name == *name) {
                         if !p.irqs_on && !step.allow_irqs_off {
                             return Ok(ScheduleStatus::Error {
                                 line: step.line,

@@ -809,3 +809,27 @@ steps = [
     assert!(vm.calls().contains(&Call::SetBreakpoints(2, vec![])));
     assert_eq!(vm.first(|c| *c == bp(2, "detect")), None);
 }
+
+#[test]
+fn an_injection_hit_is_not_blamed_for_another_vcpu_parked_with_interrupts_off() {
+    // vCPU 0 parks with IF=0 where the schedule allows it; then vCPU 1's injection fires.
+    let mut vm = FakeVm::new(2)
+        .stack_top(1, sym("caller") + 0x10)
+        .script(0, [reach_with("zeta", false, [0; 6])])
+        .script(1, [reach("alpha"), send("PHASE returned")]);
+    let run = run(
+        &mut vm,
+        r#"[schedule]
+steps = [
+  { break = "zeta", cpu = 0, name = "z" },
+  { hit = "z", allow_irqs_off = true },
+  { break = "alpha", cpu = 1, name = "f", return = 0 },
+  { hit = "f" },
+  { wait = "PHASE returned" },
+  { release = 0 },
+]
+"#,
+    );
+    assert_eq!(run.schedule, ScheduleStatus::Completed);
+    assert_eq!(run.hits, ["z", "f"]);
+}
