@@ -350,7 +350,13 @@ impl<'a> Engine<'a> {
                 }
                 Action::Release { cpu } => self.release(*cpu)?,
                 Action::Disarm { name } => {
-                    if let Some(a) = self.armed.remove(name) {
+                    // A hit that came before any `hit` step asked for it parked its vCPU:
+                    // with the breakpoint gone, nothing else would release it.
+                    let parked_on = self.parked.iter().find(|(_, p)| p.name == *name);
+                    if let Some(cpu) = parked_on.map(|(v, _)| *v) {
+                        self.early_hits.remove(name);
+                        self.release(cpu)?;
+                    } else if let Some(a) = self.armed.remove(name) {
                         self.program(a.cpu)?;
                     }
                 }

@@ -833,3 +833,33 @@ steps = [
     assert_eq!(run.schedule, ScheduleStatus::Completed);
     assert_eq!(run.hits, ["z", "f"]);
 }
+
+#[test]
+fn disarming_a_breakpoint_a_vcpu_parked_on_early_lets_that_vcpu_go() {
+    // b fires (vCPU 1 parks) while the schedule waits for a; the schedule then
+    // disarms b as a breakpoint that was not needed.
+    let mut vm = FakeVm::new(3)
+        .script(1, [reach("beta"), send("RESULT 1 intact ok")])
+        .script(2, [reach("alpha")]);
+    let run = run(
+        &mut vm,
+        r#"[schedule]
+steps = [
+  { break = "beta", cpu = 1, name = "b" },
+  { break = "alpha", cpu = 2, name = "a" },
+  { hit = "a" },
+  { disarm = "b" },
+  { release = 2 },
+  { wait = "RESULT", timeout_ms = 50 },
+]
+"#,
+    );
+    assert_eq!(run.schedule, ScheduleStatus::Completed);
+    assert_eq!(run.oracle, Some(("intact".into(), "ok".into())));
+    assert_eq!(releases(&run), [1, 2]);
+    assert_eq!(
+        run.hits,
+        ["b", "a"],
+        "b did fire: the trial is out of order"
+    );
+}
