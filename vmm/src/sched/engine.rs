@@ -314,7 +314,17 @@ impl<'a> Engine<'a> {
                             hits: 0,
                         },
                     );
-                    self.program(*cpu)?;
+                    // A backend with fewer breakpoints than the schedule was checked for
+                    // refuses them: the schedule's error, the VM is still there.
+                    self.program(*cpu).map_err(|e| match e {
+                        EngineError::Backend(e @ BackendError::TooManyBreakpoints { .. }) => {
+                            EngineError::Step {
+                                line: step.line,
+                                why: e.to_string(),
+                            }
+                        }
+                        e => e,
+                    })?;
                 }
                 Action::Hit { name } => {
                     let missing = format!("breakpoint {name:?} was not hit");

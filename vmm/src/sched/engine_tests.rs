@@ -635,7 +635,7 @@ steps = [
 }
 
 #[test]
-fn a_backend_refusing_a_breakpoint_ends_the_trial_with_its_limit() {
+fn a_backend_refusing_a_breakpoint_is_a_schedule_error_at_its_break_step() {
     let mut vm = FakeVm::new(2).max_breakpoints(1);
     let run = run(
         &mut vm,
@@ -647,12 +647,15 @@ steps = [
 ]
 "#,
     );
-    let ScheduleStatus::VmGone { why } = &run.schedule else {
+    let ScheduleStatus::Error { line, why } = &run.schedule else {
         panic!("{:?}", run.schedule)
     };
     assert_eq!(
-        why,
-        "vCPU 1 asks for 2 hardware breakpoints; fake allows 1 per vCPU"
+        (*line, why.as_str()),
+        (
+            4,
+            "vCPU 1 asks for 2 hardware breakpoints; fake allows 1 per vCPU"
+        )
     );
     // The one it did arm is disarmed by the recovery.
     assert_eq!(
