@@ -251,7 +251,9 @@ impl<'a> Engine<'a> {
             Err(EngineError::Step { line, why }) => ScheduleStatus::Error { line, why },
             Err(EngineError::Backend(e)) => ScheduleStatus::VmGone { why: e.to_string() },
         };
-        if status != ScheduleStatus::Completed {
+        if status == ScheduleStatus::Completed {
+            self.disarm_leftovers();
+        } else {
             self.recover(schedule);
         }
         TrialRun {
@@ -327,7 +329,17 @@ impl<'a> Engine<'a> {
                             hits: 0,
                         },
                     );
-                    self.program(*cpu)?;
+                    // A backend with fewer breakpoints than the schedule was checked for
+                    // refuses them: the schedule's error, the VM is still there.
+                    self.program(*cpu).map_err(|e| match e {
+                        EngineError::Backend(e @ BackendError::TooManyBreakpoints { .. }) => {
+                            EngineError::Step {
+                                line: step.line,
+                                why: e.to_string(),
+                            }
+                        }
+                        e => e,
+                    })?;
                 }
                 Action::Hit { name } => {
                     let missing = format!("breakpoint {name:?} was not hit");
@@ -339,8 +351,8 @@ impl<'a> Engine<'a> {
                     if let Err(status) = got {
                         return Ok(status);
                     }
-                    let cpu = self.armed.get(name).map(|a| a.cpu).unwrap_or_default();
-                    if let Some(p) = self.parked.get(&cpu) {
+                    // The vCPU parked at this hit; none after an injection (it went on).
+                    if let Some((cpu, p)) = self.parked.iter().find(|(_, p)| p.name == *name) {
                         if !p.irqs_on && !step.allow_irqs_off {
                             return Ok(ScheduleStatus::Error {
                                 line: step.line,
@@ -363,7 +375,13 @@ impl<'a> Engine<'a> {
                 }
                 Action::Release { cpu } => self.release(*cpu)?,
                 Action::Disarm { name } => {
-                    if let Some(a) = self.armed.remove(name) {
+                    // A hit that came before any `hit` step asked for it parked its vCPU:
+                    // with the breakpoint gone, nothing else would release it.
+                    let parked_on = self.parked.iter().find(|(_, p)| p.name == *name);
+                    if let Some(cpu) = parked_on.map(|(v, _)| *v) {
+                        self.early_hits.remove(name);
+                        self.release(cpu)?;
+                    } else if let Some(a) = self.armed.remove(name) {
                         self.program(a.cpu)?;
                     }
                 }
@@ -522,6 +540,24 @@ impl<'a> Engine<'a> {
             let _ = self.open_gate(&gate, gpa);
         }
         let _ = self.vm.resume(&self.running());
+    }
+
+    /// After a completed schedule: disarm the breakpoints it armed and no vCPU is parked
+    /// on. Past its last step nothing releases a vCPU that parks on one, or resumes one
+    /// stopped by a detector (`await_message` only notes them), and in the next trial of
+    /// the boot its condition would read that trial's bindings.
+    fn disarm_leftovers(&mut self) {
+        let parked_on: BTreeSet<String> = self.parked.values().map(|p| p.name.clone()).collect();
+        let cpus: BTreeSet<VcpuId> = self
+            .armed
+            .iter()
+            .filter(|(n, _)| !parked_on.contains(*n))
+            .map(|(_, a)| a.cpu)
+            .collect();
+        self.armed.retain(|n, _| parked_on.contains(n));
+        for cpu in cpus {
+            let _ = self.program(cpu);
+        }
     }
 
     /// Wait for whatever the trial's steps should know about next.

@@ -5,3 +5,8 @@ pub mod engine;
 pub mod hit;
 pub mod schedule;
 pub mod trace;
+
+#[cfg(test)]
+mod engine_tests;
+#[cfg(test)]
+mod fake;
