@@ -266,7 +266,7 @@ steps = [
     };
     assert_eq!(vm.stops().len(), 3);
     assert_eq!(
-        *regs,
+        **regs,
         vm.stops()[2].1,
         "the hit records the third stop's registers"
     );
@@ -690,14 +690,14 @@ steps = [
     assert_eq!(run.hits, ["f"]);
     let (cpu, at_entry) = vm.stops()[0];
     assert_eq!(cpu, 1);
-    let expected =
-        crate::arch::forced_return(&at_entry, -12, |at| vm.read_u64(at).ok_or("unmapped stack"))
-            .unwrap();
+    let expected = at_entry
+        .forced_return(-12, |at| vm.read_u64(at).ok_or("unmapped stack"))
+        .unwrap();
     assert_eq!(expected.return_address, ret);
     let set = vm
         .first(|c| matches!(c, Call::SetRegs(..)))
         .expect("registers written");
-    assert_eq!(vm.calls()[set], Call::SetRegs(1, expected.regs));
+    assert_eq!(vm.calls()[set], Call::SetRegs(1, Box::new(expected.regs)));
     // The breakpoint is spent and the vCPU goes on without parking.
     assert_eq!(vm.calls()[set + 1], Call::SetBreakpoints(1, vec![]));
     assert_eq!(vm.calls()[set + 2], Call::Resume(vec![0, 1]));

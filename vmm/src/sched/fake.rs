@@ -21,11 +21,11 @@
 //! every run of a script is the same. Every call the engine makes, and every event the
 //! fake reports, is recorded in order ([`FakeVm::calls`]).
 
+use crate::arch::{Arch, X86Regs};
 use crate::backend::{
     check_guest_range, Backend, BackendError, ControlMessage, Regs, VcpuId, VmEvent, VmExit,
-    RFLAGS_IF,
 };
-use crate::sched::engine::{Introspect, TaskLayout};
+use crate::sched::engine::{Introspect, PerCpuCurrent, TaskLayout};
 use crate::sched::schedule::{RawSchedule, Schedule};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Instant;
@@ -44,9 +44,10 @@ pub struct Frame {
 /// interrupts on or off, and `frame`'s stack pointer, per-CPU base and arguments.
 pub fn regs_at(pc: u64, irqs_on: bool, frame: &Frame) -> Regs {
     let [a1, a2, a3, a4, a5, a6] = frame.args;
-    Regs {
+    // The fake guest is an x86_64 one: RFLAGS bit 1 is always set, bit 9 is IF.
+    Regs::X86_64(X86Regs {
         rip: pc,
-        rflags: 0x2 | if irqs_on { RFLAGS_IF } else { 0 },
+        rflags: 0x2 | if irqs_on { 1 << 9 } else { 0 },
         rsp: frame.sp,
         gs_base: frame.per_cpu,
         rdi: a1,
@@ -55,13 +56,13 @@ pub fn regs_at(pc: u64, irqs_on: bool, frame: &Frame) -> Regs {
         rcx: a4,
         r8: a5,
         r9: a6,
-        ..Regs::default()
-    }
+        ..X86Regs::default()
+    })
 }
 
 /// Where a vCPU with `regs` executes (the fake's only read of a register by name).
 fn pc_of(regs: &Regs) -> u64 {
-    regs.rip
+    regs.pc()
 }
 
 /// The fake kernel's functions, each 0x1000 bytes long from [`CODE_BASE`] + 0x1000.
@@ -85,8 +86,10 @@ pub fn sym(name: &str) -> u64 {
 
 /// Where the fake guest's current task is found.
 pub const LAYOUT: TaskLayout = TaskLayout {
-    current_task: 0x100,
-    per_cpu_offset: 0xffff_ffff_8300_0000,
+    per_cpu: Some(PerCpuCurrent {
+        current_task: 0x100,
+        per_cpu_offset: 0xffff_ffff_8300_0000,
+    }),
     pid: 0x10,
     tgid: 0x14,
     comm: 0x20,
@@ -209,7 +212,7 @@ pub enum Call {
         parked: Vec<VcpuId>,
     },
     StopAll,
-    SetRegs(VcpuId, Regs),
+    SetRegs(VcpuId, Box<Regs>),
     WritePhys(u64, Vec<u8>),
     /// An event `next_event` returned.
     Event(VmEvent),
@@ -398,7 +401,8 @@ impl FakeVm {
         let mut name = [0u8; 16];
         name[..comm.len()].copy_from_slice(comm.as_bytes());
         self.write_mem(task + LAYOUT.comm, &name);
-        let slot = self.cpus[cpu].frame.per_cpu + LAYOUT.current_task;
+        let per_cpu = LAYOUT.per_cpu.expect("the fake guest is x86_64");
+        let slot = self.cpus[cpu].frame.per_cpu + per_cpu.current_task;
         self.write_mem(slot, &task.to_le_bytes());
     }
 
@@ -591,6 +595,10 @@ impl Backend for FakeVm {
         "fake"
     }
 
+    fn arch(&self) -> Arch {
+        Arch::X86_64
+    }
+
     fn vcpu_count(&self) -> usize {
         self.cpus.len()
     }
@@ -685,7 +693,7 @@ impl Backend for FakeVm {
 
     fn set_regs(&mut self, vcpu: VcpuId, regs: &Regs) -> Result<(), BackendError> {
         self.check_stopped(vcpu)?;
-        self.calls.push(Call::SetRegs(vcpu, *regs));
+        self.calls.push(Call::SetRegs(vcpu, Box::new(*regs)));
         let c = &mut self.cpus[vcpu];
         if let Some(s) = c.stop.filter(|s| s.addr != pc_of(regs)) {
             // No longer on the breakpoint: it goes on from the new pc, skipping the rest
