@@ -1,6 +1,7 @@
 //! The control-channel line protocol between the guest harness and the bench.
 //!
-//! The guest writes one message per line on its second serial port (ttyS1).
+//! The guest writes one message per line on a tty of its own: the second serial port
+//! (ttyS1) on x86_64, the virtio console hvc0 on arm64.
 //! Everything the bench receives here is untrusted: `parse_line` never panics,
 //! bounds every field and rejects what it does not understand, so a confused or
 //! hostile guest can at worst produce `Err` values. See docs/control-protocol.md.

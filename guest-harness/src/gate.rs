@@ -1,10 +1,11 @@
 //! Mailbox gates: an mlocked page whose u32 words the bench sets (by guest-physical
 //! address) to release threads spinning on them in user mode.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use control_proto::Message;
 
+use crate::arch;
 use crate::control;
 use crate::error::{self, Res};
 use crate::mem::{self, Mapping, PAGE};
@@ -16,27 +17,8 @@ pub const WORDS: usize = PAGE / 4;
 pub struct Gate {
     page: Mapping,
     gpa: u64,
-    /// TSC ticks per millisecond, so that the spin bound needs no system call.
-    tsc_per_ms: u64,
-}
-
-/// The TSC rate, measured once per boot.
-fn tsc_per_ms() -> u64 {
-    static RATE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *RATE.get_or_init(calibrate_tsc)
-}
-
-fn rdtsc() -> u64 {
-    // SAFETY: RDTSC only reads the time-stamp counter (user mode may use it on Linux/x86_64).
-    unsafe { std::arch::x86_64::_rdtsc() }
-}
-
-/// Measure the TSC rate against the monotonic clock (20 ms).
-fn calibrate_tsc() -> u64 {
-    let (t0, c0) = (Instant::now(), rdtsc());
-    std::thread::sleep(Duration::from_millis(20));
-    let (ms, c1) = (t0.elapsed().as_secs_f64() * 1000.0, rdtsc());
-    ((c1.wrapping_sub(c0)) as f64 / ms).max(1.0) as u64
+    /// Counter ticks per millisecond, so that the spin bound needs no system call.
+    ticks_per_ms: u64,
 }
 
 impl Gate {
@@ -70,7 +52,7 @@ impl Gate {
         Ok(Gate {
             page,
             gpa: info.pfn * PAGE as u64,
-            tsc_per_ms: tsc_per_ms(),
+            ticks_per_ms: arch::counter_ticks_per_ms(),
         })
     }
 
@@ -89,13 +71,14 @@ impl Gate {
     }
 
     /// Spin in user mode until word `index` is non-zero, at most `timeout`. The bound is
-    /// kept with RDTSC, so the thread never enters the kernel while it waits (without a vDSO
-    /// clocksource, reading the clock would be a system call).
+    /// kept with the architecture's user-mode counter (x86: the TSC; arm64: CNTVCT_EL0), so
+    /// the thread never enters the kernel while it waits (without a vDSO clocksource,
+    /// reading the clock would be a system call).
     pub fn wait(&self, index: usize, timeout: Duration) -> Res<()> {
         assert!(index < WORDS);
         let word = self.page.ptr().cast::<u32>().wrapping_add(index);
-        let limit = (timeout.as_millis() as u64).saturating_mul(self.tsc_per_ms);
-        let start = rdtsc();
+        let limit = (timeout.as_millis() as u64).saturating_mul(self.ticks_per_ms);
+        let start = arch::counter();
         loop {
             for _ in 0..256 {
                 // SAFETY: `word` is an aligned u32 inside the locked page owned by `self`;
@@ -105,7 +88,7 @@ impl Gate {
                 }
                 std::hint::spin_loop();
             }
-            if rdtsc().wrapping_sub(start) >= limit {
+            if arch::counter().wrapping_sub(start) >= limit {
                 return Err("gate-timeout".into());
             }
         }

@@ -1,10 +1,12 @@
 //! memrace guest harness: `/init` (PID 1) of the test initramfs.
 //!
-//! Mounts the pseudo file systems, opens the control channel on ttyS1 (`HELLO`, `FACT`s),
-//! runs the job in `/memrace/job` (a command or a workload), reports `EXIT` and reboots.
+//! Mounts the pseudo file systems, opens the control channel (x86_64: ttyS1, arm64: hvc0;
+//! `HELLO`, `FACT`s), runs the job in `/memrace/job` (a command, a workload or the
+//! benchmarks), reports `EXIT` and reboots. Architecture specifics live in `arch`.
 //! PID 1 never returns and never panics out: every failure becomes `OUT stderr` + `EXIT 125`.
 //! See docs/control-protocol.md and docs/guest-harness.md.
 
+mod arch;
 mod child;
 mod command;
 mod control;
@@ -25,7 +27,6 @@ use control_proto::{Message, PROTOCOL_VERSION};
 
 use error::Res;
 
-const CONTROL_TTY: &str = "/dev/ttyS1";
 const JOB_FILE: &str = "/memrace/job";
 /// Exit code for harness failures (as opposed to the command's or workload's own).
 const HARNESS_ERROR: i32 = 125;
@@ -33,7 +34,7 @@ const HARNESS_ERROR: i32 = 125;
 fn run() -> Res<i32> {
     let mounted = system::mount_all();
     system::ensure_stdio();
-    let control = control::open(CONTROL_TTY);
+    let control = control::open(arch::CONTROL_TTY, arch::CONTROL_TTY_WAIT);
     control::send(&Message::Hello {
         version: PROTOCOL_VERSION,
     });

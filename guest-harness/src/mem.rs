@@ -5,7 +5,22 @@ use std::os::unix::fs::FileExt;
 
 use crate::error::{self, Res};
 
+/// The base page size the harness assumes: pagemap indexing, gate addresses, the 2 MiB
+/// PMD size of the THP workloads. x86_64 has only 4 KiB pages; arm64 kernels may be built
+/// for 16 or 64 KiB, which [`check_page_size`] refuses.
 pub const PAGE: usize = 4096;
+
+/// Err unless the kernel's page size is [`PAGE`].
+pub fn check_page_size() -> Res<()> {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size != PAGE as libc::c_long {
+        return Err(format!(
+            "the kernel's page size is {size} bytes; the harness supports {PAGE}-byte pages only (on arm64: CONFIG_ARM64_4K_PAGES)"
+        ));
+    }
+    Ok(())
+}
 
 /// An `mmap` region, unmapped on drop. Holds only the address, so it is `Send + Sync`;
 /// every access to the memory goes through raw pointers at the use site.
@@ -177,6 +192,11 @@ mod tests {
                 pfn: 0
             }
         );
+    }
+
+    #[test]
+    fn the_host_has_the_page_size_the_harness_assumes() {
+        check_page_size().unwrap();
     }
 
     #[test]

@@ -6,10 +6,12 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::arch;
 use crate::control;
 use crate::error::{self, Res};
 
-/// `_IOR(0x12, 114, size_t)`: size of a block device in bytes.
+/// `_IOR(0x12, 114, size_t)`: size of a block device in bytes. x86_64 and arm64 both use
+/// the generic ioctl encoding and an 8-byte size_t, so the number is the same on both.
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 
 fn mount(source: &str, target: &str, fstype: &str) -> Res<()> {
@@ -112,8 +114,9 @@ fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// Send the boot facts: cpus, mem_total_kb, kernel, numa_nodes, ram0_bytes.
+/// Send the boot facts: arch, cpus, mem_total_kb, kernel, numa_nodes, ram0_bytes.
 pub fn send_facts(ram0: &Res<u64>) {
+    control::fact("arch", arch::NAME);
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     control::fact("cpus", cpu_count(&cpuinfo));
     let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
@@ -135,15 +138,17 @@ pub fn send_facts(ram0: &Res<u64>) {
 /// Where the kernel names its clocksource.
 const CURRENT_CLOCKSOURCE: &str =
     "/sys/devices/system/clocksource/clocksource0/current_clocksource";
-/// x86's boot clocksource: always replaced, by `tsc` or (TSC unstable) another one.
-const TRANSIENT_CLOCKSOURCE: &str = "tsc-early";
 
-/// Wait (bounded) until x86's boot clocksource has been replaced, and report the one in
-/// use as `FACT clocksource`. About a second after TSC calibration the kernel's delayed
-/// work `tsc_refine_calibration_work` swaps `tsc-early` for `tsc` (or, if calibration
-/// failed, unregisters it), and the switch runs under stop_machine(): every CPU must join
-/// it, so it would stall behind a vCPU that a schedule parked (scenarios §0.4 R1) and
-/// end that trial as infeasible. Workloads call this before their first trial.
+/// Wait (bounded) until the architecture's boot clocksource, if it has one, has been
+/// replaced, and report the one in use as `FACT clocksource` (and the wait as `FACT
+/// clocksource_wait_ms`). Workloads and perf call this before their first trial.
+///
+/// x86_64 boots on `tsc-early`: about a second after TSC calibration the kernel's delayed
+/// work `tsc_refine_calibration_work` swaps it for `tsc` (or, if calibration failed,
+/// unregisters it), and the switch runs under stop_machine(): every CPU must join it, so it
+/// would stall behind a vCPU that a schedule parked (scenarios §0.4 R1) and end that trial
+/// as infeasible. arm64's architected timer is the clocksource from time_init() on, so
+/// there the first read is the answer.
 /// Returns the clocksource in use (empty if it cannot be read).
 pub fn settle_clocksource(bound: Duration) -> Res<String> {
     let started = std::time::Instant::now();
@@ -155,14 +160,14 @@ pub fn settle_clocksource(bound: Duration) -> Res<String> {
                 return Ok(String::new());
             }
         };
-        if current != TRANSIENT_CLOCKSOURCE {
+        let Some(transient) = arch::BOOT_CLOCKSOURCE.filter(|t| *t == current) else {
             control::fact("clocksource", &current);
             control::fact("clocksource_wait_ms", started.elapsed().as_millis());
             return Ok(current);
-        }
+        };
         if started.elapsed() >= bound {
             return Err(format!(
-                "the clocksource is still {TRANSIENT_CLOCKSOURCE} after {} s: its replacement (a stop_machine) would stall a parked vCPU's trial",
+                "the clocksource is still {transient} after {} s: its replacement (a stop_machine) would stall a parked vCPU's trial",
                 bound.as_secs()
             ));
         }
@@ -212,6 +217,9 @@ mod tests {
         let cpuinfo =
             "processor\t: 0\nvendor_id\t: x\n\nprocessor\t: 1\nmodel name\t: processor thing\n";
         assert_eq!(cpu_count(cpuinfo), 2);
+        // arm64's format: one block per CPU, no model name.
+        let arm64 = "processor\t: 0\nBogoMIPS\t: 125.00\nFeatures\t: fp asimd\nCPU implementer\t: 0x41\n\nprocessor\t: 1\nBogoMIPS\t: 125.00\n";
+        assert_eq!(cpu_count(arm64), 2);
         let meminfo = "MemTotal:         492872 kB\nMemFree:          460000 kB\n";
         assert_eq!(meminfo_value(meminfo, "MemTotal"), Some(492872));
         assert_eq!(meminfo_value(meminfo, "MemAvail"), None);

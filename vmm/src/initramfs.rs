@@ -1,6 +1,7 @@
 //! The guest's initramfs: a newc cpio archive memrace writes itself, holding the
 //! static guest harness as `/init`, the job file, and any extra files the user names.
 
+use crate::arch::Arch;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -15,6 +16,40 @@ pub enum InitramfsError {
     BadGuestPath(String),
     #[error("{0} is larger than 4 GiB, the newc format's limit")]
     TooLarge(PathBuf),
+    #[error("guest file {guest_path}: {why}")]
+    WrongArch { guest_path: String, why: String },
+}
+
+/// Err (why, naming both architectures) unless the ELF `elf` is for `arch`.
+pub fn elf_arch_problem(elf: &object::File, arch: Arch) -> Result<(), String> {
+    use object::Object;
+    let found = elf.architecture();
+    if found == arch.elf_architecture() {
+        return Ok(());
+    }
+    let found = match Arch::from_elf(found) {
+        Some(other) => other.to_string(),
+        None => format!("{found:?}"),
+    };
+    Err(format!(
+        "an ELF for {found}, but the guest is {arch}: build it for {arch}"
+    ))
+}
+
+/// Err unless `contents`, if it is an ELF file, is one for `arch`. Other files (data,
+/// scripts) pass.
+fn arch_check(guest_path: &str, contents: &[u8], arch: Arch) -> Result<(), InitramfsError> {
+    if !contents.starts_with(b"\x7fELF") {
+        return Ok(());
+    }
+    match object::File::parse(contents) {
+        Ok(elf) => elf_arch_problem(&elf, arch).map_err(|why| InitramfsError::WrongArch {
+            guest_path: guest_path.to_string(),
+            why,
+        }),
+        // Not an ELF the parser knows (truncated, exotic): the kernel will say.
+        Err(_) => Ok(()),
+    }
 }
 
 /// One file to place in the guest.
@@ -63,8 +98,9 @@ fn check(guest_path: &str) -> Result<&str, InitramfsError> {
     Ok(rel)
 }
 
-/// Write the archive to `out` (atomically: a temp file renamed into place).
-pub fn write(out: &Path, files: &[GuestFile]) -> Result<(), InitramfsError> {
+/// Write the archive for an `arch` guest to `out` (atomically: a temp file renamed into
+/// place). Every ELF file among `files` must be for `arch`.
+pub fn write(out: &Path, arch: Arch, files: &[GuestFile]) -> Result<(), InitramfsError> {
     let io = |source| InitramfsError::Io {
         path: out.to_path_buf(),
         source,
@@ -75,6 +111,7 @@ pub fn write(out: &Path, files: &[GuestFile]) -> Result<(), InitramfsError> {
         .to_vec();
     for f in files {
         let rel = check(&f.guest_path)?;
+        arch_check(&f.guest_path, &f.contents, arch)?;
         let mut parts: Vec<&str> = rel.split('/').collect();
         parts.pop();
         for i in 1..=parts.len() {
@@ -125,6 +162,34 @@ pub fn write(out: &Path, files: &[GuestFile]) -> Result<(), InitramfsError> {
     std::fs::rename(&tmp, out).map_err(io)
 }
 
+/// Minimal ELF files for tests.
+#[cfg(test)]
+pub(crate) mod test_elf {
+    pub const EM_X86_64: u16 = 62;
+    pub const EM_AARCH64: u16 = 183;
+    pub const EM_RISCV: u16 = 243;
+
+    /// A 64-bit little-endian ELF executable header for `machine`, with no segments or
+    /// sections (so also no interpreter).
+    pub fn header(machine: u16) -> Vec<u8> {
+        let mut h = vec![0x7f, b'E', b'L', b'F', 2, 1, 1, 0];
+        h.resize(16, 0);
+        h.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        h.extend_from_slice(&machine.to_le_bytes());
+        h.extend_from_slice(&1u32.to_le_bytes()); // EV_CURRENT
+        h.extend_from_slice(&0x40_0000u64.to_le_bytes()); // entry
+        h.extend_from_slice(&0u64.to_le_bytes()); // phoff
+        h.extend_from_slice(&0u64.to_le_bytes()); // shoff
+        h.extend_from_slice(&0u32.to_le_bytes()); // flags
+        for half in [64u16, 56, 0, 64, 0, 0] {
+            // ehsize, phentsize, phnum, shentsize, shnum, shstrndx
+            h.extend_from_slice(&half.to_le_bytes());
+        }
+        assert_eq!(h.len(), 64);
+        h
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,7 +216,7 @@ mod tests {
                 mode: 0o600,
             },
         ];
-        write(&archive, &files).unwrap();
+        write(&archive, Arch::X86_64, &files).unwrap();
         let listing = Command::new("cpio")
             .args(["-t", "-v", "-F"])
             .arg(&archive)
@@ -217,11 +282,36 @@ mod tests {
             };
             assert!(
                 matches!(
-                    write(&dir.path().join("x"), &[f]),
+                    write(&dir.path().join("x"), Arch::X86_64, &[f]),
                     Err(InitramfsError::BadGuestPath(_))
                 ),
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn an_elf_for_another_architecture_is_refused_and_other_files_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |path: &str, contents: Vec<u8>| GuestFile {
+            guest_path: path.into(),
+            contents,
+            mode: 0o755,
+        };
+        let x86 = file("/memrace/bin/p", test_elf::header(test_elf::EM_X86_64));
+        let arm = file("/memrace/bin/q", test_elf::header(test_elf::EM_AARCH64));
+        let data = file("/data.txt", b"not an ELF\n".to_vec());
+        let out = dir.path().join("initrd");
+        write(&out, Arch::Arm64, &[arm.clone(), data.clone()]).unwrap();
+        write(&out, Arch::X86_64, &[x86.clone(), data]).unwrap();
+        let err = write(&out, Arch::Arm64, &[arm, x86]).unwrap_err();
+        assert!(matches!(err, InitramfsError::WrongArch { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "guest file /memrace/bin/p: an ELF for x86_64, but the guest is arm64: build it for arm64"
+        );
+        let riscv = file("/r", test_elf::header(test_elf::EM_RISCV));
+        let err = write(&out, Arch::X86_64, &[riscv]).unwrap_err().to_string();
+        assert!(err.contains("Riscv64") && err.contains("x86_64"), "{err}");
     }
 }

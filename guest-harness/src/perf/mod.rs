@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use control_proto::Message;
 
+use crate::arch;
 use crate::control;
 use crate::error::Res;
 use crate::job::Params;
@@ -138,13 +139,16 @@ const THP_ENABLED: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
 /// Run the perf job. `Ok(0)` once every sample was sent; a benchmark that fails ends the job.
 pub fn run(params: Params) -> Res<i32> {
     let plan = plan(params)?;
+    crate::mem::check_page_size()?;
     std::fs::write(THP_ENABLED, "madvise")
         .map_err(|e| crate::error::describe(&format!("write {THP_ENABLED}"), &e))?;
-    // A jiffies clocksource (TSC calibration failed) would round every timing to a tick.
+    // A jiffies clocksource (x86: TSC calibration failed) would round every timing to a tick.
     let clocksource = crate::system::settle_clocksource(CLOCKSOURCE_BOUND)?;
-    if clocksource != "tsc" {
+    if clocksource != arch::PERF_CLOCKSOURCE {
         return Err(format!(
-            "perf needs the tsc clocksource, the guest uses {clocksource:?}: boot with tsc_early_khz= (memrace perf does)"
+            "perf needs the {} clocksource, the guest uses {clocksource:?}: {}",
+            arch::PERF_CLOCKSOURCE,
+            arch::PERF_CLOCKSOURCE_HINT
         ));
     }
     for &(name, bench) in &plan.benches {

@@ -134,7 +134,9 @@ fn page_state(page: &[u8], expected: &[u8], present: bool) -> PageState {
     PageState::Unexpected(off.unwrap_or(expected.len()))
 }
 
-/// `struct iocb` of <linux/aio_abi.h> (x86_64, little endian).
+/// `struct iocb` of <linux/aio_abi.h>. The header has one layout for every 64-bit
+/// architecture (all fields fixed-size, naturally aligned); only the order of `key` and
+/// `rw_flags` depends on byte order, and x86_64 and arm64 Linux are both little endian.
 #[repr(C)]
 #[derive(Default)]
 struct Iocb {
@@ -152,7 +154,7 @@ struct Iocb {
     resfd: u32,
 }
 
-/// `struct io_event`.
+/// `struct io_event` (fixed-size fields: the same on x86_64 and arm64).
 #[repr(C)]
 #[derive(Default)]
 struct IoEvent {

@@ -24,8 +24,8 @@ pub use thp_pmd::smaps_field;
 
 /// The housekeeping CPU: trial processes start here; racing threads pin elsewhere.
 const HOUSEKEEPING_CPU: usize = 0;
-/// How long the boot clocksource may take to be replaced (about a second after TSC
-/// calibration; see `system::settle_clocksource`).
+/// How long the boot clocksource may take to be replaced (x86_64: about a second after
+/// TSC calibration; see `system::settle_clocksource`).
 const CLOCKSOURCE_BOUND: Duration = Duration::from_secs(15);
 
 /// One scenario's guest side.
@@ -93,6 +93,7 @@ fn build(name: &str, params: &mut Params) -> Res<Box<dyn Workload>> {
 pub fn run(name: &str, trials: u32, mut params: Params) -> Res<i32> {
     let workload = build(name, &mut params)?;
     params.finish()?;
+    crate::mem::check_page_size()?;
     crate::system::settle_clocksource(CLOCKSOURCE_BOUND)?;
     workload.prepare()?;
     for t in 1..=trials {

@@ -1,7 +1,8 @@
 //! `syscall-pair`: the schedule engine's real-kernel self-test. Thread "a" (CPU a_cpu)
 //! calls getppid(2) and thread "b" (CPU b_cpu) calls getpid(2) once their gates open,
 //! while a "noise" thread on a's CPU calls getppid(2) in a loop, so that a breakpoint
-//! on __x64_sys_getppid is also hit by a task the schedule's condition must filter out.
+//! on the getppid entry point (`__x64_sys_getppid`, on arm64 `__arm64_sys_getppid`) is
+//! also hit by a task the schedule's condition must filter out.
 //! With `b_unmaps 1`, b first unmaps a page it touched: the TLB shootdown IPIs every CPU
 //! of the mm, including a's, so if a is parked in the kernel b only gets to getpid once
 //! the bench re-enters a's vCPU to take the IPI (the engine's parked-vCPU servicing).

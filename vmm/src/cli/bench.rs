@@ -301,7 +301,7 @@ fn qemu_breakpoints(
 ) -> Result<(Duration, Duration, Duration)> {
     let initramfs = scratch.join("initramfs.cpio");
     let job = memrace::guest::Job::Command(vec!["/bin/sh".into(), "-c".into(), "exit 0".into()]);
-    memrace::guest::build_initramfs(&initramfs, &job, &[])?;
+    memrace::guest::build_initramfs(&initramfs, memrace::arch::Arch::X86_64, &job, &[])?;
     let cfg = debug_config(vmlinux, initramfs, scratch.join("qemu"));
     let launched = Instant::now();
     let mut vm = QemuVm::launch(&cfg, accel)?;

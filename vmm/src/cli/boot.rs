@@ -125,7 +125,12 @@ pub fn boot(args: &BootArgs, backend: &Launcher) -> Result<(BootReport, PathBuf)
         .collect::<Result<Vec<_>>>()?;
     let dir = run_dir("boot")?;
     let initramfs = dir.join("initramfs.cpio");
-    guest::build_initramfs(&initramfs, &Job::Command(args.command.clone()), &extra)?;
+    guest::build_initramfs(
+        &initramfs,
+        memrace::arch::Arch::X86_64,
+        &Job::Command(args.command.clone()),
+        &extra,
+    )?;
     let cfg = VmConfig {
         arch: args.arch,
         kernel,

@@ -365,13 +365,15 @@ impl Exec {
             } else {
                 f.host.clone()
             };
-            crate::guest::static_x86_64_problem(&program).map_err(|problem| {
-                let why = match problem {
-                    StaticProblem::Unreadable(e) => e.to_string(),
-                    StaticProblem::Not(why) => why,
-                };
-                at(format!("{}: {why}", program.display()))
-            })?;
+            crate::guest::static_problem(&program, crate::arch::Arch::X86_64).map_err(
+                |problem| {
+                    let why = match problem {
+                        StaticProblem::Unreadable(e) => e.to_string(),
+                        StaticProblem::Not(why) => why,
+                    };
+                    at(format!("{}: {why}", program.display()))
+                },
+            )?;
             out.push((program, f.dest.clone()));
         }
         Ok(out)
