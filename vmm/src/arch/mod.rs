@@ -252,6 +252,16 @@ impl Arch {
         }
     }
 
+    /// The C compiler that builds static programs for this guest: the host's `gcc` when
+    /// the host is this architecture, else Debian's cross compiler.
+    pub fn c_compiler(self) -> &'static str {
+        match (self, Arch::host() == Some(self)) {
+            (_, true) => "gcc",
+            (Arch::X86_64, false) => "x86_64-linux-gnu-gcc",
+            (Arch::Arm64, false) => "aarch64-linux-gnu-gcc",
+        }
+    }
+
     /// The ELF machine of the guest's kernel and programs.
     pub fn elf_architecture(self) -> object::Architecture {
         match self {

@@ -127,7 +127,7 @@ pub fn boot(args: &BootArgs, backend: &Launcher) -> Result<(BootReport, PathBuf)
     let initramfs = dir.join("initramfs.cpio");
     guest::build_initramfs(
         &initramfs,
-        memrace::arch::Arch::X86_64,
+        args.arch,
         &Job::Command(args.command.clone()),
         &extra,
     )?;

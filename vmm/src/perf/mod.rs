@@ -318,12 +318,7 @@ pub fn run(
     let mut jobs = Vec::new();
     for &metric in &plan.metrics {
         let initramfs = out_dir.join(format!("initramfs-{}.cpio", metric.name()));
-        guest::build_initramfs(
-            &initramfs,
-            crate::arch::Arch::X86_64,
-            &perf_job(&plan, metric),
-            &[],
-        )?;
+        guest::build_initramfs(&initramfs, plan.arch, &perf_job(&plan, metric), &[])?;
         let expected = collect::Expected {
             labels: plan.labels(metric),
             reps: plan.reps,

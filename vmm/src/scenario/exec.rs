@@ -7,6 +7,7 @@
 //! and judging (docs/guest-harness.md, "exec"); everything it needs travels as workload
 //! parameters, which this module renders.
 
+use crate::arch::Arch;
 use crate::guest::StaticProblem;
 use control_proto::escape;
 use serde::Deserialize;
@@ -318,7 +319,7 @@ impl Exec {
 
     /// Compile the sources and check every program, in `work` (created); returns the
     /// `(host, guest)` files for the initramfs.
-    pub fn prepare(&self, work: &Path) -> Result<Vec<(PathBuf, String)>, ExecError> {
+    pub fn prepare(&self, work: &Path, arch: Arch) -> Result<Vec<(PathBuf, String)>, ExecError> {
         std::fs::create_dir_all(work).map_err(|e| ExecError::At {
             file: work.display().to_string(),
             line: 0,
@@ -342,7 +343,7 @@ impl Exec {
             };
             let program = if f.compile {
                 let exe = work.join(format!("{i}-{}", f.dest.rsplit('/').next().unwrap_or("p")));
-                let mut gcc = Command::new("gcc");
+                let mut gcc = Command::new(arch.c_compiler());
                 gcc.arg("-static")
                     .arg("-O2")
                     .arg("-I")
@@ -365,15 +366,13 @@ impl Exec {
             } else {
                 f.host.clone()
             };
-            crate::guest::static_problem(&program, crate::arch::Arch::X86_64).map_err(
-                |problem| {
-                    let why = match problem {
-                        StaticProblem::Unreadable(e) => e.to_string(),
-                        StaticProblem::Not(why) => why,
-                    };
-                    at(format!("{}: {why}", program.display()))
-                },
-            )?;
+            crate::guest::static_problem(&program, arch).map_err(|problem| {
+                let why = match problem {
+                    StaticProblem::Unreadable(e) => e.to_string(),
+                    StaticProblem::Not(why) => why,
+                };
+                at(format!("{}: {why}", program.display()))
+            })?;
             out.push((program, f.dest.clone()));
         }
         Ok(out)
@@ -404,7 +403,7 @@ mod tests {
         let src = dir.path().join("bad.c");
         std::fs::write(&src, "int main(void) { return undeclared_thing; }\n").unwrap();
         let e = program(src, true)
-            .prepare(&dir.path().join("out"))
+            .prepare(&dir.path().join("out"), Arch::X86_64)
             .unwrap_err()
             .to_string();
         assert!(
@@ -416,13 +415,13 @@ mod tests {
         let good = dir.path().join("good.c");
         std::fs::write(&good, "int main(void) { return X - 1; }\n").unwrap();
         let files = program(good, true)
-            .prepare(&dir.path().join("out"))
+            .prepare(&dir.path().join("out"), Arch::X86_64)
             .unwrap();
         assert_eq!(files[0].1, "/memrace/bin/p");
 
         // The host's own tools are dynamically linked.
         let e = program(PathBuf::from("/bin/true"), false)
-            .prepare(&dir.path().join("out"))
+            .prepare(&dir.path().join("out"), Arch::X86_64)
             .unwrap_err()
             .to_string();
         assert!(e.contains("dynamically linked"), "{e}");

@@ -341,11 +341,15 @@ impl Scenario {
         })
     }
 
-    /// The files this scenario ships into the guest, built in `dir` (the exec workload's
-    /// programs: compiled and checked here, before any boot).
-    pub fn guest_files(&self, dir: &Path) -> Result<Vec<(PathBuf, String)>, ScenarioError> {
+    /// The files this scenario ships into an `arch` guest, built in `dir` (the exec
+    /// workload's programs: compiled for `arch` and checked here, before any boot).
+    pub fn guest_files(
+        &self,
+        dir: &Path,
+        arch: crate::arch::Arch,
+    ) -> Result<Vec<(PathBuf, String)>, ScenarioError> {
         match &self.exec {
-            Some(exec) => Ok(exec.prepare(&dir.join("programs"))?),
+            Some(exec) => Ok(exec.prepare(&dir.join("programs").join(arch.name()), arch)?),
             None => Ok(Vec::new()),
         }
     }

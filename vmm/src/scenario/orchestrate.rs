@@ -350,7 +350,7 @@ pub fn run_plan(
 ) -> Result<KernelRun, OrchestrateError> {
     let loaded = kernels.get(&plan.variant)?;
     // The exec workload's programs, compiled and checked before the kernel's first boot.
-    let files = scenario.guest_files(settings.dir)?;
+    let files = scenario.guest_files(settings.dir, kernels.arch())?;
     let intro = KernelIntrospect::new(&loaded.symbols);
     let ctx = RunContext {
         arch: kernels.arch(),

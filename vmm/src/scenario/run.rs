@@ -134,7 +134,7 @@ fn boot_vm(
             )
             .collect(),
     };
-    guest::build_initramfs(&initramfs, crate::arch::Arch::X86_64, &job, ctx.files)?;
+    guest::build_initramfs(&initramfs, ctx.arch, &job, ctx.files)?;
     let mem_mib = ctx.scenario.mem_mib;
     let cfg = VmConfig {
         arch: ctx.arch,
