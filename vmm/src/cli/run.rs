@@ -59,8 +59,9 @@ fn run_scenario(
 ) -> Result<ScenarioResult> {
     let dir = out_dir(args, &scenario.name)?;
     eprintln!(
-        "memrace: scenario {} — results in {}",
+        "memrace: scenario {} on {} guests — results in {}",
         scenario.name,
+        kernels.arch(),
         dir.display()
     );
     let baseline = scenario.schedule.without_breakpoints();
@@ -138,7 +139,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
             }
         }
     }
-    println!("\nSUMMARY");
+    println!("\nSUMMARY ({} guests, {launcher})", args.arch);
     println!(
         "{:<26} {}",
         "SCENARIO",

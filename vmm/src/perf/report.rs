@@ -72,7 +72,7 @@ pub fn markdown(r: &PerfResult) -> String {
     let _ = writeln!(out, "# memrace perf: {a} (A) against {b} (B)\n");
     let _ = writeln!(
         out,
-        "Backend {}, {} vCPUs, {} MiB. Per metric, {} boots per kernel in ABBA order; each \
+        "Backend {}, {} guests, {} vCPUs, {} MiB. Per metric, {} boots per kernel in ABBA order; each \
          boot runs {} warm-up and {} timed repetitions of every benchmark. Figures are \
          medians over all repetitions; %change is B against A from the boots' medians, with \
          its confidence interval (Welch). The intervals of one metric are simultaneous at 95% \
@@ -80,6 +80,7 @@ pub fn markdown(r: &PerfResult) -> String {
          declares anything at most 5% of the time. A change is declared when the interval \
          excludes zero and the change is at least {}% (wall) or {}% (icount).{}\n",
         r.backend,
+        p.arch,
         p.cpus,
         p.mem_mib,
         p.boots,

@@ -170,9 +170,10 @@ pub fn markdown(r: &ScenarioResult) -> String {
     let _ = writeln!(s, "# memrace: {}\n\n{}\n", r.scenario, r.description);
     let _ = writeln!(
         s,
-        "Scenario file: `{}`; backend: {}. Overall: **{}**{}.\n",
+        "Scenario file: `{}`; backend: {}; guest architecture: {}. Overall: **{}**{}.\n",
         r.scenario_file,
         r.backend,
+        r.arch,
         if r.held {
             "expectations held"
         } else {

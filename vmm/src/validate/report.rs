@@ -23,8 +23,8 @@ pub fn markdown(r: &ValidateResult) -> String {
     let _ = writeln!(out, "# memrace validate: {}\n", r.input);
     let _ = writeln!(
         out,
-        "Base (A): `{}` ({}), build {}. Patched (B): `{}` ({}), build {}. Backend {}. \
-         Scenarios run with the configuration of their `{}` kernel.\n",
+        "Base (A): `{}` ({}), build {}. Patched (B): `{}` ({}), build {}. Backend {}, \
+         {} guests. Scenarios run with the configuration of their `{}` kernel.\n",
         r.base.label,
         r.base.description,
         r.base.hash,
@@ -32,6 +32,7 @@ pub fn markdown(r: &ValidateResult) -> String {
         r.patched.description,
         r.patched.hash,
         r.backend,
+        r.arch,
         r.base.configured_as
     );
     if !r.complete {
