@@ -92,7 +92,7 @@ pub fn run(cmd: BenchCommand) -> Result<i32> {
     let (accel, _) = qemu_accel(&level);
     let qemu = Launcher::Qemu(accel);
     println!("{} | {qemu}", kvm::describe());
-    let kernel = super::kernel::ensure(&args.kernel)?;
+    let kernel = super::kernel::ensure(memrace::arch::Arch::X86_64, &args.kernel)?;
     let vmlinux = kernel.vmlinux();
     let symbols = Symbols::load(&vmlinux)
         .with_context(|| format!("loading symbols of {}", vmlinux.display()))?;

@@ -3,6 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use control_proto::Stream;
+use memrace::arch::Arch;
 use memrace::backend::choice::{self, BackendKind};
 use memrace::backend::kvm::CpuFeature;
 use memrace::backend::{ControlMessage, Launcher, VmConfig};
@@ -61,7 +62,7 @@ fn parse_cpu_feature(name: &str) -> Result<CpuFeature, String> {
 pub fn resolve_kernel(spec: &str, backend: &Launcher) -> Result<PathBuf> {
     let path = PathBuf::from(spec);
     if path.exists() || spec.contains('/') {
-        return match (image::inspect(&path)?, backend) {
+        return match (image::inspect(&path, Arch::X86_64)?, backend) {
             (ImageKind::Elf { pvh: false }, Launcher::Qemu(_)) => {
                 bail!("{spec} is an ELF without a PVH entry note, which QEMU needs; build it with CONFIG_PVH=y, pass its bzImage, or use --backend kvm (64-bit entry)")
             }
@@ -70,7 +71,7 @@ pub fn resolve_kernel(spec: &str, backend: &Launcher) -> Result<PathBuf> {
     }
     // vmlinux boots through PVH, skipping the bzImage decompressor: the fastest path,
     // unless the variant says otherwise.
-    Ok(super::kernel::ensure(spec)?.boot_image())
+    Ok(super::kernel::ensure(Arch::X86_64, spec)?.boot_image())
 }
 
 /// Resolve `--backend` for a full Linux boot, saying what was chosen and why (`qemu`

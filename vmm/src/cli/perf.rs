@@ -56,7 +56,9 @@ fn kernel(spec: &str, launcher: &memrace::backend::Launcher) -> Result<KernelUnd
     let hash = if spec.contains('/') {
         String::new()
     } else {
-        super::kernel::ensure(spec)?.manifest.hash
+        super::kernel::ensure(memrace::arch::Arch::X86_64, spec)?
+            .manifest
+            .hash
     };
     Ok(KernelUnderTest {
         label: spec.to_string(),

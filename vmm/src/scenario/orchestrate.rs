@@ -127,7 +127,7 @@ impl Kernels {
         if let Some(k) = self.loaded.get(label) {
             return Ok(k.clone());
         }
-        let built = kernel::ensure(label)?;
+        let built = kernel::ensure(crate::arch::Arch::X86_64, label)?;
         self.add(label, &built)
     }
 }
