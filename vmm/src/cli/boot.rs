@@ -65,7 +65,7 @@ fn parse_cpu_feature(name: &str) -> Result<CpuFeature, String> {
 pub fn resolve_kernel(spec: &str, backend: &Launcher, arch: Arch) -> Result<PathBuf> {
     let path = PathBuf::from(spec);
     if path.exists() || spec.contains('/') {
-        return match (image::inspect(&path)?, backend) {
+        return match (image::inspect(&path, Arch::X86_64)?, backend) {
             (ImageKind::Elf { pvh: false }, Launcher::Qemu(_)) => {
                 bail!("{spec} is an ELF without a PVH entry note, which QEMU needs; build it with CONFIG_PVH=y, pass its bzImage, or use --backend kvm (64-bit entry)")
             }

@@ -1,5 +1,6 @@
 //! Running the kernel build with ccache and a progress bar.
 
+use super::recipe::ArchRecipe;
 use super::KernelError;
 use crate::child;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -8,12 +9,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Build `targets` in `build` (an O= directory) from `tree`, within `limit`.
+/// Build `targets` in `build` (an O= directory) from `tree` for `arch` (its `ARCH=`
+/// and `CROSS_COMPILE=`), within `limit`.
 /// `expected_steps` sizes the progress bar (kbuild prints one line per step).
 /// Returns the number of steps make printed, to size the next bar.
 pub fn make(
     tree: &Path,
     build: &Path,
+    arch: &ArchRecipe,
     targets: &[&str],
     expected_steps: u64,
     label: &str,
@@ -28,9 +31,10 @@ pub fn make(
     cmd.arg("-C")
         .arg(tree)
         .arg(format!("O={}", build.display()))
-        .arg(format!("-j{jobs}"));
+        .arg(format!("-j{jobs}"))
+        .args(arch.make_vars());
     if which("ccache") {
-        cmd.arg("CC=ccache gcc");
+        cmd.arg(format!("CC=ccache {}", arch.gcc()));
         // The build dir is inside the tree, so kbuild uses relative paths; without the cwd
         // in the hash, every variant's objects hit the same ccache entries.
         cmd.env("CCACHE_NOHASHDIR", "1");
@@ -152,9 +156,17 @@ mod tests {
             ),
         )
         .unwrap();
+        let native = ArchRecipe {
+            base: "tinyconfig".into(),
+            fragment: "x86_64.config".into(),
+            image: "arch/x86/boot/bzImage".into(),
+            make_arch: None,
+            cross_compile: None,
+        };
         let err = make(
             &tree,
             &build,
+            &native,
             &["vmlinux"],
             10,
             "test",

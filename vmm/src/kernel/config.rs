@@ -1,6 +1,7 @@
 //! Kernel configuration: tinyconfig + fragments via the kernel's own merge_config.sh,
 //! then a check that every requested option survived Kconfig's dependency resolution.
 
+use super::recipe::ArchRecipe;
 use super::{run_checked, KernelError};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -72,24 +73,35 @@ pub enum DroppedOptions {
     Warn,
 }
 
-/// Write `<build>/.config` for `tree` from `base` plus `fragments`, and verify it.
+/// Write `<build>/.config` for `tree` from the architecture's base config plus
+/// `fragments`, and verify it. Every step sees the architecture's `ARCH=` and
+/// `CROSS_COMPILE=` (Kconfig reads the compiler's version and capabilities).
 pub fn configure(
     tree: &Path,
     build: &Path,
-    base: &str,
+    arch: &ArchRecipe,
     fragments: &[PathBuf],
     dropped: DroppedOptions,
 ) -> Result<(), KernelError> {
+    let vars = arch.make_vars();
     let make = |target: &str| {
         let mut cmd = Command::new("make");
         cmd.arg("-C")
             .arg(tree)
             .arg(format!("O={}", build.display()))
+            .args(&vars)
             .arg(target);
         cmd
     };
+    let base = &arch.base;
     run_checked(&mut make(base), &format!("make {base}"))?;
     let mut merge = Command::new(tree.join("scripts/kconfig/merge_config.sh"));
+    // merge_config.sh takes them from the environment.
+    for var in &vars {
+        if let Some((name, value)) = var.split_once('=') {
+            merge.env(name, value);
+        }
+    }
     merge
         .arg("-m")
         .arg("-O")

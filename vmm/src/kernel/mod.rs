@@ -14,6 +14,7 @@ pub mod recipe;
 pub mod source;
 pub mod tree;
 
+use crate::arch::Arch;
 use crate::child::{self, ChildError};
 use lock::CacheLock;
 use recipe::{Images, Variant};
@@ -23,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-pub const DEFAULT_ARCH: &str = "x86_64";
+pub const DEFAULT_ARCH: Arch = Arch::X86_64;
 pub const DEFAULT_VARIANT: &str = "base";
 
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +99,7 @@ impl KernelError {
 
 /// Bound of each pipeline step other than `make` (download, unpack, patch, config).
 pub const STEP_LIMIT: Duration = Duration::from_secs(20 * 60);
-/// Bound of `make vmlinux bzImage`: a cold build takes about 10 min on 2 cores.
+/// Bound of `make vmlinux <image>`: a cold build takes about 10 min on 2 cores.
 pub const MAKE_LIMIT: Duration = Duration::from_secs(60 * 60);
 /// How long to wait for another process's build of the same variant: longer than a
 /// build bounded by the limits above, so only a stuck holder ends the wait.
@@ -164,14 +165,22 @@ pub fn default_images_dir() -> PathBuf {
 pub struct Manifest {
     pub variant: String,
     pub description: String,
-    pub arch: String,
+    pub arch: Arch,
     pub hash: String,
+    /// The file name of the boot image in the kernel's directory (the recipe's
+    /// `image`): `bzImage` on x86_64, the only one manifests before arm64 knew.
+    #[serde(default = "bzimage_name")]
+    pub image: String,
     pub source_version: String,
     pub patches: Vec<String>,
     pub fragments: Vec<String>,
     pub toolchain: String,
     pub build_seconds: f64,
     pub build_steps: u64,
+}
+
+fn bzimage_name() -> String {
+    "bzImage".into()
 }
 
 /// A built kernel on disk.
@@ -184,36 +193,45 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// The image the guest boots: its variant's choice.
+    /// The image the guest boots: on x86_64 its variant's choice; on arm64 always the
+    /// `Image` (the arm64 boot protocol: the ELF vmlinux carries only virtual load
+    /// addresses and is kept for its symbols).
     pub fn boot_image(&self) -> PathBuf {
-        match self.boot {
-            recipe::BootImage::Vmlinux => self.vmlinux(),
-            recipe::BootImage::BzImage => self.bzimage(),
+        match (self.manifest.arch, self.boot) {
+            (Arch::X86_64, recipe::BootImage::Vmlinux) => self.vmlinux(),
+            (Arch::X86_64, recipe::BootImage::Image) | (Arch::Arm64, _) => self.image(),
         }
     }
     pub fn vmlinux(&self) -> PathBuf {
         self.dir.join("vmlinux")
     }
-    pub fn bzimage(&self) -> PathBuf {
-        self.dir.join("bzImage")
+    /// The architecture's boot image: `bzImage` (x86_64) or `Image` (arm64).
+    pub fn image(&self) -> PathBuf {
+        self.dir.join(&self.manifest.image)
     }
 }
 
-fn toolchain() -> String {
-    Command::new("gcc")
+/// The first line of the architecture's compiler's `--version`: `gcc`'s, or the cross
+/// compiler's.
+fn toolchain(arch: &recipe::ArchRecipe) -> String {
+    let gcc = arch.gcc();
+    Command::new(&gcc)
         .arg("--version")
         .output()
         .ok()
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .and_then(|s| s.lines().next().map(str::to_string))
-        .unwrap_or_else(|| "unknown gcc".into())
+        .unwrap_or_else(|| format!("unknown {gcc}"))
 }
 
 /// Content address of a variant: source (the Debian package, or a git tree object),
-/// base config, every fragment and patch byte, toolchain.
+/// architecture, base config, toolchain, the `ARCH=`/`CROSS_COMPILE=` values where the
+/// recipe sets them, every fragment and patch byte. The optional values are hashed
+/// only when present, so a native recipe's addresses are what they were before
+/// cross builds existed.
 pub fn variant_hash(
     images: &Images,
-    arch: &str,
+    arch: Arch,
     variant: &Variant,
     toolchain: &str,
 ) -> Result<String, KernelError> {
@@ -225,9 +243,18 @@ pub fn variant_hash(
         Some(git) => vec!["git", git.tree.as_str()],
         None => vec![src.package.as_str(), &src.version, &src.sha256],
     };
-    for part in origin.into_iter().chain([arch, &a.base, toolchain]) {
+    for part in origin.into_iter().chain([arch.name(), &a.base, toolchain]) {
         h.update(part.as_bytes());
         h.update([0]);
+    }
+    for (key, value) in [
+        ("make_arch", &a.make_arch),
+        ("cross_compile", &a.cross_compile),
+    ] {
+        if let Some(value) = value {
+            h.update(format!("{key}={value}").as_bytes());
+            h.update([0]);
+        }
     }
     let files = images
         .fragment_paths(a, variant)
@@ -246,13 +273,13 @@ fn read_manifest(dir: &Path) -> Option<Manifest> {
 
 /// The content address `variant` has now (built or not): what a recorded kernel hash
 /// is compared with.
-pub fn current_hash(images: &Images, arch: &str, variant: &Variant) -> Result<String, KernelError> {
-    variant_hash(images, arch, variant, &toolchain())
+pub fn current_hash(images: &Images, arch: Arch, variant: &Variant) -> Result<String, KernelError> {
+    variant_hash(images, arch, variant, &toolchain(images.arch(arch)?))
 }
 
 /// The kernel for `variant` if it is already built.
-pub fn find(images: &Images, arch: &str, variant: &Variant) -> Result<Option<Kernel>, KernelError> {
-    let hash = variant_hash(images, arch, variant, &toolchain())?;
+pub fn find(images: &Images, arch: Arch, variant: &Variant) -> Result<Option<Kernel>, KernelError> {
+    let hash = current_hash(images, arch, variant)?;
     let dir = cache_root().join("kernels").join(&hash);
     Ok(read_manifest(&dir).map(|manifest| Kernel {
         dir,
@@ -262,8 +289,9 @@ pub fn find(images: &Images, arch: &str, variant: &Variant) -> Result<Option<Ker
 }
 
 /// Build `variant` (or return the cached build).
-pub fn build(images: &Images, arch: &str, variant: &Variant) -> Result<Kernel, KernelError> {
-    let toolchain = toolchain();
+pub fn build(images: &Images, arch: Arch, variant: &Variant) -> Result<Kernel, KernelError> {
+    let a = images.arch(arch)?;
+    let toolchain = toolchain(a);
     let hash = variant_hash(images, arch, variant, &toolchain)?;
     let cache = cache_root();
     let dir = cache.join("kernels").join(&hash);
@@ -288,7 +316,6 @@ pub fn build(images: &Images, arch: &str, variant: &Variant) -> Result<Kernel, K
             boot: variant.boot,
         });
     }
-    let a = images.arch(arch)?;
     let started = std::time::Instant::now();
     let pristine = match &variant.git {
         Some(git) => tree::export(git, &cache)?,
@@ -314,7 +341,7 @@ pub fn build(images: &Images, arch: &str, variant: &Variant) -> Result<Kernel, K
     config::configure(
         &tree,
         &build_dir,
-        &a.base,
+        a,
         &images.fragment_paths(a, variant),
         dropped,
     )?;
@@ -327,7 +354,8 @@ pub fn build(images: &Images, arch: &str, variant: &Variant) -> Result<Kernel, K
     let steps = build::make(
         &tree,
         &build_dir,
-        &["vmlinux", "bzImage"],
+        a,
+        &["vmlinux", a.image_name()],
         hint,
         &label,
         MAKE_LIMIT,
@@ -337,7 +365,7 @@ pub fn build(images: &Images, arch: &str, variant: &Variant) -> Result<Kernel, K
     }
     for (from, to) in [
         ("vmlinux", "vmlinux"),
-        (a.image.as_str(), "bzImage"),
+        (a.image.as_str(), a.image_name()),
         (".config", "config"),
     ] {
         let (src, dst) = (build_dir.join(from), dir.join(to));
@@ -351,8 +379,9 @@ pub fn build(images: &Images, arch: &str, variant: &Variant) -> Result<Kernel, K
     let manifest = Manifest {
         variant: variant.name.clone(),
         description: variant.description.clone(),
-        arch: arch.to_string(),
+        arch,
         hash,
+        image: a.image_name().to_string(),
         source_version: match &variant.git {
             Some(git) => format!("git {} ({})", git.commit, git.subject),
             None => images.recipe.source.version.clone(),
@@ -377,12 +406,12 @@ pub fn build(images: &Images, arch: &str, variant: &Variant) -> Result<Kernel, K
     })
 }
 
-/// The built kernel of the variant `name` in the repository's images, building it (with
-/// progress) if needed.
-pub fn ensure(arch: crate::arch::Arch, name: &str) -> Result<Kernel, KernelError> {
+/// The built `arch` kernel of the variant `name` in the repository's images, building
+/// it (with progress) if needed.
+pub fn ensure(arch: Arch, name: &str) -> Result<Kernel, KernelError> {
     let images = Images::open(&default_images_dir())?;
     let variant = images.variant(name)?;
-    build(&images, arch.name(), &variant)
+    build(&images, arch, &variant)
 }
 
 /// Every finished kernel in the cache.
@@ -428,5 +457,105 @@ mod tests {
         let hash = |v: &Variant| variant_hash(&images, DEFAULT_ARCH, v, "gcc 12").unwrap();
         assert_eq!(hash(&mine), hash(&unpatched));
         assert_ne!(hash(&mine), hash(&base));
+    }
+
+    /// An images directory with one native and one cross architecture, the same
+    /// one-line fragment for both.
+    fn synthetic_images(dir: &Path, arm64: &str) -> Images {
+        std::fs::create_dir_all(dir.join("variants")).unwrap();
+        std::fs::write(
+            dir.join("recipe.toml"),
+            format!(
+                r#"
+[source]
+package = "linux-source-6.12"
+version = "6.12.117-1~deb12u1"
+sha256 = "e849faf31ca3555757f3a8877cb01af92122f744f75d1f3102734651c4e14703"
+tarball = "usr/src/linux-source-6.12.tar.xz"
+[arch.x86_64]
+base = "tinyconfig"
+fragment = "frag.config"
+image = "arch/x86/boot/bzImage"
+[arch.arm64]
+base = "tinyconfig"
+fragment = "frag.config"
+image = "arch/arm64/boot/Image"
+{arm64}
+"#
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.join("frag.config"), "CONFIG_SMP=y\n").unwrap();
+        std::fs::write(dir.join("variants/base.toml"), "description = \"d\"\n").unwrap();
+        Images::open(dir).unwrap()
+    }
+
+    /// The x86_64 content address is the one the cache's kernels were built under
+    /// before the recipe knew cross builds (computed by that code); the optional
+    /// `make_arch`/`cross_compile` values move only the addresses of the recipes that
+    /// set them.
+    #[test]
+    fn native_addresses_are_unchanged_and_cross_values_are_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let gcc = "gcc (Debian 12.2.0-14+deb12u1) 12.2.0";
+        let cross = "make_arch = \"arm64\"\ncross_compile = \"aarch64-linux-gnu-\"";
+        let images = synthetic_images(dir.path(), cross);
+        let base = images.variant("base").unwrap();
+        let x86 = variant_hash(&images, Arch::X86_64, &base, gcc).unwrap();
+        assert_eq!(x86, "8274a50dce618349");
+        let arm = |images: &Images| variant_hash(images, Arch::Arm64, &base, gcc).unwrap();
+        let with_cross = arm(&images);
+        assert_ne!(with_cross, x86);
+        let other = tempfile::tempdir().unwrap();
+        let native_arm = arm(&synthetic_images(other.path(), ""));
+        assert_ne!(
+            native_arm, with_cross,
+            "ARCH=/CROSS_COMPILE= are in the hash"
+        );
+        let prefix = tempfile::tempdir().unwrap();
+        let other_prefix = arm(&synthetic_images(
+            prefix.path(),
+            &cross.replace("aarch64-linux-gnu-", "aarch64-none-elf-"),
+        ));
+        assert_ne!(other_prefix, with_cross);
+        let toolchain = variant_hash(&images, Arch::Arm64, &base, "aarch64-linux-gnu-gcc").unwrap();
+        assert_ne!(toolchain, with_cross);
+    }
+
+    #[test]
+    fn the_boot_image_is_the_arch_image_unless_x86_boots_vmlinux() {
+        let manifest = |arch: Arch, image: &str| Manifest {
+            variant: "base".into(),
+            description: String::new(),
+            arch,
+            hash: "0".into(),
+            image: image.into(),
+            source_version: String::new(),
+            patches: Vec::new(),
+            fragments: Vec::new(),
+            toolchain: String::new(),
+            build_seconds: 0.0,
+            build_steps: 0,
+        };
+        let kernel = |arch, image, boot| Kernel {
+            dir: PathBuf::from("/k"),
+            manifest: manifest(arch, image),
+            boot,
+        };
+        use recipe::BootImage::{Image, Vmlinux};
+        let x86 = |boot| kernel(Arch::X86_64, "bzImage", boot).boot_image();
+        assert_eq!(x86(Vmlinux), Path::new("/k/vmlinux"));
+        assert_eq!(x86(Image), Path::new("/k/bzImage"));
+        for boot in [Vmlinux, Image] {
+            let k = kernel(Arch::Arm64, "Image", boot);
+            assert_eq!(k.boot_image(), Path::new("/k/Image"));
+            assert_eq!(k.vmlinux(), Path::new("/k/vmlinux"));
+        }
+        // A manifest written before the image name was recorded: an x86_64 bzImage.
+        let old = r#"{"variant":"base","description":"d","arch":"x86_64","hash":"dbee72c0769a293b",
+            "source_version":"6.12.117-1~deb12u1","patches":[],"fragments":[],
+            "toolchain":"gcc","build_seconds":1.0,"build_steps":1}"#;
+        let m: Manifest = serde_json::from_str(old).unwrap();
+        assert_eq!((m.arch, m.image.as_str()), (Arch::X86_64, "bzImage"));
     }
 }

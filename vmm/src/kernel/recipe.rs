@@ -1,6 +1,7 @@
 //! Kernel recipes and variants: data files under `images/`.
 
 use super::tree::GitSource;
+use crate::arch::Arch;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -43,7 +44,42 @@ pub struct Source {
 pub struct ArchRecipe {
     pub base: String,
     pub fragment: String,
+    /// The boot image make writes, relative to the build directory
+    /// (`arch/x86/boot/bzImage`); its file name is the name it is stored under.
     pub image: String,
+    /// The kernel's `ARCH=`; without it make builds for the host.
+    #[serde(default)]
+    pub make_arch: Option<String>,
+    /// The `CROSS_COMPILE=` prefix of the toolchain (`aarch64-linux-gnu-`); without it
+    /// the host's `gcc`.
+    #[serde(default)]
+    pub cross_compile: Option<String>,
+}
+
+impl ArchRecipe {
+    /// The C compiler the kernel is built with: `gcc` behind the cross prefix.
+    pub fn gcc(&self) -> String {
+        format!("{}gcc", self.cross_compile.as_deref().unwrap_or(""))
+    }
+
+    /// The variables every `make` of this architecture gets (`ARCH=…`,
+    /// `CROSS_COMPILE=…`), none for a native build.
+    pub fn make_vars(&self) -> Vec<String> {
+        let mut vars = Vec::new();
+        if let Some(arch) = &self.make_arch {
+            vars.push(format!("ARCH={arch}"));
+        }
+        if let Some(prefix) = &self.cross_compile {
+            vars.push(format!("CROSS_COMPILE={prefix}"));
+        }
+        vars
+    }
+
+    /// The name the boot image is stored under in a kernel's directory: the file name
+    /// make gives it (`bzImage`, `Image`).
+    pub fn image_name(&self) -> &str {
+        self.image.rsplit('/').next().unwrap_or(&self.image)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -75,14 +111,16 @@ pub struct Variant {
 /// The kernel image a variant boots.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 pub enum BootImage {
-    /// The ELF through its PVH entry: no decompressor, the fastest boot.
+    /// The ELF through its PVH entry: no decompressor, the fastest boot. x86_64 only:
+    /// an arm64 kernel always boots its `Image`.
     #[default]
     #[serde(rename = "vmlinux")]
     Vmlinux,
-    /// Through the bzImage's decompressor and 64-bit boot protocol; for kernels whose
-    /// PVH path cannot run (KASAN: the early PVH C code runs before the shadow exists).
-    #[serde(rename = "bzImage")]
-    BzImage,
+    /// The architecture's boot image (the recipe's `image`): on x86_64 the bzImage's
+    /// decompressor and 64-bit boot protocol, for kernels whose PVH path cannot run
+    /// (KASAN: the early PVH C code runs before the shadow exists); on arm64 the `Image`.
+    #[serde(rename = "bzImage", alias = "Image")]
+    Image,
 }
 
 /// The `images/` directory: recipe, fragments, patches, variants.
@@ -194,11 +232,11 @@ impl Images {
         })
     }
 
-    pub fn arch(&self, arch: &str) -> Result<&ArchRecipe, RecipeError> {
+    pub fn arch(&self, arch: Arch) -> Result<&ArchRecipe, RecipeError> {
         self.recipe
             .arch
-            .get(arch)
-            .ok_or_else(|| RecipeError::NoArch(arch.to_string()))
+            .get(arch.name())
+            .ok_or_else(|| RecipeError::NoArch(arch.name().to_string()))
     }
 
     /// Names of all declared variants, sorted.
@@ -298,11 +336,58 @@ image = "arch/x86/boot/bzImage"
         Path::new("recipe.toml")
     }
 
+    const ARM64: &str = r#"
+[arch.arm64]
+base = "tinyconfig"
+fragment = "arm64.config"
+image = "arch/arm64/boot/Image"
+make_arch = "arm64"
+cross_compile = "aarch64-linux-gnu-"
+"#;
+
     #[test]
     fn parses_the_recipe() {
         let r = Recipe::parse(p(), GOOD).unwrap();
         assert_eq!(r.source.package, "linux-source-6.12");
-        assert_eq!(r.arch["x86_64"].base, "tinyconfig");
+        let x86 = &r.arch["x86_64"];
+        assert_eq!(x86.base, "tinyconfig");
+        assert_eq!(
+            (x86.make_arch.as_deref(), x86.cross_compile.as_deref()),
+            (None, None)
+        );
+        assert!(x86.make_vars().is_empty(), "a native build passes no ARCH=");
+        assert_eq!(x86.gcc(), "gcc");
+        assert_eq!(x86.image_name(), "bzImage");
+    }
+
+    #[test]
+    fn parses_a_cross_architecture() {
+        let r = Recipe::parse(p(), &format!("{GOOD}{ARM64}")).unwrap();
+        let arm = &r.arch["arm64"];
+        assert_eq!(arm.make_arch.as_deref(), Some("arm64"));
+        assert_eq!(arm.cross_compile.as_deref(), Some("aarch64-linux-gnu-"));
+        assert_eq!(
+            arm.make_vars(),
+            ["ARCH=arm64", "CROSS_COMPILE=aarch64-linux-gnu-"]
+        );
+        assert_eq!(arm.gcc(), "aarch64-linux-gnu-gcc");
+        assert_eq!(arm.image_name(), "Image");
+        let typo = format!("{GOOD}{}", ARM64.replace("cross_compile", "cross"));
+        let err = Recipe::parse(p(), &typo).unwrap_err().to_string();
+        assert!(err.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn a_variant_boots_vmlinux_or_the_image_by_either_name() {
+        for (text, want) in [
+            ("", BootImage::Vmlinux),
+            ("boot = \"vmlinux\"\n", BootImage::Vmlinux),
+            ("boot = \"bzImage\"\n", BootImage::Image),
+            ("boot = \"Image\"\n", BootImage::Image),
+        ] {
+            let v = Variant::parse("x", p(), &format!("description = \"d\"\n{text}")).unwrap();
+            assert_eq!(v.boot, want, "{text}");
+        }
     }
 
     #[test]
@@ -345,7 +430,10 @@ image = "arch/x86/boot/bzImage"
     fn repository_images_are_valid() {
         let images =
             Images::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../images")).unwrap();
-        images.arch("x86_64").unwrap();
+        for arch in Arch::ALL {
+            let a = images.arch(arch).unwrap_or_else(|e| panic!("{e}"));
+            assert!(images.dir.join(&a.fragment).is_file(), "{}", a.fragment);
+        }
         let names = images.variant_names();
         assert!(names.contains(&"base".to_string()));
         for name in names {

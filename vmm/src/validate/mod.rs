@@ -361,8 +361,8 @@ pub fn run(opts: &Options, launcher: &Launcher) -> Result<ValidateResult, Valida
         base_variant.name, patched_variant.name
     );
     let built = [
-        kernel::build(&images, opts.arch.name(), base_variant)?,
-        kernel::build(&images, opts.arch.name(), patched_variant)?,
+        kernel::build(&images, opts.arch, base_variant)?,
+        kernel::build(&images, opts.arch, patched_variant)?,
     ];
     let mut kernels = Kernels::new(opts.arch);
     let side = |v: &Variant, k: &Kernel| Side {
