@@ -65,8 +65,11 @@ fn parse_cpu_feature(name: &str) -> Result<CpuFeature, String> {
 pub fn resolve_kernel(spec: &str, backend: &Launcher, arch: Arch) -> Result<PathBuf> {
     let path = PathBuf::from(spec);
     if path.exists() || spec.contains('/') {
-        return match (image::inspect(&path, Arch::X86_64)?, backend) {
-            (ImageKind::Elf { pvh: false }, Launcher::Qemu(_)) => {
+        return match (image::inspect(&path, arch)?, backend, arch) {
+            (ImageKind::Elf { .. }, Launcher::Qemu(_), Arch::Arm64) => {
+                bail!("{spec} is an ELF vmlinux; QEMU boots an arm64 Linux kernel from its Image (arch/arm64/boot/Image), which has the boot protocol's header. Pass the Image")
+            }
+            (ImageKind::Elf { pvh: false }, Launcher::Qemu(_), Arch::X86_64) => {
                 bail!("{spec} is an ELF without a PVH entry note, which QEMU needs; build it with CONFIG_PVH=y, pass its bzImage, or use --backend kvm (64-bit entry)")
             }
             _ => Ok(path),

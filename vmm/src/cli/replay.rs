@@ -7,7 +7,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use memrace::kernel::{self, recipe::Images, DEFAULT_ARCH};
+use memrace::kernel::{self, recipe::Images};
 use memrace::scenario::file::{Expect, Oracle, Scenario};
 use memrace::sched::schedule::Schedule;
 use std::collections::BTreeMap;
@@ -99,7 +99,7 @@ pub fn run(args: ReplayArgs) -> Result<i32> {
             &baseline
         }
     };
-    check_rows(&args, &rows, &schedule_of)?;
+    check_rows(&args, rec.arch, &rows, &schedule_of)?;
     let mut kernels = memrace::scenario::orchestrate::Kernels::new(rec.arch);
     let settings = memrace::scenario::orchestrate::Settings {
         launcher: &launcher,
@@ -160,6 +160,7 @@ pub fn run(args: ReplayArgs) -> Result<i32> {
 /// with another schedule than the one replayed now.
 fn check_rows<'s>(
     args: &ReplayArgs,
+    arch: memrace::arch::Arch,
     rows: &[&Recorded],
     schedule_of: &dyn Fn(&Recorded) -> &'s Schedule,
 ) -> Result<()> {
@@ -174,7 +175,7 @@ fn check_rows<'s>(
     let images = Images::open(&kernel::default_images_dir())?;
     let mut problems = Vec::new();
     for r in rows {
-        let now = kernel::current_hash(&images, DEFAULT_ARCH, &images.variant(&r.variant)?)?;
+        let now = kernel::current_hash(&images, arch, &images.variant(&r.variant)?)?;
         match &r.kernel_hash {
             Some(then) if *then == now => {}
             Some(then) => problems.push(format!(
