@@ -146,9 +146,9 @@ const CURRENT_CLOCKSOURCE: &str =
 /// x86_64 boots on `tsc-early`: about a second after TSC calibration the kernel's delayed
 /// work `tsc_refine_calibration_work` swaps it for `tsc` (or, if calibration failed,
 /// unregisters it), and the switch runs under stop_machine(): every CPU must join it, so it
-/// would stall behind a vCPU that a schedule parked (scenarios §0.4 R1) and end that trial
-/// as infeasible. arm64's architected timer is the clocksource from time_init() on, so
-/// there the first read is the answer.
+/// would stall behind a vCPU that a schedule parked (docs/schedules.md, deadlock rule R1)
+/// and end that trial as infeasible. arm64's architected timer is the clocksource from
+/// time_init() on, so there the first read is the answer.
 /// Returns the clocksource in use (empty if it cannot be read).
 pub fn settle_clocksource(bound: Duration) -> Res<String> {
     let started = std::time::Instant::now();

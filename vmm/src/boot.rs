@@ -6,13 +6,13 @@ use crate::backend::{Backend, ControlMessage, VmEvent, VmExit};
 use crate::console::{ConsoleWatch, KernelReport};
 use std::time::{Duration, Instant};
 
-/// Kernel command line every memrace guest of `arch` gets. Why each piece is there:
-/// the console is the first serial port (8250 ttyS0; the virt machine's PL011 ttyAMA0);
-/// `panic=-1` turns a panic into an immediate reset that ends the VM (`reboot=t`, a
-/// triple fault, on x86); `panic_on_warn=1` makes WARN oracles fatal and unambiguous;
-/// the watchdog and stall switches keep long breakpoint pauses from being reported as
-/// lockups (§0.4 R4); x86's `tsc=reliable no-kvmapf` keep TCG's TSC as the clock and
-/// async page faults off.
+/// Kernel command line every memrace guest of `arch` gets. Why each piece is there: the
+/// console is the first serial port (8250 ttyS0; the virt machine's PL011 ttyAMA0);
+/// `panic=-1` turns a panic into an immediate reset that ends the VM (`reboot=t`, a triple
+/// fault, on x86); `panic_on_warn=1` makes WARN oracles fatal and unambiguous; the watchdog
+/// and stall switches keep long breakpoint pauses from being reported as lockups
+/// (docs/schedules.md, deadlock rule R4); x86's `tsc=reliable no-kvmapf` keep TCG's TSC as
+/// the clock and async page faults off.
 pub fn base_cmdline(arch: Arch) -> String {
     let common = "nokaslr panic=-1 panic_on_warn=1 nowatchdog rcupdate.rcu_cpu_stall_suppress=1 \
 workqueue.watchdog_thresh=0";

@@ -1,12 +1,13 @@
-//! `fork-anon-vma` (scenarios §C.4): after a VMA split and fork, the child's COW copy of the
-//! second page must be reachable by rmap. The child makes it lazyfree and pages it out:
-//! a correct kernel discards it (reads zero), a buggy one cannot find the mapping (old data).
-//! `warn_check 1` then unmaps the first page, which fires a DEBUG_VM warning on buggy kernels,
-//! and sends `PHASE munmap-done` once the munmap returned. `uaf_check 1` (for KASAN kernels
-//! booted with `panic_on_warn=0`) then waits for an RCU grace period — the buggy munmap
-//! freed the child's anon_vma, and SLUB_RCU_DEBUG defers that free by one — and pages the
-//! COW page out again: that rmap walk uses the freed anon_vma (a KASAN use-after-free).
-//! `PHASE uaf-check-done` follows, and `PHASE checks-done` ends every trial.
+//! `fork-anon-vma` (docs/scenario-source-notes.md §C): after a VMA split and fork, the
+//! child's COW copy of the second page must be reachable by rmap. The child makes it
+//! lazyfree and pages it out: a correct kernel discards it (reads zero), a buggy one cannot
+//! find the mapping (old data). `warn_check 1` then unmaps the first page, which fires a
+//! DEBUG_VM warning on buggy kernels, and sends `PHASE munmap-done` once the munmap
+//! returned. `uaf_check 1` (for KASAN kernels booted with `panic_on_warn=0`) then waits for
+//! an RCU grace period — the buggy munmap freed the child's anon_vma, and SLUB_RCU_DEBUG
+//! defers that free by one — and pages the COW page out again: that rmap walk uses the
+//! freed anon_vma (a KASAN use-after-free). `PHASE uaf-check-done` follows, and `PHASE
+//! checks-done` ends every trial.
 
 use std::time::Duration;
 

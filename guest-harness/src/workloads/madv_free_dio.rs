@@ -1,7 +1,7 @@
-//! `madv-free-dio` (scenarios §A.3): MADV_FREE lazyfree reclaim (MADV_PAGEOUT, thread
-//! "reclaimer") racing an O_DIRECT read from /dev/ram0 into the same buffer (thread "reader").
-//! Buggy kernels discard the page while the read holds it: the data lands in an orphaned
-//! page and the buffer then reads as zeros, its PTE gone.
+//! `madv-free-dio` (docs/scenario-source-notes.md §A): MADV_FREE lazyfree reclaim
+//! (MADV_PAGEOUT, thread "reclaimer") racing an O_DIRECT read from /dev/ram0 into the same
+//! buffer (thread "reader"). Buggy kernels discard the page while the read holds it: the
+//! data lands in an orphaned page and the buffer then reads as zeros, its PTE gone.
 //!
 //! Parameters: `pages` (buffer size in pages, default 1), `read_bytes` (length of the
 //! O_DIRECT read, a multiple of 512, default the whole buffer), `io` (`sync` pread, or
@@ -168,7 +168,8 @@ const IOCB_CMD_PREAD: u16 = 0;
 
 /// A native AIO context. It is created before the race and destroyed only after the
 /// reader reported `pread-done`: io_destroy waits for an RCU grace period, which cannot
-/// end while the reclaimer's vCPU is parked in the kernel (§0.4 R1).
+/// end while the reclaimer's vCPU is parked in the kernel (docs/schedules.md,
+/// deadlock rule R1).
 struct AioContext(libc::c_ulong);
 
 impl AioContext {

@@ -1,6 +1,7 @@
-//! `mremap-migration` (scenarios §B.3): move_pages() migrating a page (thread "migrator")
-//! while mremap() moves it back into the VMA it came from (thread "remapper"). Without the
-//! rmap locks a migration entry is left behind at the destination; touching it BUGs.
+//! `mremap-migration` (docs/scenario-source-notes.md §B): move_pages() migrating a page
+//! (thread "migrator") while mremap() moves it back into the VMA it came from (thread
+//! "remapper"). Without the rmap locks a migration entry is left behind at the destination;
+//! touching it BUGs.
 
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;

@@ -1,6 +1,6 @@
-//! `thp-pmd` (scenarios §D.3, D1): a read fault on a 2 MiB-aligned shared anonymous (shmem)
-//! mapping with `shmem_enabled=always` must map a huge page by PMD. A D1 kernel allocates
-//! the huge page but maps it with PTEs (`ShmemPmdMapped: 0 kB`).
+//! `thp-pmd` (docs/scenario-source-notes.md §D, D1): a read fault on a 2 MiB-aligned shared
+//! anonymous (shmem) mapping with `shmem_enabled=always` must map a huge page by PMD. A D1
+//! kernel allocates the huge page but maps it with PTEs (`ShmemPmdMapped: 0 kB`).
 
 use std::fs;
 use std::time::Duration;

@@ -2,7 +2,8 @@
 //!
 //! Ordering rules the engine keeps:
 //! * A vCPU is parked only where its guest has IF=1 (else a schedule error): a parked
-//!   vCPU with interrupts off can deadlock every other vCPU that IPIs it (§0.4 R1).
+//!   vCPU with interrupts off can deadlock every other vCPU that IPIs it (deadlock rule R1,
+//!   docs/schedules.md).
 //! * While anything is parked, the parked vCPUs are re-entered every
 //!   `SERVICE_INTERVAL` with their breakpoint still armed, so pending interrupts are
 //!   delivered and the breakpoint re-fires.
@@ -506,7 +507,7 @@ impl<'a> Engine<'a> {
     /// fallback order (then any others), then open the gates the schedule never opened,
     /// so the guest finishes its trial (unscheduled) instead of waiting out its gate
     /// timeouts into the next trial. Parked vCPUs go first: a thread started from a gate
-    /// may IPI them (§0.4 R1).
+    /// may IPI them (deadlock rule R1, docs/schedules.md).
     fn recover(&mut self, schedule: &Schedule) {
         let mut order: Vec<VcpuId> = schedule
             .fallback

@@ -23,7 +23,7 @@ pub enum Action {
     /// `FACT <key>`, `RESULT` or `EXIT`.
     Wait { verb: String, name: Option<String> },
     /// Arm breakpoint `name` at `at` (symbol, `sym+off`, `file:line` or address) on `cpu`.
-    /// A detector releases parked vCPUs when it fires (§0.4 R3) instead of parking.
+    /// A detector releases parked vCPUs when it fires (deadlock rule R3) instead of parking.
     /// An injection (`return = v`) makes the function return `v` instead.
     Break {
         name: String,

@@ -41,7 +41,8 @@ pub enum TraceEvent {
         cpu: VcpuId,
         tid: Option<u64>,
     },
-    /// A detector fired: the schedule cannot go on without deadlocking (§0.4 R3).
+    /// A detector fired: the schedule cannot go on without deadlocking (deadlock rule R3,
+    /// docs/schedules.md).
     Detector {
         t_us: u64,
         name: String,
