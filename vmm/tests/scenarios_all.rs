@@ -28,7 +28,12 @@ fn every_scenario_meets_its_expectations_over_10_trials_per_kernel() {
     );
     let (stdout, stderr) = text(&output);
     println!("{stdout}");
-    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}\n{stderr}\ntrials that erred or were infeasible:\n{}",
+        failed_trials(out.path())
+    );
     assert!(stdout.contains("SUMMARY"), "{stdout}");
     let mut scenarios = 0;
     for entry in std::fs::read_dir(out.path()).unwrap().flatten() {
@@ -98,4 +103,32 @@ fn every_scenario_meets_its_expectations_over_10_trials_per_kernel() {
         }
     }
     assert!(scenarios >= 5, "{scenarios} scenario results");
+}
+
+/// Every trial under `dir` whose verdict is an error or infeasible, with its reason: what
+/// a failed run needs to be diagnosed once its temporary directory is gone.
+fn failed_trials(dir: &std::path::Path) -> String {
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path().join("result.json")) else {
+            continue;
+        };
+        let Ok(result) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        let rows = result["kernels"].as_array().into_iter().flatten();
+        let controls = result["controls"].as_array().into_iter().flatten();
+        for k in rows.chain(controls) {
+            for t in k["trials"].as_array().into_iter().flatten() {
+                let verdict = t["verdict"].as_str().unwrap_or("?");
+                if verdict == "error" || verdict == "infeasible" {
+                    lines.push(format!(
+                        "  {} / {} trial {}: {verdict}: {}",
+                        result["scenario"], k["label"], t["run"]["trial"], t["why"]
+                    ));
+                }
+            }
+        }
+    }
+    lines.join("\n")
 }
