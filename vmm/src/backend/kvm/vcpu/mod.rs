@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
-use super::boot::{self, DebugError, PagingState, StepMode};
+use super::arch::{self, DebugError, PagingState, StepMode};
 use super::devices::{Devices, Lifecycle, StopReason};
 use super::kick;
 use super::memory::GuestRam;
@@ -341,7 +341,7 @@ impl VcpuThread {
                 let result = match self.state {
                     RunState::Exited => Err(VcpuError::Gone { vcpu: self.id }),
                     _ => {
-                        boot::set_breakpoints(&self.fd, &addrs).map_err(|source| VcpuError::Debug {
+                        arch::set_breakpoints(&self.fd, &addrs).map_err(|source| VcpuError::Debug {
                             vcpu: self.id,
                             source,
                         })
@@ -356,7 +356,7 @@ impl VcpuThread {
                 let result = match self.state {
                     RunState::Running => Err(VcpuError::Running { vcpu: self.id }),
                     RunState::Exited => Err(VcpuError::Gone { vcpu: self.id }),
-                    _ => boot::set_regs(&self.fd, &regs).map_err(|source| VcpuError::Debug {
+                    _ => arch::set_regs(&self.fd, &regs).map_err(|source| VcpuError::Debug {
                         vcpu: self.id,
                         source,
                     }),
@@ -373,7 +373,7 @@ impl VcpuThread {
             Command::Snapshot => {
                 let result = match self.state {
                     RunState::Running => Err(VcpuError::Running { vcpu: self.id }),
-                    _ => boot::snapshot(&self.fd).map_err(|source| VcpuError::Debug {
+                    _ => arch::snapshot(&self.fd).map_err(|source| VcpuError::Debug {
                         vcpu: self.id,
                         source,
                     }),
