@@ -20,10 +20,12 @@ mod probe;
 mod vcpu;
 mod vm;
 
-pub use arch::{
-    BootError, BootProtocol, CpuFeature, CpuidError, CpuidPolicy, DebugError, LoadError,
-    MptableError, PagingError, KVM_PV_FEATURES_OFFERED, KVM_SIGNATURE,
+pub use arch::boot::{BootError, BootProtocol, LoadError, MptableError};
+pub use arch::cpuid::{
+    CpuFeature, CpuidError, CpuidPolicy, KVM_PV_FEATURES_OFFERED, KVM_SIGNATURE,
 };
+pub use arch::debug::DebugError;
+pub use arch::paging::PagingError;
 pub use devices::{Space, StopReason, EXIT_MMIO, EXIT_PORT, UNCLAIMED_LOGGED};
 pub use memory::MemoryError;
 pub use probe::{describe, probe, probe_device, KvmLevel};
@@ -42,9 +44,10 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use super::{Backend, BackendError, Regs, VcpuId, VmConfig, VmEvent};
 use crate::arch::{Arch, X86Regs};
 
-use arch::PagingState;
 /// x86's four debug address registers (DR0–DR3) per vCPU.
-pub use arch::MAX_BREAKPOINTS;
+pub use arch::debug::MAX_BREAKPOINTS;
+use arch::paging::PagingState;
+use arch::{boot, cpuid, debug};
 use devices::{DeviceError, Devices, Lifecycle};
 use memory::GuestRam;
 use vcpu::{ResumeMethod, RunRequest, VcpuContext, VcpuHandle};
@@ -146,15 +149,15 @@ fn assemble(
 ) -> Result<Assembly, KvmError> {
     let kvm = vm::open_kvm(&opts.device)?;
     let vm = vm::create_vm(&kvm, cpus)?;
-    let ram = Arc::new(GuestRam::new(&arch::ram_ranges(mem_mib << 20))?);
+    let ram = Arc::new(GuestRam::new(&boot::ram_ranges(mem_mib << 20))?);
     ram.register(&vm)?;
     // irqchip and PIT before any vCPU; devices after the irqchip (irqfds).
-    arch::setup_vm_before_vcpus(&vm)?;
+    boot::setup_vm_before_vcpus(&vm)?;
     let (tx, rx) = channel();
     let lifecycle = Lifecycle::new(tx.clone());
     let devices = Arc::new(devices::pc_devices(&vm, &tx, &lifecycle, console_log)?);
-    let platform = arch::Platform::query(&kvm, cpus, opts.cpuid)?;
-    arch::write_system_tables(&ram, cpus)?;
+    let platform = boot::Platform::query(&kvm, cpus, opts.cpuid)?;
+    boot::write_system_tables(&ram, cpus)?;
     let mut vcpu_fds = Vec::with_capacity(cpus);
     for index in 0..cpus {
         let fd = vm
@@ -163,7 +166,7 @@ fn assemble(
                 what: "create a vCPU",
                 source,
             })?;
-        arch::configure_vcpu(&fd, index, &platform)?;
+        boot::configure_vcpu(&fd, index, &platform)?;
         vcpu_fds.push(fd);
     }
     Ok(Assembly {
@@ -187,7 +190,7 @@ fn start(parts: Assembly, start_running: bool) -> Result<KvmVm, KvmError> {
         lifecycle,
         events: (tx, rx),
     } = parts;
-    let step = arch::StepMode::query(&vm);
+    let step = debug::StepMode::query(&vm);
     let resume = Arc::new(ResumeMethod::default());
     let ctx = VcpuContext {
         devices: devices.clone(),
@@ -237,17 +240,17 @@ pub fn launch(cfg: &VmConfig, opts: &KvmOptions) -> Result<KvmVm, KvmError> {
     let initrd = (!cfg.initramfs.as_os_str().is_empty()).then_some(cfg.initramfs.as_path());
     let cmdline = [cfg.cmdline.as_str()]
         .into_iter()
-        .chain(arch::kernel_params(opts.cpuid).iter().copied())
+        .chain(cpuid::kernel_params(opts.cpuid).iter().copied())
         .filter(|part| !part.is_empty())
         .collect::<Vec<_>>()
         .join(" ");
-    let image = arch::LinuxImage {
+    let image = boot::LinuxImage {
         kernel: &cfg.kernel,
         initrd,
         cmdline: &cmdline,
     };
-    let kernel = arch::load_linux(&parts.ram, &image, opts.prefer_pvh).map_err(BootError::from)?;
-    arch::set_linux_entry(&parts.vcpu_fds[0], &kernel)?;
+    let kernel = boot::load_linux(&parts.ram, &image, opts.prefer_pvh).map_err(BootError::from)?;
+    boot::set_linux_entry(&parts.vcpu_fds[0], &kernel)?;
     let mut vm = start(parts, !cfg.debug)?;
     vm.protocol = Some(kernel.protocol);
     Ok(vm)
@@ -260,7 +263,7 @@ pub fn launch_program(program: &BareProgram, opts: &KvmOptions) -> Result<KvmVm,
         parts.ram.write(*gpa, bytes)?;
     }
     for (index, (fd, &entry)) in parts.vcpu_fds.iter().zip(&program.entries).enumerate() {
-        arch::set_bare_entry(fd, index, entry)?;
+        boot::set_bare_entry(fd, index, entry)?;
     }
     start(parts, program.start_running)
 }
@@ -498,8 +501,8 @@ impl Backend for KvmVm {
         let mut gva = addr;
         while out.len() < len {
             let chunk = ((PAGE - gva % PAGE) as usize).min(len - out.len());
-            let gpa =
-                arch::translate(&self.ram, &paging, gva).map_err(|e| memory_error(addr, len, e))?;
+            let gpa = arch::paging::translate(&self.ram, &paging, gva)
+                .map_err(|e| memory_error(addr, len, e))?;
             let start = out.len();
             out.resize(start + chunk, 0);
             self.ram

@@ -1,15 +1,36 @@
-//! Local APIC wiring at boot: LINT0 delivers the PIC's interrupts (ExtINT),
-//! LINT1 delivers NMIs, as on a PC. Needs the in-kernel irqchip.
+//! Interrupt controllers: the in-kernel irqchip (PIC, IOAPIC, one LAPIC per
+//! vCPU) and PIT, created before any vCPU, and each LAPIC's wiring at boot:
+//! LINT0 delivers the PIC's interrupts (ExtINT), LINT1 delivers NMIs, as on a PC.
 
-use kvm_bindings::kvm_lapic_state;
-use kvm_ioctls::VcpuFd;
+use kvm_bindings::{kvm_lapic_state, kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{VcpuFd, VmFd};
 
 #[derive(Debug, thiserror::Error)]
-#[error("KVM refused to {what} the local APIC of vCPU {vcpu}: {source}")]
-pub struct LapicError {
-    what: &'static str,
-    vcpu: usize,
-    source: kvm_ioctls::Error,
+pub enum InterruptError {
+    #[error("KVM refused to {what}: {source}")]
+    Irqchip {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error("KVM refused to {what} the local APIC of vCPU {vcpu}: {source}")]
+    Lapic {
+        what: &'static str,
+        vcpu: usize,
+        source: kvm_ioctls::Error,
+    },
+}
+
+/// The in-kernel PIC/IOAPIC/LAPICs and the PIT. Irqchip before vCPUs: this
+/// must run before the first vCPU is created.
+pub fn create_irqchip(vm: &VmFd) -> Result<(), InterruptError> {
+    let irqchip = |what| move |source| InterruptError::Irqchip { what, source };
+    vm.create_irq_chip()
+        .map_err(irqchip("create the in-kernel irqchip"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(irqchip("create the PIT"))
 }
 
 const APIC_LVT0: usize = 0x350;
@@ -34,8 +55,10 @@ fn with_delivery_mode(reg: u32, mode: u32) -> u32 {
     (reg & !DELIVERY_MODE_MASK) | (mode << DELIVERY_MODE_SHIFT)
 }
 
-pub fn set_lint(vcpu: &VcpuFd, index: usize) -> Result<(), LapicError> {
-    let mut lapic = vcpu.get_lapic().map_err(|source| LapicError {
+/// Program LINT0/LINT1 of vCPU `index`. Needs the in-kernel irqchip, and comes
+/// after `KVM_SET_CPUID2` (the APIC id comes from CPUID).
+pub fn set_lint(vcpu: &VcpuFd, index: usize) -> Result<(), InterruptError> {
+    let mut lapic = vcpu.get_lapic().map_err(|source| InterruptError::Lapic {
         what: "read",
         vcpu: index,
         source,
@@ -52,11 +75,12 @@ pub fn set_lint(vcpu: &VcpuFd, index: usize) -> Result<(), LapicError> {
         APIC_LVT1,
         with_delivery_mode(lvt1, DELIVERY_NMI),
     );
-    vcpu.set_lapic(&lapic).map_err(|source| LapicError {
-        what: "write",
-        vcpu: index,
-        source,
-    })
+    vcpu.set_lapic(&lapic)
+        .map_err(|source| InterruptError::Lapic {
+            what: "write",
+            vcpu: index,
+            source,
+        })
 }
 
 #[cfg(test)]
