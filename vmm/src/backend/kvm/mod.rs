@@ -10,8 +10,8 @@
 //! → devices (irqfds need the irqchip) → vCPUs → CPUID, MSRs, LAPIC
 //! → load the guest → entry registers → start the vCPU threads.
 
+mod arch;
 pub mod bench;
-mod boot;
 mod devices;
 pub mod fixtures;
 mod kick;
@@ -20,10 +20,12 @@ mod probe;
 mod vcpu;
 mod vm;
 
-pub use boot::{
-    BootError, BootProtocol, CpuFeature, CpuidError, CpuidPolicy, DebugError, LoadError,
-    MptableError, PagingError, KVM_PV_FEATURES_OFFERED, KVM_SIGNATURE,
+pub use arch::boot::{BootError, BootProtocol, LoadError, MptableError};
+pub use arch::cpuid::{
+    CpuFeature, CpuidError, CpuidPolicy, KVM_PV_FEATURES_OFFERED, KVM_SIGNATURE,
 };
+pub use arch::debug::DebugError;
+pub use arch::paging::PagingError;
 pub use devices::{Space, StopReason, EXIT_MMIO, EXIT_PORT, UNCLAIMED_LOGGED};
 pub use memory::MemoryError;
 pub use probe::{describe, probe, probe_device, KvmLevel};
@@ -42,9 +44,10 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use super::{Backend, BackendError, Regs, VcpuId, VmConfig, VmEvent};
 use crate::arch::{Arch, X86Regs};
 
-use boot::PagingState;
 /// x86's four debug address registers (DR0–DR3) per vCPU.
-pub use boot::MAX_BREAKPOINTS;
+pub use arch::debug::MAX_BREAKPOINTS;
+use arch::paging::PagingState;
+use arch::{boot, cpuid, debug};
 use devices::{DeviceError, Devices, Lifecycle};
 use memory::GuestRam;
 use vcpu::{ResumeMethod, RunRequest, VcpuContext, VcpuHandle};
@@ -187,7 +190,7 @@ fn start(parts: Assembly, start_running: bool) -> Result<KvmVm, KvmError> {
         lifecycle,
         events: (tx, rx),
     } = parts;
-    let step = boot::StepMode::query(&vm);
+    let step = debug::StepMode::query(&vm);
     let resume = Arc::new(ResumeMethod::default());
     let ctx = VcpuContext {
         devices: devices.clone(),
@@ -237,7 +240,7 @@ pub fn launch(cfg: &VmConfig, opts: &KvmOptions) -> Result<KvmVm, KvmError> {
     let initrd = (!cfg.initramfs.as_os_str().is_empty()).then_some(cfg.initramfs.as_path());
     let cmdline = [cfg.cmdline.as_str()]
         .into_iter()
-        .chain(boot::kernel_params(opts.cpuid).iter().copied())
+        .chain(cpuid::kernel_params(opts.cpuid).iter().copied())
         .filter(|part| !part.is_empty())
         .collect::<Vec<_>>()
         .join(" ");
@@ -498,8 +501,8 @@ impl Backend for KvmVm {
         let mut gva = addr;
         while out.len() < len {
             let chunk = ((PAGE - gva % PAGE) as usize).min(len - out.len());
-            let gpa =
-                boot::translate(&self.ram, &paging, gva).map_err(|e| memory_error(addr, len, e))?;
+            let gpa = arch::paging::translate(&self.ram, &paging, gva)
+                .map_err(|e| memory_error(addr, len, e))?;
             let start = out.len();
             out.resize(start + chunk, 0);
             self.ram

@@ -35,7 +35,8 @@ use std::time::Duration;
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
-use super::boot::{self, DebugError, PagingState, StepMode};
+use super::arch::debug::{self, DebugError, StepMode};
+use super::arch::paging::PagingState;
 use super::devices::{Devices, Lifecycle, StopReason};
 use super::kick;
 use super::memory::GuestRam;
@@ -340,12 +341,12 @@ impl VcpuThread {
                 }
                 let result = match self.state {
                     RunState::Exited => Err(VcpuError::Gone { vcpu: self.id }),
-                    _ => {
-                        boot::set_breakpoints(&self.fd, &addrs).map_err(|source| VcpuError::Debug {
+                    _ => debug::set_breakpoints(&self.fd, &addrs).map_err(|source| {
+                        VcpuError::Debug {
                             vcpu: self.id,
                             source,
-                        })
-                    }
+                        }
+                    }),
                 };
                 if result.is_ok() {
                     self.breakpoints = addrs;
@@ -356,7 +357,7 @@ impl VcpuThread {
                 let result = match self.state {
                     RunState::Running => Err(VcpuError::Running { vcpu: self.id }),
                     RunState::Exited => Err(VcpuError::Gone { vcpu: self.id }),
-                    _ => boot::set_regs(&self.fd, &regs).map_err(|source| VcpuError::Debug {
+                    _ => debug::set_regs(&self.fd, &regs).map_err(|source| VcpuError::Debug {
                         vcpu: self.id,
                         source,
                     }),
@@ -373,7 +374,7 @@ impl VcpuThread {
             Command::Snapshot => {
                 let result = match self.state {
                     RunState::Running => Err(VcpuError::Running { vcpu: self.id }),
-                    _ => boot::snapshot(&self.fd).map_err(|source| VcpuError::Debug {
+                    _ => debug::snapshot(&self.fd).map_err(|source| VcpuError::Debug {
                         vcpu: self.id,
                         source,
                     }),

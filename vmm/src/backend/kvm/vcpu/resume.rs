@@ -1,11 +1,12 @@
 //! Resuming a vCPU past the breakpoint it is parked on, reporting each hit once.
 //!
-//! First choice is the CPU's own mechanism (`boot::suppress_breakpoint_once`,
-//! RFLAGS.RF on x86): no extra exit, and the CPU keeps the breakpoint quiet
-//! while that instruction faults or repeats. A KVM that ignores it (PVM's
-//! instruction emulator) reports the same breakpoint again at once with the
-//! suppression still pending; that re-report is swallowed here, and from then
-//! on every vCPU of the VM resumes by single-stepping instead.
+//! First choice is the CPU's own mechanism
+//! (`arch::debug::suppress_breakpoint_once`, RFLAGS.RF on x86): no extra exit,
+//! and the CPU keeps the breakpoint quiet while that instruction faults or
+//! repeats. A KVM that ignores it (PVM's instruction emulator) reports the same
+//! breakpoint again at once with the suppression still pending; that re-report
+//! is swallowed here, and from then on every vCPU of the VM resumes by
+//! single-stepping instead.
 //!
 //! A single step must give the same guarantee as RF: the instruction at the
 //! breakpoint runs to completion before its breakpoint is armed again. So the
@@ -18,7 +19,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{Outcome, RunState, VcpuThread, MAX_COMPLETION_ROUNDS};
-use crate::backend::kvm::boot;
+use crate::backend::kvm::arch::debug;
 
 /// Single steps allowed for one resume: a long repeated string operation, or an
 /// exception handler walked through instruction by instruction (~12 µs per step
@@ -75,7 +76,7 @@ impl VcpuThread {
         if self.ctx.resume.current() == BreakpointResume::SingleStep {
             return self.step_over(addr);
         }
-        match boot::suppress_breakpoint_once(&self.fd) {
+        match debug::suppress_breakpoint_once(&self.fd) {
             Ok(()) => self.suppressed_at = Some(addr),
             Err(e) => self.fail(format!(
                 "vCPU {}: cannot resume past {addr:#x}: {e}",
@@ -91,11 +92,11 @@ impl VcpuThread {
         if self.suppressed_at.take() != Some(addr) {
             return false;
         }
-        match boot::suppression_pending(&self.fd) {
+        match debug::suppression_pending(&self.fd) {
             Ok(false) => false,
             Ok(true) => {
                 self.ctx.resume.resume_flag_ignored();
-                match boot::cancel_suppression(&self.fd) {
+                match debug::cancel_suppression(&self.fd) {
                     Ok(()) => self.step_over(addr),
                     Err(e) => self.fail(format!("vCPU {}: {e}", self.id)),
                 }
@@ -117,7 +118,7 @@ impl VcpuThread {
                 this.id
             ))
         };
-        let hit = match boot::position(&self.fd) {
+        let hit = match debug::position(&self.fd) {
             Ok(hit) => hit,
             Err(e) => return fail(self, "cannot read the position", &e),
         };
@@ -128,7 +129,7 @@ impl VcpuThread {
             .filter(|&a| a != addr)
             .collect();
         let mut phase = Phase::OnInstruction;
-        let mut armed = boot::arm_single_step(&self.fd, &keep, self.ctx.step);
+        let mut armed = debug::arm_single_step(&self.fd, &keep, self.ctx.step);
         let mut steps = 0;
         loop {
             if let Err(e) = armed {
@@ -146,7 +147,7 @@ impl VcpuThread {
             if !self.take_step() {
                 return;
             }
-            let now = match boot::position(&self.fd) {
+            let now = match debug::position(&self.fd) {
                 Ok(now) => now,
                 Err(e) => return fail(self, "cannot read the position", &e),
             };
@@ -154,11 +155,11 @@ impl VcpuThread {
                 // Still on the instruction (one iteration of a repeated string operation done).
                 Phase::OnInstruction if now == hit => {}
                 Phase::OnInstruction => {
-                    match boot::interrupted_at(&self.fd, &self.ctx.ram, hit, now) {
+                    match debug::interrupted_at(&self.fd, &self.ctx.ram, hit, now) {
                         Ok(true) => {
                             // Nothing may fire inside the handler: it is part of this one hit.
                             phase = Phase::InHandler;
-                            armed = boot::arm_single_step(&self.fd, &[], self.ctx.step);
+                            armed = debug::arm_single_step(&self.fd, &[], self.ctx.step);
                         }
                         Ok(false) => break,
                         Err(e) => return fail(self, "cannot read the stack", &e),
@@ -171,12 +172,12 @@ impl VcpuThread {
                         break;
                     }
                     phase = Phase::OnInstruction;
-                    armed = boot::arm_single_step(&self.fd, &keep, self.ctx.step);
+                    armed = debug::arm_single_step(&self.fd, &keep, self.ctx.step);
                 }
                 Phase::InHandler => {}
             }
         }
-        if let Err(e) = boot::set_breakpoints(&self.fd, &self.breakpoints) {
+        if let Err(e) = debug::set_breakpoints(&self.fd, &self.breakpoints) {
             fail(self, "cannot re-arm the breakpoints", &e);
         }
     }
