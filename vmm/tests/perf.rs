@@ -36,26 +36,26 @@ fn perf_json(args: &[&str], out: &std::path::Path) -> Value {
     v
 }
 
-/// The verdict of `bench` under `metric`.
-fn verdict<'a>(result: &'a Value, metric: &str, bench: &str) -> &'a str {
+/// The comparison of `bench` under `metric` in `result.json`.
+fn comparison<'a>(result: &'a Value, metric: &str, bench: &str) -> &'a Value {
     result["comparisons"]
         .as_array()
         .expect("comparisons")
         .iter()
         .find(|c| c["metric"] == metric && c["bench"] == bench)
-        .unwrap_or_else(|| panic!("no comparison of {bench} under {metric}"))["change"]["verdict"]
+        .unwrap_or_else(|| panic!("no comparison of {bench} under {metric}"))
+}
+
+/// The verdict of `bench` under `metric`.
+fn verdict<'a>(result: &'a Value, metric: &str, bench: &str) -> &'a str {
+    comparison(result, metric, bench)["change"]["verdict"]
         .as_str()
         .expect("verdict")
 }
 
 /// The change `bench` shows under `metric`, in percent.
 fn change_pct(result: &Value, metric: &str, bench: &str) -> f64 {
-    result["comparisons"]
-        .as_array()
-        .expect("comparisons")
-        .iter()
-        .find(|c| c["metric"] == metric && c["bench"] == bench)
-        .unwrap_or_else(|| panic!("no comparison of {bench} under {metric}"))["change"]["pct"]
+    comparison(result, metric, bench)["change"]["pct"]
         .as_f64()
         .expect("pct")
 }
