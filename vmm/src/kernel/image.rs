@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 pub enum ImageError {
     #[error("kernel {0} does not exist")]
     Missing(PathBuf),
-    #[error("{path} is not an {arch} kernel: {why}\n  give {expected}, or a variant name (`memrace kernel list`)", expected = expected(*.arch))]
+    #[error("{path} is not a kernel for {arch}: {why}\n  give {expected}, or a variant name (`memrace kernel list`)", expected = expected(*.arch))]
     NotAKernel {
         path: PathBuf,
         arch: Arch,
@@ -141,12 +141,12 @@ mod tests {
         let junk = write(dir.path(), "junk", b"hello world");
         let err = inspect(&junk, Arch::X86_64).unwrap_err().to_string();
         assert!(
-            err.contains("not an x86_64 kernel") && err.contains("bzImage"),
+            err.contains("not a kernel for x86_64") && err.contains("bzImage"),
             "{err}"
         );
         let err = inspect(&junk, Arch::Arm64).unwrap_err().to_string();
         assert!(
-            err.contains("not an arm64 kernel") && err.contains("ARM\\x64"),
+            err.contains("not a kernel for arm64") && err.contains("ARM\\x64"),
             "{err}"
         );
         let trunc = write(dir.path(), "trunc", b"\x7fELF\x02\x01\x01");
@@ -187,13 +187,13 @@ mod tests {
         assert_eq!(inspect(&image, Arch::Arm64).unwrap(), ImageKind::Arm64Image);
         let err = inspect(&image, Arch::X86_64).unwrap_err().to_string();
         assert!(
-            err.contains("not an x86_64 kernel") && err.contains("it is an arm64 Image"),
+            err.contains("not a kernel for x86_64") && err.contains("it is an arm64 Image"),
             "{err}"
         );
         let bz = write(dir.path(), "bz", &bzimage());
         let err = inspect(&bz, Arch::Arm64).unwrap_err().to_string();
         assert!(
-            err.contains("not an arm64 kernel") && err.contains("it is an x86 bzImage"),
+            err.contains("not a kernel for arm64") && err.contains("it is an x86 bzImage"),
             "{err}"
         );
         // The magic must sit at 0x38: shifted by one byte it is no Image.
