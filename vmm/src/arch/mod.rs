@@ -168,7 +168,7 @@ pub fn register_file(arch: Arch) -> RegisterFile {
 /// x86_64 has four debug address registers (DR0–DR3); arm64 cores have 2 to 16
 /// breakpoint register pairs (DBGBVR/DBGBCR), and the Cortex-A57/A72 class that QEMU
 /// models and most arm64 KVM hosts have gives 6.
-pub fn hardware_breakpoints(arch: Arch) -> usize {
+pub const fn hardware_breakpoints(arch: Arch) -> usize {
     match arch {
         Arch::X86_64 => 4,
         Arch::Arm64 => 6,

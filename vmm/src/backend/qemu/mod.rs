@@ -59,7 +59,7 @@ pub fn check_vm_breakpoints(accel: Accel, armed: usize) -> Result<(), QemuError>
 }
 
 /// QEMU with KVM on an x86 host programs one set of four debug address registers.
-const KVM_VM_BREAKPOINTS: usize = 4;
+const KVM_VM_BREAKPOINTS: usize = hardware_breakpoints(Arch::X86_64);
 
 pub struct QemuVm {
     arch: Arch,

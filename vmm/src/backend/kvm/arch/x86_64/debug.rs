@@ -22,8 +22,8 @@ use super::paging::{translate, PagingState};
 use crate::arch::X86Regs as Regs;
 use crate::backend::kvm::memory::GuestRam;
 
-/// x86 has four address breakpoint registers.
-pub const MAX_BREAKPOINTS: usize = 4;
+/// x86 has four address breakpoint registers (DR0–DR3): the one count in arch/.
+pub const MAX_BREAKPOINTS: usize = crate::arch::hardware_breakpoints(crate::arch::Arch::X86_64);
 /// DR7: global-enable bit of breakpoint `n` is bit 2n+1; GE (bit 9) asks for
 /// exact breakpoint reporting. RW/LEN bits stay 0: break on execution.
 const DR7_GLOBAL_EXACT: u64 = 1 << 9;
