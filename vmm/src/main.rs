@@ -38,6 +38,13 @@ enum Command {
 }
 
 fn main() {
+    // A closed pipe (`memrace kernel list | head`) ends memrace quietly, as it does any
+    // other filter, instead of a panic in println!: Rust ignores SIGPIPE by default.
+    // SAFETY: setting a signal's disposition to the default before any thread starts
+    // has no memory-safety preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Kernel(k) => cli::kernel::run(k),
